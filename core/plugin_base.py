@@ -1,0 +1,209 @@
+"""Base classes for every kind of manet plugin.
+
+A plugin class has a ``name``, a one-line ``description`` and typed ``defaults``. It is
+instantiated with keyword parameters; unknown names and values of the wrong type are
+rejected with a :class:`~manet.errors.PluginError` that lists what is accepted.
+Plugins depend only on this module, :mod:`manet.hookspecs` and pure math modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
+
+from manet.errors import PluginError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+KINDS = (
+    "backbone",
+    "attention_branch",
+    "pooling",
+    "text_detector",
+    "saliency_estimator",
+    "dataset",
+    "reranker",
+)
+
+
+def _coerce(value: Any, default: Any, plugin: str, key: str) -> Any:
+    """Convert ``value`` (often a CLI string) to the type of ``default``."""
+    if default is None or value is None:
+        return value
+    kind = type(default)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if isinstance(value, str) and value.lower() in {"0", "false", "no", "off"}:
+            return False
+    elif kind in (int, float, str):
+        try:
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return kind(value)
+        except (TypeError, ValueError):
+            pass
+    raise PluginError(
+        f"{plugin}: parameter {key}={value!r} should be {kind.__name__} "
+        f"(default {default!r})"
+    )
+
+
+class Plugin:
+    """Common behaviour: name, description, validated parameters."""
+
+    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: Parameter names and default values; the type of each default is the parameter's type.
+    defaults: ClassVar[Mapping[str, Any]] = {}
+    #: Optional allowed values per parameter.
+    choices: ClassVar[Mapping[str, tuple[Any, ...]]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            accepted = ", ".join(sorted(self.defaults)) or "none"
+            raise PluginError(
+                f"{self.kind} '{self.name}' has no parameter {', '.join(unknown)}; "
+                f"accepted: {accepted}"
+            )
+        merged = dict(self.defaults)
+        for key, value in params.items():
+            merged[key] = _coerce(value, self.defaults[key], f"{self.kind} '{self.name}'", key)
+            allowed = self.choices.get(key)
+            if allowed is not None and merged[key] not in allowed:
+                raise PluginError(
+                    f"{self.kind} '{self.name}': {key}={merged[key]!r} is not one of "
+                    f"{', '.join(map(str, allowed))}"
+                )
+        self.params: dict[str, Any] = merged
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+
+class Backbone(Plugin):
+    """A CNN that maps normalised images (B, 3, H, W) to its last conv feature map (B, C, h, w)."""
+
+    kind = "backbone"
+    #: Channels C of the feature map.
+    out_channels: ClassVar[int] = 0
+    #: Downsampling factor from input to feature map.
+    stride: ClassVar[int] = 32
+
+    def build(self, weights: str) -> "torch.nn.Module":
+        """Return the feature extractor in eval mode.
+
+        ``weights`` is ``"imagenet"`` (torchvision's downloader and cache), ``"none"``
+        (random initialisation) or a path to a local checkpoint (a state dict).
+        """
+        raise NotImplementedError
+
+
+class Pooling(Plugin):
+    """Aggregates a feature map into one descriptor per image."""
+
+    kind = "pooling"
+    #: True when the pooling needs a saliency map (SR-MAC).
+    uses_saliency: ClassVar[bool] = False
+
+    def module(self) -> "torch.nn.Module":
+        """Return an ``nn.Module`` with ``forward(features, saliency=None) -> (B, C)``.
+
+        ``features`` is (B, C, h, w); ``saliency`` is (B, 1, h, w) in [0, 1] or None.
+        """
+        raise NotImplementedError
+
+
+class SaliencyEstimator(Plugin):
+    """Estimates where the product is, without training (pseudo-saliency)."""
+
+    kind = "saliency_estimator"
+
+    def estimate(self, images: "torch.Tensor") -> "torch.Tensor":
+        """Map RGB images (B, 3, H, W) in [0, 1] to saliency maps (B, 1, H, W) in [0, 1]."""
+        raise NotImplementedError
+
+
+class TextDetector(Plugin):
+    """Finds printed text on packs; frozen, never trained with MANet."""
+
+    kind = "text_detector"
+
+    def detect(self, images: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
+        """Map RGB images (B, 3, H, W) in [0, 1] to soft text masks (B, 1, *size) in [0, 1]."""
+        raise NotImplementedError
+
+
+class AttentionBranch(Plugin):
+    """A trainable attention branch over backbone stages (e.g. MANet's saliency branch)."""
+
+    kind = "attention_branch"
+
+    def build(self, stage_channels: list[int]) -> "torch.nn.Module":
+        """Return a module mapping the list of stage feature maps to one logit map (B, 1, h, w)."""
+        raise NotImplementedError
+
+
+class Reranker(Plugin):
+    """Re-orders a top-k result using the descriptors of the query and the candidates."""
+
+    kind = "reranker"
+
+    def rerank(self, query: Any, candidates: Any, scores: Any) -> Any:
+        """Return new scores for ``candidates`` (k, D) given ``query`` (D,) and ``scores`` (k,)."""
+        raise NotImplementedError
+
+
+DOMAINS = ("catalog", "query")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image to ingest, with the product it shows (if known).
+
+    Rows with the same ``sku`` are images of one product. A ``query`` image with a sku is a
+    query whose correct product is known (used by evaluation).
+    """
+
+    image: Path
+    sku: str | None = None
+    domain: str = "catalog"
+    split: str | None = None
+    title: str | None = None
+    brand: str | None = None
+    description: str | None = None
+    category: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+class Dataset(Plugin):
+    """Reads a dataset layout from a path and yields :class:`Record` objects."""
+
+    kind = "dataset"
+
+    def records(self, path: Path) -> Iterator[Record]:
+        """Yield one record per image under ``path``.
+
+        Raise :class:`~manet.errors.DatasetError` for a missing path or a malformed file,
+        naming the file and line.
+        """
+        raise NotImplementedError
+
+
+BASE_CLASSES: dict[str, type[Plugin]] = {
+    "backbone": Backbone,
+    "attention_branch": AttentionBranch,
+    "pooling": Pooling,
+    "text_detector": TextDetector,
+    "saliency_estimator": SaliencyEstimator,
+    "dataset": Dataset,
+    "reranker": Reranker,
+}

@@ -1,0 +1,206 @@
+"""Plugin manager factory and the registry of plugin classes.
+
+Nothing is loaded at import time: :func:`make_plugin_manager` builds a fresh manager each
+time it is called (tests get isolated managers), and :class:`Registry` collects the plugin
+classes by calling the registry hooks with a ``register`` callback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Iterable
+
+import pluggy
+
+from manet import hookspecs
+from manet.errors import PluginError
+from manet.plugin_base import BASE_CLASSES, KINDS, Plugin
+
+#: Built-in plugin modules, registered by dotted name exactly like third-party ones.
+DEFAULT_PLUGINS = (
+    "manet.plugins.backbones",
+    "manet.plugins.poolings",
+    "manet.plugins.saliency",
+    "manet.plugins.datasets",
+)
+
+ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
+LOAD_PLUGINS_ENV = "MANET_LOAD_PLUGINS"
+
+#: Registry hook name -> plugin kind it registers.
+REGISTRY_HOOKS = {
+    "register_backbones": "backbone",
+    "register_attention_branches": "attention_branch",
+    "register_poolings": "pooling",
+    "register_text_detectors": "text_detector",
+    "register_saliency_estimators": "saliency_estimator",
+    "register_datasets": "dataset",
+    "register_rerankers": "reranker",
+}
+
+
+@dataclass
+class PluginManagerInfo:
+    """Extra facts about a manager: failed imports and each plugin's distribution."""
+
+    failed: dict[str, str] = field(default_factory=dict)
+    dists: dict[str, metadata.Distribution] = field(default_factory=dict)
+
+
+def _allowed_plugins(env: dict[str, str] | None) -> set[str] | None:
+    value = (env if env is not None else os.environ).get(LOAD_PLUGINS_ENV)
+    if value is None:
+        return None
+    return {name.strip() for name in value.split(",") if name.strip()}
+
+
+def make_plugin_manager(
+    *,
+    load_entrypoints: bool = True,
+    extra_plugins: Iterable[Any] = (),
+    env: dict[str, str] | None = None,
+) -> pluggy.PluginManager:
+    """Build a new plugin manager with the built-ins and the installed plugins.
+
+    ``MANET_LOAD_PLUGINS`` (comma-separated entry-point or distribution names; empty loads
+    none) restricts which third-party plugins load. Built-ins always load. A third-party
+    plugin that fails to import is recorded in ``pm.manet_info.failed`` instead of
+    breaking every command.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    pm.manet_info = PluginManagerInfo()  # type: ignore[attr-defined]
+    for dotted in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(dotted), name=dotted)
+    if load_entrypoints:
+        allowed = _allowed_plugins(env)
+        for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist_name = entry_point.dist.name if entry_point.dist else None
+            if allowed is not None and entry_point.name not in allowed and dist_name not in allowed:
+                continue
+            if pm.get_plugin(entry_point.name) is not None:
+                continue
+            try:
+                plugin = entry_point.load()
+            except Exception as exc:  # a broken plugin must not break the CLI
+                pm.manet_info.failed[entry_point.name] = f"{type(exc).__name__}: {exc}"  # type: ignore[attr-defined]
+                continue
+            pm.register(plugin, name=entry_point.name)
+            pm.manet_info.dists[entry_point.name] = entry_point.dist  # type: ignore[attr-defined]
+    for plugin in extra_plugins:
+        pm.register(plugin)
+    pm.check_pending()
+    return pm
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """A registered plugin class and where it came from."""
+
+    cls: type[Plugin]
+    kind: str
+    source: str
+    distribution: str
+    version: str
+
+    @property
+    def name(self) -> str:
+        return self.cls.name
+
+    @property
+    def description(self) -> str:
+        return self.cls.description
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "description": self.description,
+            "version": self.version,
+            "distribution": self.distribution,
+            "source": self.source,
+            "parameters": dict(self.cls.defaults),
+        }
+
+
+def _distribution_of(pm: pluggy.PluginManager, plugin_name: str) -> tuple[str, str]:
+    dist = pm.manet_info.dists.get(plugin_name)  # type: ignore[attr-defined]
+    if dist is not None:
+        return dist.name, dist.version
+    if plugin_name.startswith("manet."):
+        from manet import __version__
+
+        return "manet-retrieval", __version__
+    return "", ""
+
+
+class Registry:
+    """All plugin classes of a plugin manager, by kind and name."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self._plugins: dict[str, dict[str, PluginInfo]] = {kind: {} for kind in KINDS}
+        for hook_name, kind in REGISTRY_HOOKS.items():
+            caller = getattr(pm.hook, hook_name)
+            for impl in caller.get_hookimpls():
+                source = impl.plugin_name
+                dist, version = _distribution_of(pm, source)
+
+                def register(cls: type, _kind: str = kind, _source: str = source,
+                             _dist: str = dist, _version: str = version) -> None:
+                    self._add(PluginInfo(cls, _kind, _source, _dist, _version))
+
+                impl.function(register)
+
+    def _add(self, info: PluginInfo) -> None:
+        base = BASE_CLASSES[info.kind]
+        if not (isinstance(info.cls, type) and issubclass(info.cls, base)):
+            raise PluginError(
+                f"{info.source} registered {info.cls!r} as a {info.kind}; "
+                f"it must subclass manet.plugin_base.{base.__name__}"
+            )
+        if not info.cls.name:
+            raise PluginError(f"{info.source}: {info.cls.__name__} has no 'name'; set a class attribute")
+        existing = self._plugins[info.kind].get(info.cls.name)
+        if existing is not None:
+            raise PluginError(
+                f"duplicate {info.kind} '{info.cls.name}': registered by {existing.source} "
+                f"and by {info.source}; rename one or limit loading with {LOAD_PLUGINS_ENV}"
+            )
+        self._plugins[info.kind][info.cls.name] = info
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Third-party plugins that failed to import: entry-point name -> error."""
+        return dict(self.pm.manet_info.failed)  # type: ignore[attr-defined]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._plugins[kind])
+
+    def all(self) -> list[PluginInfo]:
+        return [info for kind in KINDS for _, info in sorted(self._plugins[kind].items())]
+
+    def get(self, kind: str, name: str) -> PluginInfo:
+        """Look a plugin up; an unknown name raises an error listing the known ones."""
+        if kind not in self._plugins:
+            raise PluginError(f"unknown plugin kind '{kind}'; known: {', '.join(KINDS)}")
+        try:
+            return self._plugins[kind][name]
+        except KeyError:
+            known = ", ".join(self.names(kind)) or "none installed"
+            label = kind.replace("_", " ")
+            raise PluginError(
+                f"unknown {label} '{name}'; known: {known} (see `manet plugins list`)"
+            ) from None
+
+    def create(self, kind: str, name: str, **params: Any) -> Any:
+        """Instantiate plugin ``name`` of ``kind`` with validated parameters."""
+        return self.get(kind, name).cls(**params)
+
+
+def default_registry(env: dict[str, str] | None = None) -> Registry:
+    """A registry over a fresh plugin manager with built-ins and installed plugins."""
+    return Registry(make_plugin_manager(env=env))

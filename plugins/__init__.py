@@ -1,0 +1,1 @@
+"""Built-in plugins of manet, registered by dotted name like any third-party plugin."""

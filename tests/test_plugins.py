@@ -1,0 +1,106 @@
+"""Plugin manager and registry: built-ins, isolation, duplicates, parameter validation."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+from click.testing import CliRunner
+
+from manet import hookimpl
+from manet.cli import cli
+from manet.errors import PluginError
+from manet.plugin_base import Pooling
+from manet.plugin_manager import Registry, make_plugin_manager
+
+
+def test_builtins_listed_as_json():
+    result = CliRunner().invoke(cli, ["plugins", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    plugins = json.loads(result.output)
+    by_kind: dict[str, set[str]] = {}
+    for plugin in plugins:
+        assert {"name", "kind", "version", "distribution", "description"} <= set(plugin)
+        by_kind.setdefault(plugin["kind"], set()).add(plugin["name"])
+    assert {"resnet18", "resnet34", "resnet50", "resnet101", "vgg16"} <= by_kind["backbone"]
+    assert {"mac", "spoc", "gem", "rmac", "ramac", "srmac"} <= by_kind["pooling"]
+    assert {"folder", "manifest", "grocery-store"} <= by_kind["dataset"]
+    assert "spectral-residual" in by_kind["saliency_estimator"]
+    assert all(p["distribution"] == "manet-retrieval" for p in plugins if p["source"].startswith("manet."))
+
+
+class Twice(Pooling):
+    name = "mac"
+    description = "clashes with the built-in MAC"
+
+
+def _module_registering(cls):
+    module = types.SimpleNamespace()
+
+    @hookimpl
+    def register_poolings(register):
+        register(cls)
+
+    module.register_poolings = register_poolings
+    return module
+
+
+def test_duplicate_name_names_both_sources():
+    pm = make_plugin_manager(load_entrypoints=False, extra_plugins=[_module_registering(Twice)])
+    with pytest.raises(PluginError, match=r"duplicate pooling 'mac'.*manet\.plugins\.poolings"):
+        Registry(pm)
+
+
+def test_managers_are_isolated():
+    class Extra(Pooling):
+        name = "extra-pool"
+        description = "test only"
+
+    with_extra = Registry(make_plugin_manager(load_entrypoints=False, extra_plugins=[_module_registering(Extra)]))
+    plain = Registry(make_plugin_manager(load_entrypoints=False))
+    assert "extra-pool" in with_extra.names("pooling")
+    assert "extra-pool" not in plain.names("pooling")
+
+
+def test_unknown_plugin_lists_known_ones():
+    registry = Registry(make_plugin_manager(load_entrypoints=False))
+    with pytest.raises(PluginError, match=r"unknown pooling 'nope'; known: .*mac"):
+        registry.create("pooling", "nope")
+
+
+def test_parameters_are_validated_and_coerced():
+    registry = Registry(make_plugin_manager(load_entrypoints=False))
+    gem = registry.create("pooling", "gem", p="4")
+    assert gem.params["p"] == 4.0
+    with pytest.raises(PluginError, match="has no parameter colour"):
+        registry.create("pooling", "gem", colour="red")
+    with pytest.raises(PluginError, match="should be float"):
+        registry.create("pooling", "gem", p="high")
+
+
+def test_wrong_base_class_is_rejected():
+    class NotAPlugin:
+        name = "x"
+
+    pm = make_plugin_manager(load_entrypoints=False, extra_plugins=[_module_registering(NotAPlugin)])
+    with pytest.raises(PluginError, match="must subclass manet.plugin_base.Pooling"):
+        Registry(pm)
+
+
+def test_typo_in_hook_name_is_caught():
+    module = types.SimpleNamespace()
+
+    @hookimpl
+    def register_poolingz(register):
+        pass
+
+    module.register_poolingz = register_poolingz
+    with pytest.raises(Exception, match="unknown hook"):
+        make_plugin_manager(load_entrypoints=False, extra_plugins=[module])
+
+
+def test_load_plugins_env_empty_loads_only_builtins():
+    pm = make_plugin_manager(env={"MANET_LOAD_PLUGINS": ""})
+    names = {name for name, _ in pm.list_name_plugin()}
+    assert all(name.startswith("manet.plugins.") for name in names)
