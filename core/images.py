@@ -1,0 +1,288 @@
+"""Image validation and decoding: the one place where manet opens image files.
+
+Every failure is an :class:`~manet.errors.ImageError` with a one-line message that names
+the file, says what is wrong and, where it helps, how to fix it. The behaviour does not
+depend on PIL's process-wide knobs (``Image.MAX_IMAGE_PIXELS``,
+``ImageFile.LOAD_TRUNCATED_IMAGES``, ``DecompressionBombWarning`` filters): manet applies
+its own pixel cap (``MANET_MAX_PIXELS``) from the header before any pixel is decoded, and
+truncated files are always rejected.
+
+torch is imported only by :func:`read_image_tensor`, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Mapping
+
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from manet.errors import ImageError, ManetError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+#: PIL's own default cap (1024 * 1024 * 1024 // 4 // 3 pixels).
+DEFAULT_MAX_PIXELS = 89_478_485
+MAX_PIXELS_ENV = "MANET_MAX_PIXELS"
+
+_FIX = "re-export or remove the file"
+
+# EXIF orientations 5-8 rotate by 90 degrees, so the displayed size is the stored one swapped.
+_EXIF_ORIENTATION = 0x0112
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+# PIL's bomb guard and truncation switch are module globals that other code may change. While
+# at least one manet decode is running they hold manet's values (no PIL bomb check: manet's
+# cap replaces it; truncated files always fail); the last decode to finish restores them.
+# The lock is held only to count, never during decoding, so threads still decode in parallel.
+_PIL_LOCK = threading.Lock()
+_active_decodes = 0
+_saved_globals: tuple[int | None, bool] | None = None
+
+
+def _restore_after_fork() -> None:
+    # A DataLoader worker forked while another thread was decoding would otherwise inherit a
+    # held lock or a count that never returns to zero.
+    global _PIL_LOCK, _active_decodes, _saved_globals
+    _PIL_LOCK = threading.Lock()
+    if _saved_globals is not None:
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = _saved_globals
+    _active_decodes, _saved_globals = 0, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restore_after_fork)
+
+
+@contextmanager
+def _manet_pil_settings() -> Iterator[None]:
+    """Run a decode with PIL's globals set to manet's values, restoring them afterwards."""
+    global _active_decodes, _saved_globals
+    with _PIL_LOCK:
+        if _active_decodes == 0:
+            _saved_globals = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
+            Image.MAX_IMAGE_PIXELS = None
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+        _active_decodes += 1
+    try:
+        yield
+    finally:
+        with _PIL_LOCK:
+            _active_decodes -= 1
+            if _active_decodes == 0 and _saved_globals is not None:
+                Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = _saved_globals
+                _saved_globals = None
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """Facts about a valid image file. ``width``/``height`` are as displayed (EXIF applied);
+    ``mode`` and ``format`` are PIL's names for the stored data (e.g. ``"RGB"``, ``"JPEG"``)."""
+
+    width: int
+    height: int
+    mode: str
+    format: str
+    sha256: str
+
+
+def max_pixels_from_env(env: Mapping[str, str] | None = None) -> int:
+    """The pixel cap from ``MANET_MAX_PIXELS`` (unset or empty: :data:`DEFAULT_MAX_PIXELS`).
+
+    A bad value is a configuration error, not a bad image, so it raises a plain
+    :class:`~manet.errors.ManetError` (ingest must stop rather than mark every image bad).
+    """
+    value = (env if env is not None else os.environ).get(MAX_PIXELS_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        cap = int(value)
+    except ValueError:
+        cap = 0
+    if cap < 1:
+        raise ManetError(
+            f"{MAX_PIXELS_ENV}={value!r} is not a positive integer; set it to a pixel count "
+            f"(default {DEFAULT_MAX_PIXELS}) or unset it"
+        )
+    return cap
+
+
+def _cap(max_pixels: int | None) -> int:
+    if max_pixels is None:
+        return max_pixels_from_env()
+    if max_pixels < 1:
+        raise ManetError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    return max_pixels
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, or an ImageError for a missing path, a directory or an empty file."""
+    if not path.exists():
+        raise ImageError(f"image {path} does not exist; check the path or remove it from the dataset")
+    if path.is_dir():
+        raise ImageError(f"image {path} is a directory, not an image file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"image {path} cannot be read: {exc.strerror or _one_line(exc)}") from exc
+    if not data:
+        raise ImageError(f"image {path} is empty (0 bytes); {_FIX}")
+    return data
+
+
+def _describe_decode_error(path: Path, exc: BaseException) -> ImageError:
+    detail = _one_line(exc)
+    if "truncat" in detail.lower():
+        return ImageError(f"image {path} is truncated (the file ends before the image data does); {_FIX}")
+    return ImageError(f"image {path} has corrupt image data ({detail}); {_FIX}")
+
+
+def _open_checked(
+    path: Path, data: bytes, max_pixels: int, draft_size: tuple[int, int] | None
+) -> tuple[Image.Image, ImageInfo]:
+    """Open ``data``, enforce the pixel cap from the header, then decode all of it.
+
+    ``draft_size`` lets JPEG decode at 1/2, 1/4 or 1/8 scale (DCT scaling) while staying at
+    least that size; all entropy-coded data is still read, so truncation is still caught.
+    Returns the loaded image and the info of the stored (not drafted) image; ``sha256`` is
+    filled by the caller that needs it.
+    """
+    with _manet_pil_settings():
+        return _open_and_decode(path, data, max_pixels, draft_size)
+
+
+def _open_and_decode(
+    path: Path, data: bytes, max_pixels: int, draft_size: tuple[int, int] | None
+) -> tuple[Image.Image, ImageInfo]:
+    try:
+        # From bytes, not the path: the format is detected by content, whatever the extension.
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise ImageError(
+            f"image {path} is not an image file that can be read (unknown format or damaged "
+            f"header, starts with {data[:8]!r}); {_FIX}"
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise _describe_decode_error(path, exc) from exc
+
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageError(
+            f"image {path} is {width}x{height} = {width * height} pixels, over the cap of "
+            f"{max_pixels} (decompression-bomb guard); set {MAX_PIXELS_ENV} to a larger value "
+            f"to accept it, or downscale the image"
+        )
+    mode, fmt = image.mode, image.format or "unknown"
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION)
+    except Exception:  # damaged EXIF must not reject otherwise good pixels
+        orientation = None
+    if orientation in _SWAPPING_ORIENTATIONS:
+        width, height = height, width
+
+    if draft_size is not None:
+        image.draft(mode, draft_size)  # no-op for formats other than JPEG
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise _describe_decode_error(path, exc) from exc
+    return image, ImageInfo(width, height, mode, fmt, "")
+
+
+def inspect_image(path: Path, max_pixels: int | None = None) -> ImageInfo:
+    """Validate an image file and describe it; raises :class:`ImageError` if it is unusable.
+
+    The whole file is decoded (JPEG at 1/8 scale, which still reads every byte), so a
+    truncated or corrupt file is rejected here rather than later in a DataLoader worker.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    image, info = _open_checked(path, data, _cap(max_pixels), draft_size=(1, 1))
+    image.close()
+    return ImageInfo(info.width, info.height, info.mode, info.format, hashlib.sha256(data).hexdigest())
+
+
+def _white(size: tuple[int, int]) -> Image.Image:
+    return Image.new("RGBA", size, (255, 255, 255, 255))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB, the same way every time.
+
+    Transparency is composited onto white; 16/32-bit integer images are read as 16-bit
+    (``value >> 8``, clipped), since that is how PIL opens 16-bit PNG and TIFF; CMYK uses
+    PIL's conversion; grayscale is replicated into the three channels.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P" and "transparency" not in image.info:
+        return image.convert("RGB")
+    if mode in {"RGBA", "LA", "PA", "P", "La", "RGBa"}:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(_white(rgba.size), rgba).convert("RGB")
+    if mode == "I" or mode.startswith("I;16"):
+        import numpy as np
+
+        values = np.asarray(image).astype(np.int64)
+        gray = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    try:
+        return image.convert("RGB")  # L, 1, CMYK, YCbCr, F (clipped to 0..255), ...
+    except ValueError as exc:
+        raise ImageError(f"image mode {mode} cannot be converted to RGB ({_one_line(exc)})") from exc
+
+
+def _load(path: Path, max_pixels: int | None, draft_size: tuple[int, int] | None) -> Image.Image:
+    path = Path(path)
+    data = _read_bytes(path)
+    image, _ = _open_checked(path, data, _cap(max_pixels), draft_size)
+    try:
+        oriented = ImageOps.exif_transpose(image)
+    except Exception:  # damaged EXIF: keep the stored orientation rather than reject the image
+        oriented = image
+    try:
+        return to_rgb(oriented)
+    except ImageError as exc:
+        raise ImageError(f"image {path}: {exc}; {_FIX}") from exc
+
+
+def load_rgb(path: Path, max_pixels: int | None = None) -> Image.Image:
+    """Validate and decode an image at full size: EXIF orientation applied, 8-bit RGB."""
+    return _load(path, max_pixels, draft_size=None)
+
+
+def read_image_tensor(path: Path, size: int, max_pixels: int | None = None) -> "torch.Tensor":
+    """Decode an image to a uint8 tensor (3, size, size); safe to call in DataLoader workers.
+
+    The image is squashed (aspect ratio not kept) with PIL's bilinear resize, which is
+    antialiased when downscaling (its filter support grows with the scale factor) and
+    matches torchvision's ``antialias=True`` closely; doing it in PIL keeps workers free of
+    float round trips. JPEGs are first decoded at the smallest DCT scale that still covers
+    ``size`` x ``size``, which is much faster for large photos.
+    """
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    import numpy as np
+    import torch
+
+    image = _load(path, max_pixels, draft_size=(size, size))
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    # Transpose to CHW in numpy: torch's multi-threaded copy of a tiny uint8 tensor costs ~20x
+    # more outside DataLoader workers; the result is a writable copy, so torch does not warn.
+    array = np.array(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1), order="C")
+    return torch.from_numpy(array)
