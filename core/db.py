@@ -1,0 +1,159 @@
+"""Database connection: the URL, the engine, migrations and a fast path for binary COPY.
+
+``MANET_DATABASE_URL`` selects any PostgreSQL with pgvector; without it the embedded
+server (:mod:`manet.embedded`) is started in ``$MANET_HOME/pgdata``.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from manet import config, embedded
+from manet.errors import DatabaseError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+
+def resolve_url(url: str | None = None, home: Path | None = None) -> str:
+    """The SQLAlchemy URL to use: ``url``, ``MANET_DATABASE_URL`` or the embedded server."""
+    url = url or config.database_url_from_env()
+    if url is None:
+        url = embedded.start(home or config.manet_home())
+    return config.sqlalchemy_url(url)
+
+
+def as_array(value: Any) -> "np.ndarray":
+    """A float32 numpy vector from whatever the driver returned for a pgvector column
+    (a ``pgvector.Vector`` where the type is registered on the connection, else text)."""
+    import numpy as np
+
+    if hasattr(value, "to_numpy"):
+        return np.asarray(value.to_numpy(), dtype=np.float32)
+    if isinstance(value, str):
+        return np.asarray(value.strip("[]").split(","), dtype=np.float32)
+    return np.asarray(value, dtype=np.float32)
+
+
+def redact(url: str) -> str:
+    """The URL with any password hidden, for messages."""
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+
+
+def _migrations_dir() -> Path:
+    import manet.migrations
+
+    return Path(manet.migrations.__file__).parent
+
+
+def alembic_config(connection: Connection | None = None, url: str | None = None):
+    """An Alembic config pointing at the migrations shipped inside the package."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_migrations_dir()))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["configure_logging"] = False
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+class Database:
+    """One PostgreSQL database holding the catalogue, models and descriptors."""
+
+    def __init__(self, url: str | None = None, home: Path | None = None) -> None:
+        self.url = resolve_url(url, home)
+        self.engine: Engine = sa.create_engine(self.url, pool_pre_ping=True)
+        self.check_connection()
+
+    def __repr__(self) -> str:
+        return f"Database({redact(self.url)!r})"
+
+    def check_connection(self) -> None:
+        """Fail fast with a one-line message naming the URL when the server is unreachable."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except sa.exc.OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise DatabaseError(
+                f"cannot connect to PostgreSQL at {redact(self.url)}: {reason}; start the server, "
+                f"or unset MANET_DATABASE_URL to use the embedded one"
+            ) from None
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A transaction on a pooled connection."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def raw(self) -> Iterator[Any]:
+        """A psycopg 3 connection with pgvector types registered (for binary COPY)."""
+        from pgvector.psycopg import register_vector
+
+        pooled = self.engine.raw_connection()
+        try:
+            conn = pooled.driver_connection
+            register_vector(conn)
+            yield conn
+            conn.commit()
+        except BaseException:
+            pooled.driver_connection.rollback()
+            raise
+        finally:
+            pooled.close()
+
+    # -- migrations -----------------------------------------------------------------
+    def upgrade(self, revision: str = "head") -> None:
+        from alembic import command
+
+        with self.engine.begin() as conn:
+            command.upgrade(alembic_config(conn), revision)
+
+    def downgrade(self, revision: str) -> None:
+        from alembic import command
+
+        with self.engine.begin() as conn:
+            command.downgrade(alembic_config(conn), revision)
+
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def head_revision(self) -> str | None:
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+    def require_schema(self) -> None:
+        """Raise a clear error when migrations have not been applied."""
+        current, head = self.current_revision(), self.head_revision()
+        if current != head:
+            raise DatabaseError(
+                f"database schema is at {current or 'nothing'}, not {head}; run: manet db upgrade"
+            )
+
+    def server_versions(self) -> dict[str, str | None]:
+        with self.engine.connect() as conn:
+            pg = conn.execute(sa.text("SHOW server_version")).scalar()
+            vec = conn.execute(
+                sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            ).scalar()
+            available = conn.execute(
+                sa.text("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
+            ).scalar()
+        return {"postgresql": pg, "pgvector": vec or available}
+
+    def dispose(self) -> None:
+        self.engine.dispose()
