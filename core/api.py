@@ -1,0 +1,164 @@
+"""``manet.Retriever``: the one façade that the CLI, notebooks and tests use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from manet import config
+from manet.catalog import IngestReport, ingest
+from manet.db import Database
+from manet.errors import ManetError
+from manet.evaluate import EvalResult, evaluate
+from manet.extract import ExtractReport, embed_files, extract
+from manet.models import ModelRecord, create_model, get_model, list_models
+from manet.pipeline import PipelineConfig, build_pipeline, select_device
+from manet.plugin_manager import PluginInfo, Registry, default_registry
+from manet.search import Hit, IndexReport, build_index, search_vector, stored_descriptor
+
+
+class Retriever:
+    """Ingest a catalogue, extract descriptors, search and evaluate.
+
+    >>> r = Retriever()                      # embedded PostgreSQL unless MANET_DATABASE_URL is set
+    >>> r.ingest("manifest", "catalogue.csv")
+    >>> r.create_model("r50-srmac", backbone="resnet50", weights="none", pooling="srmac")
+    >>> r.extract("r50-srmac"); r.build_index("r50-srmac")
+    >>> r.search("r50-srmac", image="photo.jpg", k=7)
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        home: Path | None = None,
+        registry: Registry | None = None,
+        device: str | None = None,
+        progress: bool = False,
+        auto_upgrade: bool | None = None,
+    ) -> None:
+        self._database_url = database_url
+        self._home = home
+        self._registry = registry
+        self._device = device
+        self.progress = progress
+        # Migrate the embedded database automatically; an external one is the operator's call.
+        self._auto_upgrade = (
+            auto_upgrade if auto_upgrade is not None
+            else (database_url or config.database_url_from_env()) is None
+        )
+        self._db: Database | None = None
+        self._pipelines: dict[str, Any] = {}
+
+    # -- wiring ---------------------------------------------------------------------
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = default_registry()
+        return self._registry
+
+    @property
+    def db(self) -> Database:
+        """The database, connected and migrated on first use."""
+        if self._db is None:
+            db = Database(self._database_url, self._home)
+            if self._auto_upgrade:
+                db.upgrade()
+            else:
+                db.require_schema()
+            self._db = db
+        return self._db
+
+    @property
+    def device(self) -> str:
+        if self._device is None or self._device == "auto":
+            self._device = select_device(self._device)
+        return self._device
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.dispose()
+            self._db = None
+
+    def __enter__(self) -> "Retriever":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- plugins ----------------------------------------------------------------------
+    def plugins(self) -> list[PluginInfo]:
+        return self.registry.all()
+
+    # -- catalogue --------------------------------------------------------------------
+    def ingest(self, kind: str, path: str | Path, *, batch_size: int = 256,
+               max_pixels: int | None = None, **params: Any) -> IngestReport:
+        """Ingest the dataset at ``path`` read by dataset plugin ``kind`` (params go to it)."""
+        dataset = self.registry.create("dataset", kind, **params)
+        return ingest(self.db, dataset, Path(path), batch_size=batch_size, max_pixels=max_pixels,
+                      progress=self.progress)
+
+    # -- models -----------------------------------------------------------------------
+    def create_model(self, name: str, **settings: Any) -> ModelRecord:
+        """Store a named pipeline; settings are :class:`~manet.pipeline.PipelineConfig` fields."""
+        return create_model(self.db, self.registry, name, PipelineConfig.from_dict(settings))
+
+    def model(self, name: str) -> ModelRecord:
+        return get_model(self.db, name)
+
+    def models(self) -> list[dict[str, Any]]:
+        return list_models(self.db)
+
+    def pipeline(self, name: str) -> Any:
+        """The model's descriptor pipeline on this Retriever's device (built once)."""
+        if name not in self._pipelines:
+            record = self.model(name)
+            self._pipelines[name] = build_pipeline(record.config, self.registry).to(self.device)
+        return self._pipelines[name]
+
+    # -- extraction, index, search ----------------------------------------------------
+    def extract(self, model: str, *, batch_size: int = 32, num_workers: int | None = None,
+                max_pixels: int | None = None) -> ExtractReport:
+        """Descriptors for every image lacking one for ``model`` (resumable)."""
+        record = self.model(model)
+        return extract(self.db, record, self.pipeline(model), device=self.device, batch_size=batch_size,
+                       num_workers=num_workers, max_pixels=max_pixels, progress=self.progress)
+
+    def build_index(self, model: str, *, m: int = 16, ef_construction: int = 64) -> IndexReport:
+        return build_index(self.db, self.model(model), m=m, ef_construction=ef_construction)
+
+    def embed(self, model: str, paths: Sequence[str | Path]) -> np.ndarray:
+        """Descriptors of image files under ``model`` (not stored)."""
+        record = self.model(model)
+        return embed_files(self.pipeline(model), [Path(p) for p in paths], record.config.image_size,
+                           self.device)
+
+    def search(
+        self,
+        model: str,
+        *,
+        image: str | Path | None = None,
+        image_id: int | None = None,
+        vector: np.ndarray | None = None,
+        k: int = 7,
+        category: str | None = None,
+        brand: str | None = None,
+        ef_search: int | None = None,
+    ) -> list[Hit]:
+        """Top-k catalogue images for an image file, a stored image id, or a vector."""
+        given = [x is not None for x in (image, image_id, vector)]
+        if sum(given) != 1:
+            raise ManetError("give exactly one of an image path, --image-id or a vector")
+        record = self.model(model)
+        if image is not None:
+            vector = self.embed(model, [image])[0]
+        elif image_id is not None:
+            vector = stored_descriptor(self.db, record, image_id)
+        return search_vector(self.db, record, vector, k=k, category=category, brand=brand,
+                             ef_search=ef_search)
+
+    def evaluate(self, model: str, *, split: str | None = None, k: int = 7,
+                 normaliser: str = "min") -> EvalResult:
+        return evaluate(self.db, self.model(model), split=split, k=k, normaliser=normaliser)

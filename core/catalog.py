@@ -1,0 +1,191 @@
+"""Ingest: dataset records -> products, categories and images rows.
+
+Images are validated (fully decoded) and de-duplicated by content hash; every batch commits
+on its own, so a re-run skips what is already stored and a bad file is recorded with its
+error instead of aborting the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import sqlalchemy as sa
+
+from manet.db import Database
+from manet.errors import DatasetError, ImageError
+from manet.images import ImageInfo, inspect_image
+from manet.plugin_base import Dataset, Record
+
+
+@dataclass
+class IngestReport:
+    """What one ingest run did."""
+
+    records: int = 0
+    images_added: int = 0
+    products_added: int = 0
+    already_present: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "records": self.records,
+            "images_added": self.images_added,
+            "products_added": self.products_added,
+            "already_present": self.already_present,
+            "duplicates": self.duplicates,
+            "failed": self.failed,
+            "failures": [{"image": uri, "error": error} for uri, error in self.failures],
+        }
+
+
+def _batches(items: Sequence[Record], size: int) -> Iterable[Sequence[Record]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _inspect(record: Record, max_pixels: int | None) -> ImageInfo | ImageError:
+    try:
+        return inspect_image(record.image, max_pixels=max_pixels)
+    except ImageError as exc:
+        return exc
+
+
+UPSERT_PRODUCT = sa.text(
+    """
+    INSERT INTO products (sku, title, brand, description, attributes)
+    VALUES (:sku, :title, :brand, :description, CAST(:attributes AS jsonb))
+    ON CONFLICT (sku) DO UPDATE SET
+        title = COALESCE(products.title, EXCLUDED.title),
+        brand = COALESCE(products.brand, EXCLUDED.brand),
+        description = COALESCE(products.description, EXCLUDED.description),
+        attributes = EXCLUDED.attributes || products.attributes
+    RETURNING id, (xmax = 0) AS inserted
+    """
+)
+
+UPSERT_CATEGORY = sa.text(
+    """
+    INSERT INTO categories (name, source) VALUES (:name, 'manual')
+    ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+    RETURNING id
+    """
+)
+
+INSERT_IMAGE = sa.text(
+    """
+    INSERT INTO images (product_id, uri, sha256, width, height, domain, split, status, error)
+    VALUES (:product_id, :uri, :sha256, :width, :height, :domain, :split, :status, :error)
+    ON CONFLICT (sha256) DO NOTHING
+    RETURNING id
+    """
+)
+
+
+def _existing_uris(conn: sa.Connection, uris: list[str]) -> set[str]:
+    rows = conn.execute(sa.text("SELECT uri FROM images WHERE uri = ANY(:uris)"), {"uris": uris})
+    return {row[0] for row in rows}
+
+
+def _product_ids(conn: sa.Connection, records: Sequence[Record], report: IngestReport) -> dict[str, int]:
+    """Upsert the products (and their categories) of ``records``; return sku -> id."""
+    ids: dict[str, int] = {}
+    for record in records:
+        if record.sku is None or record.sku in ids:
+            continue
+        row = conn.execute(
+            UPSERT_PRODUCT,
+            {
+                "sku": record.sku,
+                "title": record.title,
+                "brand": record.brand,
+                "description": record.description,
+                "attributes": json.dumps(record.attributes or {}),
+            },
+        ).one()
+        ids[record.sku] = row.id
+        report.products_added += int(row.inserted)
+        if record.category:
+            category_id = conn.execute(UPSERT_CATEGORY, {"name": record.category}).scalar_one()
+            conn.execute(
+                sa.text(
+                    "INSERT INTO product_categories (product_id, category_id) VALUES (:p, :c) "
+                    "ON CONFLICT DO NOTHING"
+                ),
+                {"p": row.id, "c": category_id},
+            )
+    return ids
+
+
+def ingest_records(
+    db: Database,
+    records: Sequence[Record],
+    *,
+    batch_size: int = 256,
+    max_pixels: int | None = None,
+    progress: bool = False,
+) -> IngestReport:
+    """Store ``records`` batch by batch; safe to re-run."""
+    from tqdm import tqdm
+
+    report = IngestReport(records=len(records))
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
+        total=len(records), desc="ingest", unit="img", disable=not progress
+    ) as bar:
+        for batch in _batches(records, batch_size):
+            uris = [str(record.image) for record in batch]
+            with db.begin() as conn:
+                present = _existing_uris(conn, uris)
+                todo = [record for record in batch if str(record.image) not in present]
+                report.already_present += len(batch) - len(todo)
+                infos = list(pool.map(lambda r: _inspect(r, max_pixels), todo))
+                products = _product_ids(conn, todo, report)
+                for record, info in zip(todo, infos):
+                    ok = isinstance(info, ImageInfo)
+                    params = {
+                        "product_id": products.get(record.sku) if record.sku else None,
+                        "uri": str(record.image),
+                        "sha256": info.sha256 if ok else None,
+                        "width": info.width if ok else None,
+                        "height": info.height if ok else None,
+                        "domain": record.domain,
+                        "split": record.split,
+                        "status": "ok" if ok else "failed",
+                        "error": None if ok else str(info),
+                    }
+                    inserted = conn.execute(INSERT_IMAGE, params).scalar()
+                    if not ok:
+                        report.failed += 1
+                        report.failures.append((str(record.image), str(info)))
+                    elif inserted is None:
+                        report.duplicates += 1
+                    else:
+                        report.images_added += 1
+            bar.update(len(batch))
+    return report
+
+
+def ingest(
+    db: Database,
+    dataset: Dataset,
+    path: Path,
+    *,
+    batch_size: int = 256,
+    max_pixels: int | None = None,
+    progress: bool = False,
+) -> IngestReport:
+    """Read every record of ``dataset`` at ``path`` first (a malformed file stores nothing),
+    then store them."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"dataset path {path} does not exist; check the path and try again")
+    records = list(dataset.records(path))
+    return ingest_records(db, records, batch_size=batch_size, max_pixels=max_pixels, progress=progress)

@@ -1,0 +1,402 @@
+"""The ``manet`` command line: a thin layer over :class:`manet.Retriever`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from manet import __version__, config
+from manet.errors import ManetError
+
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _params(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="-o/--option")
+        out[key.strip()] = value
+    return out
+
+
+class ManetGroup(click.Group):
+    """Turns :class:`ManetError` and database outages into one-line errors with exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import sqlalchemy.exc
+
+        try:
+            return super().invoke(ctx)
+        except ManetError as exc:
+            raise click.ClickException(str(exc)) from None
+        except sqlalchemy.exc.OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "connection failed"
+            raise click.ClickException(
+                f"lost the database connection: {reason}; check that PostgreSQL is running "
+                f"(`manet db url` shows which) and re-run: finished batches are kept"
+            ) from None
+
+
+class State:
+    """Lazily built Retriever shared by the sub-commands of one invocation."""
+
+    def __init__(self, database_url: str | None, home: Path | None, device: str | None, quiet: bool) -> None:
+        self.database_url = database_url
+        self.home = home
+        self.device = device
+        self.progress = not quiet and sys.stderr.isatty()
+        self._retriever = None
+
+    @property
+    def retriever(self):
+        if self._retriever is None:
+            from manet.api import Retriever
+
+            self._retriever = Retriever(self.database_url, home=self.home, device=self.device,
+                                        progress=self.progress)
+        return self._retriever
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+@click.group(cls=ManetGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--database-url", envvar=config.DATABASE_URL_ENV, show_envvar=True,
+              help="PostgreSQL URL with pgvector; unset = embedded server.")
+@click.option("--home", type=click.Path(path_type=Path), envvar=config.HOME_ENV, show_envvar=True,
+              help="Folder of the embedded database (default: the user data dir).")
+@click.option("--device", envvar=config.DEVICE_ENV, show_envvar=True,
+              help="Torch device: cpu, cuda, cuda:1, mps (default: best available).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.version_option(__version__, prog_name="manet")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, home: Path | None, device: str | None, quiet: bool) -> None:
+    """Cross-domain product image retrieval on PyTorch and PostgreSQL/pgvector."""
+    ctx.obj = State(database_url, home.resolve() if home else None, device, quiet)
+
+
+# -- db ---------------------------------------------------------------------------------
+@cli.group()
+def db() -> None:
+    """Database: migrations, URL, embedded server."""
+
+
+def _database(state: State):
+    from manet.db import Database
+
+    return Database(state.database_url, state.home)
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@pass_state
+def db_upgrade(state: State, revision: str) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    database = _database(state)
+    database.upgrade(revision)
+    click.echo(f"database at {database.current_revision()}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+def db_downgrade(state: State, revision: str, yes: bool) -> None:
+    """Revert migrations down to REVISION ('base' drops every table)."""
+    if not yes:
+        click.confirm(f"Downgrade the schema to {revision}? Tables above it are dropped", abort=True)
+    database = _database(state)
+    database.downgrade(revision)
+    click.echo(f"database at {database.current_revision() or 'base'}")
+
+
+@db.command("current")
+@JSON_OPTION
+@pass_state
+def db_current(state: State, as_json: bool) -> None:
+    """Show the schema revision and server versions."""
+    database = _database(state)
+    info = {"revision": database.current_revision(), "head": database.head_revision(),
+            **database.server_versions()}
+    if as_json:
+        _echo_json(info)
+    else:
+        click.echo(f"revision {info['revision'] or 'none'} (head {info['head']}); "
+                   f"PostgreSQL {info['postgresql']}, pgvector {info['pgvector']}")
+
+
+@db.command("url")
+@pass_state
+def db_url(state: State) -> None:
+    """Print the database URL in use (starting the embedded server if needed)."""
+    from manet.db import resolve_url
+
+    click.echo(config.libpq_url(resolve_url(state.database_url, state.home)))
+
+
+@db.command("stop")
+@pass_state
+def db_stop(state: State) -> None:
+    """Stop the embedded PostgreSQL server."""
+    from manet import embedded
+
+    if state.database_url:
+        raise ManetError("MANET_DATABASE_URL points at an external server; stop it with its own tools")
+    home = state.home or config.manet_home()
+    click.echo("stopped" if embedded.stop(home) else "not running")
+
+
+# -- plugins ------------------------------------------------------------------------------
+@cli.group()
+def plugins() -> None:
+    """Installed plugins."""
+
+
+@plugins.command("list")
+@JSON_OPTION
+@click.option("--kind", help="Only plugins of this kind (e.g. pooling).")
+def plugins_list(as_json: bool, kind: str | None) -> None:
+    """List every built-in and installed plugin."""
+    from manet.plugin_manager import default_registry
+
+    registry = default_registry()
+    infos = [info for info in registry.all() if kind is None or info.kind == kind]
+    if as_json:
+        _echo_json([info.as_dict() for info in infos])
+        return
+    for info in infos:
+        click.echo(f"{info.kind:<19} {info.name:<18} {info.distribution} {info.version}  {info.description}")
+    for name, error in registry.failed.items():
+        click.echo(f"failed to load plugin {name}: {error}", err=True)
+
+
+# -- ingest -----------------------------------------------------------------------------------
+@cli.command()
+@click.argument("kind")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--protocol", help="Dataset protocol (grocery-store: iconic|instance).")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Dataset plugin parameter (repeatable); see `manet plugins list --json`.")
+@click.option("--batch-size", default=256, show_default=True, help="Images per transaction.")
+@JSON_OPTION
+@pass_state
+def ingest(state: State, kind: str, path: Path, protocol: str | None, options: tuple[str, ...],
+           batch_size: int, as_json: bool) -> None:
+    """Ingest the dataset at PATH with dataset plugin KIND (folder, manifest, grocery-store, ...)."""
+    from manet.plugin_manager import default_registry
+
+    params: dict[str, Any] = _params(options)
+    if protocol is not None:
+        params["protocol"] = protocol
+    default_registry().create("dataset", kind, **params)  # unknown kind/params fail before any I/O
+    if not path.exists():
+        raise ManetError(f"dataset path {path} does not exist; check the path and try again")
+    report = state.retriever.ingest(kind, path, batch_size=batch_size, **params)
+    if as_json:
+        _echo_json(report.as_dict())
+        return
+    click.echo(f"{report.images_added} images added, {report.products_added} new products, "
+               f"{report.already_present} already present, {report.duplicates} duplicates, "
+               f"{report.failed} failed")
+    for uri, error in report.failures[:20]:
+        click.echo(f"  failed: {error}", err=True)
+    if len(report.failures) > 20:
+        click.echo(f"  ... and {len(report.failures) - 20} more (see images.error in the database)", err=True)
+
+
+# -- models -----------------------------------------------------------------------------------
+@cli.group()
+def models() -> None:
+    """Named descriptor pipelines."""
+
+
+@models.command("create")
+@click.argument("name")
+@click.option("--backbone", default="resnet50", show_default=True)
+@click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH to a checkpoint.")
+@click.option("--image-size", default=224, show_default=True, type=int)
+@click.option("--pooling", default="srmac", show_default=True)
+@click.option("-p", "--pooling-param", "pooling_params", multiple=True, metavar="KEY=VALUE")
+@click.option("--saliency", default="spectral-residual", show_default=True,
+              help="Saliency estimator for poolings that use saliency (SR-MAC).")
+@JSON_OPTION
+@pass_state
+def models_create(state: State, name: str, backbone: str, weights: str, image_size: int, pooling: str,
+                  pooling_params: tuple[str, ...], saliency: str, as_json: bool) -> None:
+    """Store a pipeline (backbone + weights + input size + pooling + L2) as model NAME."""
+    record = state.retriever.create_model(
+        name, backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
+        pooling_params=_params(pooling_params), saliency=saliency,
+    )
+    if as_json:
+        _echo_json(record.as_dict())
+    else:
+        click.echo(f"model '{record.name}' created: {backbone} ({weights}) {image_size}px {pooling}, {record.dim} dims")
+
+
+@models.command("list")
+@JSON_OPTION
+@pass_state
+def models_list(state: State, as_json: bool) -> None:
+    """List models with their descriptor counts."""
+    rows = state.retriever.models()
+    if as_json:
+        _echo_json(rows)
+        return
+    for row in rows:
+        c = row["config"]
+        click.echo(f"{row['name']:<24} {c['backbone']:<10} {c['weights']:<9} {c['image_size']:>4}px "
+                   f"{c['pooling']:<7} {row['dim']:>5} dims {row['descriptors']:>8} descriptors")
+
+
+# -- extract / index / search / eval ---------------------------------------------------------
+@cli.command()
+@click.option("--model", "model", required=True, help="Model name (see `manet models list`).")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--workers", "num_workers", type=int, default=None, help="DataLoader workers (default: auto).")
+@JSON_OPTION
+@pass_state
+def extract(state: State, model: str, batch_size: int, num_workers: int | None, as_json: bool) -> None:
+    """Compute descriptors for every image that lacks one (resumable)."""
+    report = state.retriever.extract(model, batch_size=batch_size, num_workers=num_workers)
+    if as_json:
+        _echo_json(report.as_dict())
+    else:
+        click.echo(f"{report.extracted} descriptors written, {report.failed} failed, "
+                   f"{report.images_per_second:.1f} img/s on {report.device}")
+
+
+@cli.group()
+def index() -> None:
+    """Vector indexes."""
+
+
+@index.command("build")
+@click.option("--model", "model", required=True)
+@click.option("--m", "m", default=16, show_default=True, help="HNSW graph degree.")
+@click.option("--ef-construction", default=64, show_default=True)
+@JSON_OPTION
+@pass_state
+def index_build(state: State, model: str, m: int, ef_construction: int, as_json: bool) -> None:
+    """Build the HNSW (inner product) index of a model's catalogue descriptors."""
+    report = state.retriever.build_index(model, m=m, ef_construction=ef_construction)
+    if as_json:
+        _echo_json(report.as_dict())
+    else:
+        click.echo(f"index {report.name}: {report.rows} rows in {report.seconds:.2f} s "
+                   f"(m={report.m}, ef_construction={report.ef_construction}, "
+                   f"parallel workers {report.parallel_workers})")
+
+
+@cli.command()
+@click.argument("image", required=False, type=click.Path(path_type=Path))
+@click.option("--model", "model", required=True)
+@click.option("--image-id", type=int, help="Search with a stored image instead of a file.")
+@click.option("-k", "k", default=7, show_default=True)
+@click.option("--category")
+@click.option("--brand")
+@click.option("--ef-search", type=int, help="HNSW candidate list size for this query.")
+@JSON_OPTION
+@pass_state
+def search(state: State, image: Path | None, model: str, image_id: int | None, k: int, category: str | None,
+           brand: str | None, ef_search: int | None, as_json: bool) -> None:
+    """Top-k catalogue products for IMAGE (a file) or --image-id."""
+    if (image is None) == (image_id is None):
+        raise click.UsageError("give an IMAGE path or --image-id (one of them)")
+    hits = state.retriever.search(model, image=image, image_id=image_id, k=k, category=category,
+                                  brand=brand, ef_search=ef_search)
+    if as_json:
+        _echo_json([hit.as_dict() for hit in hits])
+        return
+    for hit in hits:
+        click.echo(f"{hit.rank:>2}. {hit.score:.4f}  image {hit.image_id:<7} {hit.sku or '-':<24} "
+                   f"{hit.brand or '':<14} {hit.title or ''}")
+
+
+@cli.command("eval")
+@click.option("--model", "model", required=True)
+@click.option("--split", type=click.Choice(["train", "val", "test"]), help="Only queries of this split.")
+@click.option("-k", "k", default=7, show_default=True)
+@click.option("--normaliser", type=click.Choice(["min", "hits"]), default="min", show_default=True,
+              help="AP@k denominator: min(|G|,k) (challenge) or hits in the top k.")
+@JSON_OPTION
+@pass_state
+def eval_(state: State, model: str, split: str | None, k: int, normaliser: str, as_json: bool) -> None:
+    """MAP@k, mAP and recall@1/5/7 of queries with a known product against the catalogue."""
+    result = state.retriever.evaluate(model, split=split, k=k, normaliser=normaliser)
+    if as_json:
+        _echo_json(result.as_dict())
+        return
+    m = result.metrics
+    click.echo(f"{model}: MAP@{k} {m[f'map@{k}']:.4f} (normaliser {normaliser})  mAP {m['map']:.4f}  "
+               f"R@1 {m['recall@1']:.4f}  R@5 {m['recall@5']:.4f}  R@7 {m['recall@7']:.4f}  "
+               f"queries {result.queries}")
+
+
+# -- demo -------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--products", default=50, show_default=True)
+@click.option("--photos", "photos_per_product", default=2, show_default=True, help="Shopper photos per product.")
+@click.option("--backbone", default="resnet50", show_default=True)
+@click.option("--weights", default="auto", show_default=True,
+              help="auto (imagenet if cached, else none) | imagenet | none | PATH.")
+@click.option("--image-size", default=224, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@JSON_OPTION
+@pass_state
+def demo(state: State, products: int, photos_per_product: int, backbone: str, weights: str, image_size: int,
+         seed: int, as_json: bool) -> None:
+    """Synthetic catalogue -> index -> search -> MAP@7 for MAC and SR-MAC, offline."""
+    from manet import embedded
+    from manet.api import Retriever
+    from manet.demo import run_demo
+
+    home = state.home or config.manet_home()
+    # The demo gets its own empty database so it never mixes with the user's catalogue.
+    url = state.database_url or embedded.start(home, "manet_demo", recreate=True)
+    say: Callable[[str], None] = (lambda _msg: None) if as_json else click.echo
+    with Retriever(url, home=home, device=state.device, progress=state.progress, auto_upgrade=True) as retriever:
+        result = run_demo(retriever, home / "demo-data" / f"seed-{seed}", products=products,
+                          photos_per_product=photos_per_product, backbone=backbone, weights=weights,
+                          image_size=image_size, seed=seed, say=say)
+    if as_json:
+        _echo_json(result.as_dict())
+        return
+    click.echo("")
+    click.echo(f"{'pooling':<8} {'MAP@7':>7} {'mAP':>7} {'R@1':>7} {'R@5':>7} {'R@7':>7} {'queries':>8}")
+    for pooling, m in result.metrics.items():
+        click.echo(f"{pooling:<8} {m['map@7']:>7.4f} {m['map']:>7.4f} {m['recall@1']:>7.4f} "
+                   f"{m['recall@5']:>7.4f} {m['recall@7']:>7.4f} {m['queries']:>8}")
+    click.echo("(MAP@7 normaliser: min(|G|, 7); exact ranking over the stored descriptors)")
+    for example in result.examples:
+        click.echo(f"\nquery image {example['query_image_id']} (product {example['query_sku']}), top-7 by SR-MAC:")
+        for hit in example["hits"]:
+            mark = "*" if hit["sku"] == example["query_sku"] else " "
+            click.echo(f"  {mark} {hit['rank']}. {hit['score']:.4f} {hit['sku']:<10} {hit['title']}")
+    click.echo(f"\ndone in {result.seconds:.1f} s ({backbone}, weights {result.weights}, {image_size}px)")
+
+
+def main() -> None:
+    """Console-script entry point: adds plugin commands, then runs the group."""
+    from manet.plugin_manager import make_plugin_manager
+
+    try:
+        make_plugin_manager().hook.register_commands(cli=cli)
+    except ManetError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    cli(prog_name="manet")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

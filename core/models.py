@@ -1,0 +1,92 @@
+"""Named descriptor pipelines stored in the ``models`` table."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from manet.db import Database
+from manet.errors import ManetError, NotFoundError
+from manet.pipeline import PipelineConfig
+from manet.plugin_manager import Registry
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A row of ``models``: a named pipeline and its descriptor dimension."""
+
+    id: int
+    name: str
+    config: PipelineConfig
+    dim: int
+    metrics: dict[str, Any]
+
+    @property
+    def vector_type(self) -> str:
+        """The pgvector type its HNSW index and queries cast to (halfvec above 2,000 dims)."""
+        return f"halfvec({self.dim})" if self.dim > 2000 else f"vector({self.dim})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "dim": self.dim, "config": self.config.to_dict(),
+                "metrics": self.metrics}
+
+
+def _record(row: Any) -> ModelRecord:
+    return ModelRecord(row.id, row.name, PipelineConfig.from_dict(dict(row.config)), row.dim,
+                       dict(row.metrics or {}))
+
+
+def create_model(db: Database, registry: Registry, name: str, config: PipelineConfig) -> ModelRecord:
+    """Validate ``config`` against the installed plugins and store it under ``name``."""
+    if not NAME_PATTERN.match(name):
+        raise ManetError(
+            f"model name {name!r} is not allowed; use letters, digits and _ . : - (max 63 characters)"
+        )
+    dim = config.validate(registry)
+    with db.begin() as conn:
+        exists = conn.execute(sa.text("SELECT 1 FROM models WHERE name = :n"), {"n": name}).first()
+        if exists:
+            raise ManetError(f"model '{name}' already exists; pick another name or use it as it is")
+        row = conn.execute(
+            sa.text(
+                "INSERT INTO models (name, config, dim) VALUES (:n, CAST(:c AS jsonb), :d) "
+                "RETURNING id, name, config, dim, metrics"
+            ),
+            {"n": name, "c": json.dumps(config.to_dict()), "d": dim},
+        ).one()
+    return _record(row)
+
+
+def get_model(db: Database, name: str) -> ModelRecord:
+    with db.begin() as conn:
+        row = conn.execute(
+            sa.text("SELECT id, name, config, dim, metrics FROM models WHERE name = :n"), {"n": name}
+        ).first()
+        if row is None:
+            known = [r[0] for r in conn.execute(sa.text("SELECT name FROM models ORDER BY name"))]
+            hint = f"known: {', '.join(known)}" if known else "none exist yet"
+            raise NotFoundError(
+                f"model '{name}' does not exist ({hint}); create one with: manet models create NAME"
+            )
+    return _record(row)
+
+
+def list_models(db: Database) -> list[dict[str, Any]]:
+    """Models with their descriptor counts."""
+    with db.begin() as conn:
+        rows = conn.execute(
+            sa.text(
+                """
+                SELECT m.id, m.name, m.config, m.dim, m.metrics,
+                       (SELECT count(*) FROM descriptors d WHERE d.model_id = m.id) AS descriptors
+                  FROM models m ORDER BY m.name
+                """
+            )
+        ).all()
+    return [dict(_record(row).as_dict(), descriptors=row.descriptors) for row in rows]

@@ -1,0 +1,48 @@
+"""Shared fixtures: one real embedded PostgreSQL + pgvector per session, a fresh database
+per test module, and small generated catalogues."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from manet import embedded
+
+
+@pytest.fixture(scope="session")
+def pg_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MANET_HOME of a private embedded server for this test session."""
+    home = tmp_path_factory.mktemp("manet-home")
+    embedded.start(home)
+    yield home
+    embedded.stop(home)
+
+
+@pytest.fixture(scope="module")
+def database_url(pg_home: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database for the test module (libpq URL)."""
+    name = "t_" + re.sub(r"\W", "_", request.module.__name__.rsplit(".", 1)[-1])[:55]
+    return embedded.start(pg_home, name, recreate=True)
+
+
+@pytest.fixture(scope="module")
+def retriever(database_url: str):
+    from manet.api import Retriever
+
+    with Retriever(database_url, device="cpu", auto_upgrade=True) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def small_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated catalogue: 10 products, one catalogue image and 2 photos each, 96 px."""
+    from manet.synthetic import generate_catalogue
+
+    return generate_catalogue(tmp_path_factory.mktemp("catalogue"), products=10, photos_per_product=2,
+                              size=96, seed=1)
+
+
+#: A small real model for tests: random weights, 64 px input.
+TINY_MODEL = {"backbone": "resnet18", "weights": "none", "image_size": 64}
