@@ -65,7 +65,7 @@ class Retriever:
         if self._db is None:
             db = Database(self._database_url, self._home)
             if self._auto_upgrade:
-                db.upgrade()
+                db.upgrade_if_needed()
             else:
                 db.require_schema()
             self._db = db

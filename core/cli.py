@@ -193,12 +193,10 @@ def plugins_list(as_json: bool, kind: str | None) -> None:
 def ingest(state: State, kind: str, path: Path, protocol: str | None, options: tuple[str, ...],
            batch_size: int, as_json: bool) -> None:
     """Ingest the dataset at PATH with dataset plugin KIND (folder, manifest, grocery-store, ...)."""
-    from manet.plugin_manager import default_registry
-
     params: dict[str, Any] = _params(options)
     if protocol is not None:
         params["protocol"] = protocol
-    default_registry().create("dataset", kind, **params)  # unknown kind/params fail before any I/O
+    state.retriever.registry.create("dataset", kind, **params)  # bad kind/params fail before any I/O
     if not path.exists():
         raise ManetError(f"dataset path {path} does not exist; check the path and try again")
     report = state.retriever.ingest(kind, path, batch_size=batch_size, **params)

@@ -29,6 +29,10 @@ def resolve_url(url: str | None = None, home: Path | None = None) -> str:
     return config.sqlalchemy_url(url)
 
 
+#: pg_advisory_xact_lock key serialising migrations ("manet" in ASCII).
+MIGRATION_LOCK = 0x6D616E6574
+
+
 def as_array(value: Any) -> "np.ndarray":
     """A float32 numpy vector from whatever the driver returned for a pgvector column
     (a ``pgvector.Vector`` where the type is registered on the connection, else text)."""
@@ -117,7 +121,14 @@ class Database:
         from alembic import command
 
         with self.engine.begin() as conn:
+            # Two first commands at once must not both create the schema.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             command.upgrade(alembic_config(conn), revision)
+
+    def upgrade_if_needed(self) -> None:
+        """Migrate to head unless already there (cheap check first)."""
+        if self.current_revision() != self.head_revision():
+            self.upgrade()
 
     def downgrade(self, revision: str) -> None:
         from alembic import command

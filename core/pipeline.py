@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from manet.errors import PluginError
+from manet.errors import ManetError, PluginError
 from manet.plugin_manager import Registry
 
 # torchvision's ImageNet statistics, used by every torchvision backbone.
@@ -103,7 +103,7 @@ def select_device(requested: str | None = None) -> str:
     device = requested or os.environ.get("MANET_DEVICE") or ""
     if device and device != "auto":
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise PluginError(f"device '{device}' requested but CUDA is not available; use --device cpu")
+            raise ManetError(f"device '{device}' requested but CUDA is not available; use --device cpu")
         return device
     if torch.cuda.is_available():
         return "cuda"
