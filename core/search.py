@@ -20,6 +20,8 @@ from manet.models import ModelRecord
 
 # pgvector releases before 0.8.2 overflow a buffer in parallel HNSW builds (CVE-2026-3172).
 SAFE_PARALLEL_PGVECTOR = (0, 8, 2)
+#: Candidates per result taken from a half-precision index before exact re-ranking.
+RERANK_FACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,8 @@ def build_index(db: Database, model: ModelRecord, *, m: int = 16, ef_constructio
                 f"WHERE model_id = {int(model.id)} AND gallery"
             )
         )
+        # Fresh statistics after a bulk load, so the planner costs the index scan correctly.
+        conn.execute(sa.text("ANALYZE descriptors"))
     return IndexReport(name, int(rows), time.perf_counter() - started, workers, m, ef_construction)
 
 
@@ -113,28 +117,22 @@ def _check_vector(model: ModelRecord, vector: np.ndarray) -> np.ndarray:
     return vector
 
 
-def search_vector(
-    db: Database,
+def search_query(
     model: ModelRecord,
     vector: np.ndarray,
     *,
     k: int = 7,
     category: str | None = None,
     brand: str | None = None,
-    ef_search: int | None = None,
-    exclude_image_id: int | None = None,
-) -> list[Hit]:
-    """Top-``k`` gallery images for ``vector`` by inner product, joined with products.
-
-    Filters run inside the same ORDER BY ... LIMIT with pgvector's iterative index scan, so
-    ``k`` rows come back whenever ``k`` gallery images match.
-    """
+) -> tuple[str, dict[str, Any]]:
+    """The SQL and bound parameters of a top-``k`` search (see :func:`search_vector`)."""
     from pgvector import Vector
 
     if not 1 <= int(k) <= 1000:
         raise ManetError(f"k={k} is out of range; use 1..1000")
     vector = _check_vector(model, vector)
     vtype = model.vector_type
+    # Literal model id and cast: the planner only matches the partial expression index so.
     where = [f"d.model_id = {int(model.id)}", "d.gallery"]
     params: dict[str, Any] = {"q": Vector(vector).to_text(), "k": int(k)}
     if category is not None:
@@ -146,19 +144,41 @@ def search_vector(
     if brand is not None:
         where.append("lower(p.brand) = lower(:brand)")
         params["brand"] = brand
-    if exclude_image_id is not None:
-        where.append("d.image_id <> :exclude")
-        params["exclude"] = int(exclude_image_id)
+    # halfvec indexes (> 2,000 dims) rank in half precision: take more candidates from the
+    # index, then order them by the exact float32 inner product.
+    params["candidates"] = int(k) * RERANK_FACTOR if model.dim > 2000 else int(k)
     sql = f"""
-        SELECT d.image_id, i.product_id, p.sku, p.title, p.brand, i.uri,
-               -(d.embedding::{vtype} <#> CAST(:q AS {vtype}))::double precision AS score
-          FROM descriptors d
-          JOIN images i ON i.id = d.image_id
-          LEFT JOIN products p ON p.id = i.product_id
-         WHERE {' AND '.join(where)}
-         ORDER BY d.embedding::{vtype} <#> CAST(:q AS {vtype})
+        SELECT c.image_id, c.product_id, c.sku, c.title, c.brand, c.uri,
+               -(c.embedding <#> CAST(:q AS vector))::double precision AS score
+          FROM (SELECT d.image_id, d.embedding, i.product_id, i.uri, p.sku, p.title, p.brand
+                  FROM descriptors d
+                  JOIN images i ON i.id = d.image_id
+                  LEFT JOIN products p ON p.id = i.product_id
+                 WHERE {' AND '.join(where)}
+                 ORDER BY d.embedding::{vtype} <#> CAST(:q AS {vtype})
+                 LIMIT :candidates) c
+         ORDER BY c.embedding <#> CAST(:q AS vector), c.image_id
          LIMIT :k
     """
+    return sql, params
+
+
+def search_vector(
+    db: Database,
+    model: ModelRecord,
+    vector: np.ndarray,
+    *,
+    k: int = 7,
+    category: str | None = None,
+    brand: str | None = None,
+    ef_search: int | None = None,
+) -> list[Hit]:
+    """Top-``k`` gallery images for ``vector`` by inner product, joined with products.
+
+    Filters run inside the index scan's ORDER BY ... LIMIT with pgvector's iterative scan
+    (strict order), so ``k`` rows come back whenever ``k`` gallery images match.
+    """
+    sql, params = search_query(model, vector, k=k, category=category, brand=brand)
     with db.begin() as conn:
         conn.execute(sa.text("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)"))
         if ef_search is not None:

@@ -19,6 +19,10 @@ def indexed(retriever, small_catalogue):
         extracted = retriever.extract(f"tiny-{pooling}", batch_size=8)
         assert extracted.extracted == 30 and extracted.failed == 0
         retriever.build_index(f"tiny-{pooling}")
+    # 2048 dims: stored as vector, indexed as halfvec, re-ranked in full precision.
+    retriever.create_model("tiny-r50", backbone="resnet50", weights="none", image_size=64, pooling="gem")
+    retriever.extract("tiny-r50", batch_size=8)
+    retriever.build_index("tiny-r50")
     return retriever
 
 
@@ -33,7 +37,7 @@ def _stored(retriever, model):
     return ids, gallery, vectors
 
 
-@pytest.mark.parametrize("model", ["tiny-mac", "tiny-srmac"])
+@pytest.mark.parametrize("model", ["tiny-mac", "tiny-srmac", "tiny-r50"])
 def test_search_matches_numpy_brute_force(indexed, model):
     ids, gallery, vectors = _stored(indexed, model)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
@@ -90,3 +94,17 @@ def test_eval_reports_and_stores(indexed):
 def test_extract_is_resumable(indexed):
     report = indexed.extract("tiny-mac")
     assert report.extracted == 0
+
+
+@pytest.mark.parametrize("model, filters", [("tiny-mac", {}), ("tiny-r50", {}), ("tiny-mac", {"brand": "x"})])
+def test_search_sql_uses_the_models_hnsw_index(indexed, model, filters):
+    from manet.search import index_name, search_query
+
+    record = indexed.model(model)
+    sql, params = search_query(record, np.ones(record.dim, dtype=np.float32), k=7, **filters)
+    with indexed.db.begin() as conn:
+        # Tiny tables favour a sort; forbid it to see that the index matches the query.
+        conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+        conn.execute(sa.text("SET LOCAL enable_sort = off"))
+        plan = "\n".join(conn.execute(sa.text("EXPLAIN " + sql), params).scalars())
+    assert index_name(record) in plan, plan

@@ -138,19 +138,24 @@ BEGIN
         RAISE EXCEPTION 'query has % dimensions but model "%" has %', vector_dims(query), model_name, m_dim;
     END IF;
     vtype := CASE WHEN m_dim > 2000 THEN 'halfvec' ELSE 'vector' END || '(' || m_dim || ')';
+    -- halfvec indexes rank in half precision: take 4k candidates, order them exactly.
     RETURN QUERY EXECUTE format(
-        'SELECT row_number() OVER (ORDER BY h.distance), h.image_id, h.product_id, h.sku, h.title, h.brand, -h.distance
-           FROM (SELECT d.image_id, i.product_id, p.sku, p.title, p.brand,
-                        (d.embedding::%1$s <#> $1::%1$s)::double precision AS distance
-                   FROM descriptors d
-                   JOIN images i ON i.id = d.image_id
-                   LEFT JOIN products p ON p.id = i.product_id
-                  WHERE d.model_id = %2$s AND d.gallery
-                  ORDER BY d.embedding::%1$s <#> $1::%1$s
-                  LIMIT $2) h
-          ORDER BY h.distance',
+        'SELECT row_number() OVER (ORDER BY c.distance, c.image_id), c.image_id, c.product_id,
+                c.sku, c.title, c.brand, -c.distance
+           FROM (SELECT h.image_id, h.product_id, h.sku, h.title, h.brand,
+                        (h.embedding <#> $1)::double precision AS distance
+                   FROM (SELECT d.image_id, d.embedding, i.product_id, p.sku, p.title, p.brand
+                           FROM descriptors d
+                           JOIN images i ON i.id = d.image_id
+                           LEFT JOIN products p ON p.id = i.product_id
+                          WHERE d.model_id = %2$s AND d.gallery
+                          ORDER BY d.embedding::%1$s <#> $1::%1$s
+                          LIMIT $3) h
+                  ORDER BY distance, h.image_id
+                  LIMIT $2) c
+          ORDER BY c.distance, c.image_id',
         vtype, m_id)
-    USING query, k;
+    USING query, k, CASE WHEN m_dim > 2000 THEN 4 * k ELSE k END;
 END
 $fn$;
 
