@@ -13,7 +13,7 @@ from manet.db import Database
 from manet.errors import ManetError
 from manet.evaluate import EvalResult, evaluate
 from manet.extract import ExtractReport, embed_files, extract
-from manet.models import ModelRecord, create_model, get_model, list_models
+from manet.models import ModelRecord, create_model, delete_model, get_model, list_models
 from manet.pipeline import PipelineConfig, build_pipeline, select_device
 from manet.plugin_manager import PluginInfo, Registry, default_registry
 from manet.search import Hit, IndexReport, build_index, search_vector, stored_descriptor
@@ -110,6 +110,11 @@ class Retriever:
 
     def models(self) -> list[dict[str, Any]]:
         return list_models(self.db)
+
+    def delete_model(self, name: str) -> bool:
+        """Delete a model with its descriptors, index and evaluation runs."""
+        self._pipelines.pop(name, None)
+        return delete_model(self.db, name)
 
     def pipeline(self, name: str) -> Any:
         """The model's descriptor pipeline on this Retriever's device (built once)."""

@@ -257,6 +257,19 @@ def models_list(state: State, as_json: bool) -> None:
                    f"{c['pooling']:<7} {row['dim']:>5} dims {row['descriptors']:>8} descriptors")
 
 
+@models.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+def models_delete(state: State, name: str, yes: bool) -> None:
+    """Delete model NAME with its descriptors, index and evaluation runs."""
+    state.retriever.model(name)  # a clear error for an unknown name
+    if not yes:
+        click.confirm(f"Delete model '{name}' and all its descriptors?", abort=True)
+    state.retriever.delete_model(name)
+    click.echo(f"model '{name}' deleted")
+
+
 # -- extract / index / search / eval ---------------------------------------------------------
 @cli.command()
 @click.option("--model", "model", required=True, help="Model name (see `manet models list`).")

@@ -69,6 +69,7 @@ def run_demo(
     result = DemoResult(weights, backbone, image_size, report.products_added, report.images_added)
     for pooling in DEMO_POOLINGS:
         name = f"demo-{backbone}-{pooling}"
+        retriever.delete_model(name)  # a re-run on the same database starts over
         retriever.create_model(name, backbone=backbone, weights=weights, image_size=image_size, pooling=pooling)
         extracted = retriever.extract(name)
         index = retriever.build_index(name)
@@ -81,8 +82,8 @@ def run_demo(
     with retriever.db.begin() as conn:
         queries = conn.execute(
             sa.text(
-                "SELECT i.id, p.sku FROM images i JOIN products p ON p.id = i.product_id "
-                "WHERE i.domain = 'query' ORDER BY i.id LIMIT :n"
+                "SELECT DISTINCT ON (p.id) i.id, p.sku FROM images i JOIN products p ON p.id = i.product_id "
+                "WHERE i.domain = 'query' ORDER BY p.id, i.id LIMIT :n"
             ),
             {"n": examples},
         ).all()

@@ -14,6 +14,10 @@ from manet.errors import ManetError, NotFoundError
 from manet.pipeline import PipelineConfig
 from manet.plugin_manager import Registry
 
+def index_name_for(model_id: int) -> str:
+    return f"descriptors_hnsw_model_{int(model_id)}"
+
+
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
 
 
@@ -31,6 +35,11 @@ class ModelRecord:
     def vector_type(self) -> str:
         """The pgvector type its HNSW index and queries cast to (halfvec above 2,000 dims)."""
         return f"halfvec({self.dim})" if self.dim > 2000 else f"vector({self.dim})"
+
+    @property
+    def index_name(self) -> str:
+        """Name of the model's HNSW index on ``descriptors``."""
+        return index_name_for(self.id)
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "dim": self.dim, "config": self.config.to_dict(),
@@ -90,3 +99,14 @@ def list_models(db: Database) -> list[dict[str, Any]]:
             )
         ).all()
     return [dict(_record(row).as_dict(), descriptors=row.descriptors) for row in rows]
+
+
+def delete_model(db: Database, name: str) -> bool:
+    """Delete a model with its descriptors, index and eval runs; False if it did not exist."""
+    with db.begin() as conn:
+        model_id = conn.execute(sa.text("SELECT id FROM models WHERE name = :n"), {"n": name}).scalar()
+        if model_id is None:
+            return False
+        conn.execute(sa.text(f"DROP INDEX IF EXISTS {index_name_for(model_id)}"))
+        conn.execute(sa.text("DELETE FROM models WHERE id = :i"), {"i": model_id})
+    return True

@@ -41,10 +41,6 @@ class Hit:
         return asdict(self)
 
 
-def index_name(model: ModelRecord) -> str:
-    return f"descriptors_hnsw_model_{int(model.id)}"
-
-
 def _version_tuple(version: str | None) -> tuple[int, ...]:
     parts = []
     for piece in (version or "0").split("."):
@@ -81,7 +77,7 @@ def build_index(db: Database, model: ModelRecord, *, m: int = 16, ef_constructio
         )
     versions = db.server_versions()
     workers = parallel_workers if parallel_build_allowed(versions["pgvector"]) else 0
-    name = index_name(model)
+    name = model.index_name
     started = time.perf_counter()
     with db.begin() as conn:
         rows = conn.execute(

@@ -78,6 +78,14 @@ def test_eval_json_keys(populated, run):
     assert data["queries"] == 20 and data["normaliser"] == "min"
 
 
+def test_models_delete(populated, run):
+    assert run("models", "create", "doomed", "--backbone", "resnet18", "--weights", "none",
+               "--pooling", "mac").exit_code == 0
+    assert run("models", "delete", "doomed", "--yes").exit_code == 0
+    assert "doomed" not in run("models", "list").output
+    one_line_error(run("models", "delete", "doomed", "--yes"), "model 'doomed' does not exist")
+
+
 def test_ingest_twice_adds_nothing(populated, run, small_catalogue):
     before = counts(populated)
     result = run("ingest", "manifest", str(small_catalogue), "--json")

@@ -98,7 +98,7 @@ def test_extract_is_resumable(indexed):
 
 @pytest.mark.parametrize("model, filters", [("tiny-mac", {}), ("tiny-r50", {}), ("tiny-mac", {"brand": "x"})])
 def test_search_sql_uses_the_models_hnsw_index(indexed, model, filters):
-    from manet.search import index_name, search_query
+    from manet.search import search_query
 
     record = indexed.model(model)
     sql, params = search_query(record, np.ones(record.dim, dtype=np.float32), k=7, **filters)
@@ -107,4 +107,4 @@ def test_search_sql_uses_the_models_hnsw_index(indexed, model, filters):
         conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
         conn.execute(sa.text("SET LOCAL enable_sort = off"))
         plan = "\n".join(conn.execute(sa.text("EXPLAIN " + sql), params).scalars())
-    assert index_name(record) in plan, plan
+    assert record.index_name in plan, plan
