@@ -10,6 +10,10 @@ from manet.hookspecs import hookimpl
 from manet.plugin_base import Backbone
 
 
+#: Seed of the random initialisation behind ``--weights none``.
+RANDOM_INIT_SEED = 0
+
+
 class TorchvisionBackbone(Backbone):
     """A torchvision classification network truncated after its last convolutional block."""
 
@@ -32,7 +36,13 @@ class TorchvisionBackbone(Backbone):
         import torchvision
 
         if weights == "none":
-            return torchvision.models.get_model(self.arch, weights=None)
+            import torch
+
+            # Seeded, so every process (extraction workers, a later `manet search`) builds
+            # the same random network; the caller's RNG state is left as it was.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_INIT_SEED)
+                return torchvision.models.get_model(self.arch, weights=None)
         if weights == "imagenet":
             try:
                 return torchvision.models.get_model(self.arch, weights=self._weights_enum())

@@ -23,6 +23,16 @@ def test_feature_map_shape(registry, name):
     assert features.shape == (2, backbone.out_channels, 64 // backbone.stride, 64 // backbone.stride)
 
 
+def test_random_weights_are_the_same_in_every_build(registry):
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    first = registry.create("backbone", "resnet18").build("none")
+    second = registry.create("backbone", "resnet18").build("none")
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is untouched
+
+
 def test_local_checkpoint_round_trip(registry, tmp_path):
     import torchvision
 
