@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -206,7 +207,7 @@ def ingest(state: State, kind: str, path: Path, protocol: str | None, options: t
     click.echo(f"{report.images_added} images added, {report.products_added} new products, "
                f"{report.already_present} already present, {report.duplicates} duplicates, "
                f"{report.failed} failed")
-    for uri, error in report.failures[:20]:
+    for _uri, error in report.failures[:20]:
         click.echo(f"  failed: {error}", err=True)
     if len(report.failures) > 20:
         click.echo(f"  ... and {len(report.failures) - 20} more (see images.error in the database)", err=True)

@@ -6,7 +6,8 @@ A plugin module implements any of these with ``@manet.hookimpl`` and calls
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

@@ -14,6 +14,7 @@ from manet.errors import ManetError, NotFoundError
 from manet.pipeline import PipelineConfig
 from manet.plugin_manager import Registry
 
+
 def index_name_for(model_id: int) -> str:
     return f"descriptors_hnsw_model_{int(model_id)}"
 

@@ -8,9 +8,10 @@ Plugins depend only on this module, :mod:`manet.hookspecs` and pure math modules
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from manet.errors import PluginError
 

@@ -8,7 +8,8 @@ Regional poolings (R-MAC, RA-MAC, SR-MAC) take their regions from
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

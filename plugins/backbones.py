@@ -9,7 +9,6 @@ from manet.errors import WeightsError
 from manet.hookspecs import hookimpl
 from manet.plugin_base import Backbone
 
-
 #: Seed of the random initialisation behind ``--weights none``.
 RANDOM_INIT_SEED = 0
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from manet.errors import DatasetError
 from manet.hookspecs import Register, hookimpl

@@ -5,7 +5,8 @@ torch is imported only when a module is built, so listing plugins stays cheap.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from manet.errors import PluginError
 from manet.hookspecs import Register, hookimpl
