@@ -156,6 +156,17 @@ class Database:
                 f"database schema is at {current or 'nothing'}, not {head}; run: manet db upgrade"
             )
 
+    def schema_drift(self) -> list[Any]:
+        """Differences between :mod:`manet.schema` and the database (empty when in sync)."""
+        from alembic.autogenerate import compare_metadata
+        from alembic.runtime.migration import MigrationContext
+
+        from manet.schema import include_object, metadata
+
+        with self.engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"include_object": include_object})
+            return list(compare_metadata(context, metadata))
+
     def server_versions(self) -> dict[str, str | None]:
         with self.engine.connect() as conn:
             pg = conn.execute(sa.text("SHOW server_version")).scalar()

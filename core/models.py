@@ -13,10 +13,11 @@ from manet.db import Database
 from manet.errors import ManetError, NotFoundError
 from manet.pipeline import PipelineConfig
 from manet.plugin_manager import Registry
+from manet.schema import MODEL_INDEX_PREFIX
 
 
 def index_name_for(model_id: int) -> str:
-    return f"descriptors_hnsw_model_{int(model_id)}"
+    return f"{MODEL_INDEX_PREFIX}{int(model_id)}"
 
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")

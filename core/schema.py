@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
@@ -38,6 +39,7 @@ products = Table(
     Column("description", Text),
     Column("attributes", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("products_brand_idx", "brand"),
 )
 
 images = Table(
@@ -57,6 +59,7 @@ images = Table(
     CheckConstraint("domain IN ('catalog', 'query')", name="images_domain_check"),
     CheckConstraint("split IN ('train', 'val', 'test')", name="images_split_check"),
     CheckConstraint("status IN ('ok', 'failed')", name="images_status_check"),
+    Index("images_uri_idx", "uri"),
 )
 
 categories = Table(
@@ -140,3 +143,12 @@ eval_results = Table(
     Column("top_image_ids", ARRAY(BigInteger), nullable=False),
     PrimaryKeyConstraint("run_id", "image_id"),
 )
+
+
+#: Per-model HNSW indexes are made by `manet index build`, not by migrations.
+MODEL_INDEX_PREFIX = "descriptors_hnsw_model_"
+
+
+def include_object(obj, name, type_, reflected, compare_to) -> bool:
+    """Alembic filter: leave the per-model vector indexes out of schema comparisons."""
+    return not (type_ == "index" and name is not None and name.startswith(MODEL_INDEX_PREFIX))

@@ -9,7 +9,7 @@ import logging.config
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from manet.schema import metadata
+from manet.schema import include_object, metadata
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):
@@ -26,13 +26,13 @@ def _url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), target_metadata=metadata, literal_binds=True)
+    context.configure(url=_url(), target_metadata=metadata, include_object=include_object, literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 
 
 def _run(connection) -> None:
-    context.configure(connection=connection, target_metadata=metadata)
+    context.configure(connection=connection, target_metadata=metadata, include_object=include_object)
     with context.begin_transaction():
         context.run_migrations()
 

@@ -77,6 +77,10 @@ def test_eval_json_keys(populated, run):
     assert data["queries"] == 20 and data["normaliser"] == "min"
 
 
+def test_no_schema_drift_with_model_indexes(populated):
+    assert populated.db.schema_drift() == []
+
+
 def test_models_delete(populated, run):
     assert run("models", "create", "doomed", "--backbone", "resnet18", "--weights", "none",
                "--pooling", "mac").exit_code == 0
@@ -107,6 +111,7 @@ def test_migrations_round_trip(tmp_path, pg_home):
         assert conn.execute(sa.text("SELECT to_regclass('descriptors')")).scalar() is None
     db.upgrade()
     assert db.current_revision() == db.head_revision()
+    assert db.schema_drift() == []  # manet.schema describes what the migrations build
     db.dispose()
 
 
