@@ -144,6 +144,25 @@ eval_results = Table(
     PrimaryKeyConstraint("run_id", "image_id"),
 )
 
+training_sets = Table(
+    "training_sets",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("config", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+training_images = Table(
+    "training_images",
+    metadata,
+    Column("set_id", Integer, ForeignKey("training_sets.id", ondelete="CASCADE"), nullable=False),
+    Column("image_id", BigInteger, ForeignKey("images.id", ondelete="CASCADE"), nullable=False),
+    Column("category_id", Integer, ForeignKey("categories.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("split", Text, nullable=False),
+    PrimaryKeyConstraint("set_id", "image_id"),
+    CheckConstraint("split IN ('train', 'val')", name="training_images_split_check"),
+)
 
 #: Per-model HNSW indexes are made by `manet index build`, not by migrations.
 MODEL_INDEX_PREFIX = "descriptors_hnsw_model_"
