@@ -14,7 +14,7 @@ from manet.db import Database
 from manet.errors import ManetError
 from manet.evaluate import EvalResult, evaluate
 from manet.extract import ExtractReport, embed_files, extract
-from manet.models import ModelRecord, create_model, delete_model, get_model, list_models
+from manet.models import ModelRecord, create_model, delete_model, derive_model, get_model, list_models
 from manet.pipeline import PipelineConfig, build_pipeline, select_device
 from manet.plugin_manager import PluginInfo, Registry, default_registry
 from manet.search import Hit, IndexReport, build_index, search_vector, stored_descriptor
@@ -106,6 +106,12 @@ class Retriever:
         """Store a named pipeline; settings are :class:`~manet.pipeline.PipelineConfig` fields."""
         return create_model(self.db, self.registry, name, PipelineConfig.from_dict(settings))
 
+    def derive_model(self, name: str, source: str, *, pooling: str | None = None,
+                     learned_saliency: bool = True, text_mask: bool = True) -> ModelRecord:
+        """A pipeline from trained model ``source`` with another pooling or branches switched off."""
+        return derive_model(self.db, self.registry, name, source, pooling=pooling,
+                            learned_saliency=learned_saliency, text_mask=text_mask)
+
     def model(self, name: str) -> ModelRecord:
         return get_model(self.db, name)
 
@@ -168,3 +174,20 @@ class Retriever:
     def evaluate(self, model: str, *, split: str | None = None, k: int = 7,
                  normaliser: str = "min") -> EvalResult:
         return evaluate(self.db, self.model(model), split=split, k=k, normaliser=normaliser)
+
+    def compare(self, models: Sequence[str], *, split: str | None = None, k: int = 7,
+                normaliser: str = "min") -> list[EvalResult]:
+        """Evaluate several pipelines on the same queries and catalogue (extracting what is missing)."""
+        records = [self.model(name) for name in models]  # unknown names fail before any work
+        results = []
+        for record in records:
+            self.extract(record.name)
+            results.append(self.evaluate(record.name, split=split, k=k, normaliser=normaliser))
+        return results
+
+    def train(self, config: Any, *, resume: bool = False, say: Any = None) -> Any:
+        """Train MANet (:class:`manet.train.TrainConfig`) and store it as a model."""
+        from manet.train import train
+
+        return train(self.db, self.registry, config, device=self.device, resume=resume,
+                     progress=self.progress, say=say or (lambda _m: None))

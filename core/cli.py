@@ -221,26 +221,38 @@ def models() -> None:
 
 @models.command("create")
 @click.argument("name")
+@click.option("--from", "source", help="Derive from this trained MANet (no retraining).")
 @click.option("--backbone", default="resnet50", show_default=True)
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH to a checkpoint.")
 @click.option("--image-size", default=224, show_default=True, type=int)
-@click.option("--pooling", default="srmac", show_default=True)
+@click.option("--pooling", default=None, help="Pooling plugin [default: srmac; with --from: the trained model's].")
 @click.option("-p", "--pooling-param", "pooling_params", multiple=True, metavar="KEY=VALUE")
 @click.option("--saliency", default="spectral-residual", show_default=True,
-              help="Saliency estimator for poolings that use saliency (SR-MAC).")
+              help="Saliency estimator for poolings that use saliency (SR-MAC) without a trained branch.")
+@click.option("--no-saliency", is_flag=True, help="With --from: switch the learned saliency branch off.")
+@click.option("--no-text", is_flag=True, help="With --from: switch the text branch off.")
 @JSON_OPTION
 @pass_state
-def models_create(state: State, name: str, backbone: str, weights: str, image_size: int, pooling: str,
-                  pooling_params: tuple[str, ...], saliency: str, as_json: bool) -> None:
+def models_create(state: State, name: str, source: str | None, backbone: str, weights: str, image_size: int,
+                  pooling: str | None, pooling_params: tuple[str, ...], saliency: str, no_saliency: bool,
+                  no_text: bool, as_json: bool) -> None:
     """Store a pipeline (backbone + weights + input size + pooling + L2) as model NAME."""
-    record = state.retriever.create_model(
-        name, backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
-        pooling_params=_params(pooling_params), saliency=saliency,
-    )
+    if source is not None:
+        record = state.retriever.derive_model(name, source, pooling=pooling, learned_saliency=not no_saliency,
+                                              text_mask=not no_text)
+    else:
+        if no_saliency or no_text:
+            raise click.UsageError("--no-saliency/--no-text switch branches of a trained model: add --from TRAINED")
+        record = state.retriever.create_model(
+            name, backbone=backbone, weights=weights, image_size=image_size, pooling=pooling or "srmac",
+            pooling_params=_params(pooling_params), saliency=saliency,
+        )
     if as_json:
         _echo_json(record.as_dict())
     else:
-        click.echo(f"model '{record.name}' created: {backbone} ({weights}) {image_size}px {pooling}, {record.dim} dims")
+        c = record.config
+        click.echo(f"model '{record.name}' created: {c.backbone} ({'trained' if c.manet else c.weights}) "
+                   f"{c.image_size}px {c.pooling}, {record.dim} dims")
 
 
 @models.command("list")
@@ -336,15 +348,37 @@ def search(state: State, image: Path | None, model: str, image_id: int | None, k
 
 
 @cli.command("eval")
-@click.option("--model", "model", required=True)
+@click.option("--model", "model", help="Model name.")
+@click.option("--compare", "compare", multiple=True, metavar="MODEL",
+              help="Evaluate several models on the same queries (repeat, or list after it).")
+@click.argument("more_models", nargs=-1)
 @click.option("--split", type=click.Choice(["train", "val", "test"]), help="Only queries of this split.")
 @click.option("-k", "k", default=7, show_default=True)
 @click.option("--normaliser", type=click.Choice(["min", "hits"]), default="min", show_default=True,
               help="AP@k denominator: min(|G|,k) (challenge) or hits in the top k.")
 @JSON_OPTION
 @pass_state
-def eval_(state: State, model: str, split: str | None, k: int, normaliser: str, as_json: bool) -> None:
-    """MAP@k, mAP and recall@1/5/7 of queries with a known product against the catalogue."""
+def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models: tuple[str, ...],
+          split: str | None, k: int, normaliser: str, as_json: bool) -> None:
+    """MAP@k, mAP and recall@1/5/7 of queries with a known product against the catalogue.
+
+    `manet eval --compare A B C` extracts what is missing and prints one table for all.
+    """
+    if compare:
+        names = [*compare, *more_models]
+        results = state.retriever.compare(names, split=split, k=k, normaliser=normaliser)
+        if as_json:
+            _echo_json([{"model": r.model, **r.as_dict()} for r in results])
+            return
+        click.echo(f"{'model':<28} {f'MAP@{k}':>7} {'mAP':>7} {'R@1':>7} {'R@5':>7} {'R@7':>7} {'queries':>8}")
+        for r in results:
+            m = r.metrics
+            click.echo(f"{r.model:<28} {m[f'map@{k}']:>7.4f} {m['map']:>7.4f} {m['recall@1']:>7.4f} "
+                       f"{m['recall@5']:>7.4f} {m['recall@7']:>7.4f} {r.queries:>8}")
+        click.echo(f"(split {split or 'all'}; MAP@{k} normaliser {normaliser}; exact ranking)")
+        return
+    if model is None or more_models:
+        raise click.UsageError("give --model NAME, or --compare MODEL [MODEL ...]")
     result = state.retriever.evaluate(model, split=split, k=k, normaliser=normaliser)
     if as_json:
         _echo_json(result.as_dict())
@@ -353,6 +387,40 @@ def eval_(state: State, model: str, split: str | None, k: int, normaliser: str, 
     click.echo(f"{model}: MAP@{k} {m[f'map@{k}']:.4f} (normaliser {normaliser})  mAP {m['map']:.4f}  "
                f"R@1 {m['recall@1']:.4f}  R@5 {m['recall@5']:.4f}  R@7 {m['recall@7']:.4f}  "
                f"queries {result.queries}")
+
+
+@cli.command()
+@click.option("--name", required=True, help="Name of the trained model (a pipeline usable by extract/search/eval).")
+@click.option("--backbone", default="resnet50", show_default=True)
+@click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH.")
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--image-size", default=224, show_default=True)
+@click.option("--no-saliency", is_flag=True, help="No saliency branch (with --no-text: the plain classifier).")
+@click.option("--no-text", is_flag=True, help="No text branch.")
+@click.option("--lambda", "lambda_dice", default=1.0, show_default=True, help="Weight of the Dice loss.")
+@click.option("--lr", default=1e-3, show_default=True, help="Learning rate of the new layers (backbone: x0.1).")
+@click.option("--training-set", default="default", show_default=True)
+@click.option("--text-detector", default="", help="Text detector plugin [default: east if MANET_EAST_MODEL is set].")
+@click.option("--workers", "num_workers", type=int, default=None)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue after the last finished epoch.")
+@JSON_OPTION
+@pass_state
+def train(state: State, name: str, backbone: str, weights: str, epochs: int, batch_size: int, image_size: int,
+          no_saliency: bool, no_text: bool, lambda_dice: float, lr: float, training_set: str, text_detector: str,
+          num_workers: int | None, seed: int, resume: bool, as_json: bool) -> None:
+    """Train MANet on the training set (manet dataset build) and store it as a model."""
+    from manet.train import TrainConfig
+
+    cfg = TrainConfig(name=name, backbone=backbone, weights=weights, image_size=image_size, epochs=epochs,
+                      batch_size=batch_size, saliency=not no_saliency, text=not no_text, lambda_dice=lambda_dice,
+                      lr=lr, training_set=training_set, text_detector=text_detector, seed=seed,
+                      num_workers=num_workers)
+    say = (lambda _m: None) if as_json else click.echo
+    report = state.retriever.train(cfg, resume=resume, say=say)
+    if as_json:
+        _echo_json(report.as_dict())
 
 
 # -- demo -------------------------------------------------------------------------------------

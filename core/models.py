@@ -112,3 +112,72 @@ def delete_model(db: Database, name: str) -> bool:
         conn.execute(sa.text(f"DROP INDEX IF EXISTS {index_name_for(model_id)}"))
         conn.execute(sa.text("DELETE FROM models WHERE id = :i"), {"i": model_id})
     return True
+
+
+def _upsert(db: Database, name: str, config: PipelineConfig, dim: int, checkpoint: str | None,
+            metrics: dict[str, Any]) -> ModelRecord:
+    with db.begin() as conn:
+        row = conn.execute(
+            sa.text(
+                """
+                INSERT INTO models (name, config, dim, checkpoint, metrics)
+                VALUES (:n, CAST(:c AS jsonb), :d, :ck, CAST(:m AS jsonb))
+                ON CONFLICT (name) DO UPDATE SET config = EXCLUDED.config, dim = EXCLUDED.dim,
+                    checkpoint = EXCLUDED.checkpoint, metrics = EXCLUDED.metrics
+                RETURNING id, name, config, dim, metrics
+                """
+            ),
+            {"n": name, "c": json.dumps(config.to_dict()), "d": dim, "ck": checkpoint, "m": json.dumps(metrics)},
+        ).one()
+    return _record(row)
+
+
+def save_trained_model(db: Database, registry: Registry, train_config: Any, manet_config: dict[str, Any],
+                       checkpoint: str, classes: list[str], history: list[dict[str, Any]]) -> ModelRecord:
+    """Create or update the ``models`` row of a training run after each epoch.
+
+    Its pipeline is MANet + SR-MAC with the learned saliency and the text mask (or the plain
+    classifier + MAC when both branches were off in training).
+    """
+    branches = train_config.saliency or train_config.text
+    config = PipelineConfig(
+        backbone=train_config.backbone,
+        weights=train_config.weights,
+        image_size=train_config.image_size,
+        pooling="srmac" if branches else "mac",
+        saliency=train_config.saliency_estimator,
+        manet=manet_config,
+        checkpoint=checkpoint,
+        learned_saliency=bool(train_config.saliency),
+        text_mask=bool(train_config.text),
+        text_detector=train_config.text_detector or "",
+    )
+    dim = config.validate(registry)
+    from dataclasses import asdict
+
+    metrics = {"classes": classes, "epochs": history, "training": asdict(train_config)}
+    return _upsert(db, train_config.name, config, dim, checkpoint, metrics)
+
+
+def derive_model(db: Database, registry: Registry, name: str, source: str, *, pooling: str | None = None,
+                 learned_saliency: bool = True, text_mask: bool = True) -> ModelRecord:
+    """A new pipeline from a trained model's network: another pooling or branches switched off."""
+    from dataclasses import replace
+
+    base = get_model(db, source)
+    if base.config.manet is None:
+        raise ManetError(f"model '{source}' is not a trained MANet (it has no checkpoint); train one with "
+                         f"manet train, or create a plain pipeline without --from")
+    config = replace(
+        base.config,
+        pooling=pooling or base.config.pooling,
+        learned_saliency=base.config.learned_saliency and learned_saliency,
+        text_mask=base.config.text_mask and text_mask,
+    )
+    if not NAME_PATTERN.match(name):
+        raise ManetError(f"model name {name!r} is not allowed; use letters, digits and _ . : -")
+    dim = config.validate(registry)
+    with db.begin() as conn:
+        if conn.execute(sa.text("SELECT 1 FROM models WHERE name = :n"), {"n": name}).first():
+            raise ManetError(f"model '{name}' already exists; pick another name or delete it first")
+    return _upsert(db, name, config, dim, config.checkpoint, {"derived_from": source})

@@ -7,9 +7,10 @@ search and evaluation need to rebuild exactly the same pipeline.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-from manet.errors import ManetError, PluginError
+from manet.errors import ManetError, PluginError, WeightsError
 from manet.plugin_manager import Registry
 
 # torchvision's ImageNet statistics, used by every torchvision backbone.
@@ -30,6 +31,14 @@ class PipelineConfig:
     saliency: str = "spectral-residual"
     saliency_params: dict[str, Any] = field(default_factory=dict)
     postprocess: str = "l2"
+    #: Trained MANet (``manet train``): its config and checkpoint; None for plain backbones.
+    manet: dict[str, Any] | None = None
+    checkpoint: str | None = None
+    #: Use the learned saliency (SR-MAC weights, Eq. 3) instead of the estimator above.
+    learned_saliency: bool = False
+    #: Weight features with the text mask (Eq. 2-3) from ``text_detector``.
+    text_mask: bool = False
+    text_detector: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,38 +66,102 @@ class PipelineConfig:
         return int(backbone.out_channels)
 
 
+def _network(config: PipelineConfig, registry: Registry):
+    """A module mapping normalised images to (X, learned saliency at X's size or None)."""
+    import torch
+
+    if config.manet is None:
+        backbone = registry.create("backbone", config.backbone).build(config.weights)
+
+        class Plain(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.features = backbone
+
+            def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
+                return self.features(images), None
+
+        return Plain()
+
+    from manet.manet_model import MANetConfig, build_manet
+
+    checkpoint = Path(config.checkpoint or "")
+    if not checkpoint.is_file():
+        raise WeightsError(f"trained checkpoint {checkpoint} is missing; retrain with manet train, "
+                           f"or restore the file")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        # The backbone's own weights come from the checkpoint: do not download them again.
+        model = build_manet(MANetConfig.from_dict({**config.manet, "weights": "none"}), registry)
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, OSError) as exc:
+        raise WeightsError(f"cannot load trained checkpoint {checkpoint}: {str(exc).splitlines()[0]}") from None
+
+    class Trained(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.manet = model
+
+        def forward(self, images: torch.Tensor):
+            return self.manet.attend(images)
+
+    return Trained()
+
+
 def build_pipeline(config: PipelineConfig, registry: Registry):
     """Build the :class:`DescriptorPipeline` module for ``config`` (loads weights)."""
     import torch
 
+    from manet.manet_math import weight_features
+
     class DescriptorPipeline(torch.nn.Module):
-        """uint8 images (B, 3, S, S) -> L2-normalised descriptors (B, D), all on one device."""
+        """uint8 images (B, 3, S, S) -> L2-normalised descriptors (B, D), all on one device.
+
+        X from the backbone (or a trained MANet); Eq. 3 weighting by the learned saliency and
+        the text mask when the pipeline uses them; SR-MAC region weights from the learned
+        saliency, else from the saliency estimator.
+        """
 
         def __init__(self) -> None:
             super().__init__()
             backbone = registry.create("backbone", config.backbone)
             pooling = registry.create("pooling", config.pooling, **config.pooling_params)
             self.dim = int(backbone.out_channels)
-            self.features = backbone.build(config.weights)
+            self.network = _network(config, registry)
             self.pool = pooling.module()
-            self.saliency = (
+            self.uses_saliency = pooling.uses_saliency
+            self.estimator = (
                 registry.create("saliency_estimator", config.saliency, **config.saliency_params)
-                if pooling.uses_saliency
+                if pooling.uses_saliency and not config.learned_saliency
                 else None
             )
+            self.text = None
+            if config.text_mask:
+                from manet.plugins.text_detectors import default_text_detector
+
+                self.text = registry.create("text_detector", config.text_detector or default_text_detector())
             self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
             self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
         def forward(self, images: torch.Tensor) -> torch.Tensor:
             unit = images.float().div_(255.0)
-            features = self.features((unit - self.mean) / self.std)
-            saliency = None
-            if self.saliency is not None:
-                saliency = self.saliency.estimate(unit)
-                saliency = torch.nn.functional.interpolate(
-                    saliency.float(), size=features.shape[-2:], mode="bilinear", align_corners=False
-                )
-            pooled = self.pool(features.float(), saliency) if saliency is not None else self.pool(features.float())
+            features, learned = self.network((unit - self.mean) / self.std)
+            features = features.float()
+            learned = learned.float() if learned is not None and config.learned_saliency else None
+            text = self.text.detect(unit, tuple(features.shape[-2:])) if self.text is not None else None
+            if learned is not None or text is not None:
+                features = weight_features(features, learned, text)
+            if not self.uses_saliency:
+                pooled = self.pool(features)
+            else:
+                saliency = learned
+                if saliency is None and self.estimator is not None:
+                    saliency = torch.nn.functional.interpolate(  # the estimator's map is smooth already
+                        self.estimator.estimate(unit).float(), size=features.shape[-2:], mode="bilinear",
+                        align_corners=False)
+                if saliency is None:  # branch switched off: uniform region weights
+                    saliency = torch.ones_like(features[:, :1])
+                pooled = self.pool(features, saliency)
             return torch.nn.functional.normalize(pooled.float(), p=2, dim=1, eps=1e-12)
 
     return DescriptorPipeline().eval()

@@ -97,12 +97,23 @@ class Backbone(Plugin):
     out_channels: ClassVar[int] = 0
     #: Downsampling factor from input to feature map.
     stride: ClassVar[int] = 32
+    #: Output channels of each stage of :meth:`build_stages`, fine to coarse.
+    stage_channels: ClassVar[tuple[int, ...]] = ()
 
     def build(self, weights: str) -> "torch.nn.Module":
         """Return the feature extractor in eval mode.
 
         ``weights`` is ``"imagenet"`` (torchvision's downloader and cache), ``"none"``
         (random initialisation) or a path to a local checkpoint (a state dict).
+        """
+        raise NotImplementedError
+
+    def build_stages(self, weights: str) -> "torch.nn.ModuleList":
+        """Return the same extractor split into stages (fine to coarse), in eval mode.
+
+        Applying the stages in sequence gives exactly :meth:`build`'s feature map; stage
+        ``i`` outputs ``stage_channels[i]`` channels. Attention branches read every stage.
+        ``weights`` as for :meth:`build`.
         """
         raise NotImplementedError
 

@@ -23,6 +23,7 @@ from manet.plugin_base import BASE_CLASSES, KINDS, Plugin
 #: Built-in plugin modules, registered by dotted name exactly like third-party ones.
 DEFAULT_PLUGINS = (
     "manet.plugins.backbones",
+    "manet.plugins.attention",
     "manet.plugins.poolings",
     "manet.plugins.saliency",
     "manet.plugins.datasets",

@@ -486,15 +486,17 @@ def _save_jpeg(arr: Array, path: Path, quality: int) -> None:
 
 
 def generate_catalogue(
-    out_dir: Path, products: int = 50, photos_per_product: int = 2, size: int = 256, seed: int = 0
+    out_dir: Path, products: int = 50, photos_per_product: int = 2, size: int = 256, seed: int = 0,
+    train_photos_per_product: int = 0,
 ) -> Path:
     """Write catalogue images, shopper photos and ``manifest.csv`` under ``out_dir``.
 
     One manifest row per image with columns ``MANIFEST_COLUMNS``; image paths are relative
     to the manifest's folder. Catalogue rows: ``domain=catalog``, empty split; photo rows:
-    ``domain=query``, ``split=val``. Returns the manifest path.
+    ``domain=query``, ``split=val``; ``train_photos_per_product`` more photos per product with
+    ``split=train`` (training material, never evaluation queries). Returns the manifest path.
     """
-    if products < 1 or photos_per_product < 0 or size < 32:
+    if products < 1 or photos_per_product < 0 or train_photos_per_product < 0 or size < 32:
         raise ValueError("need products >= 1, photos_per_product >= 0 and size >= 32")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -507,11 +509,12 @@ def generate_catalogue(
         rel = f"catalog/{spec.sku}.jpg"
         _save_jpeg(catalogue_image(pack, np.random.default_rng([seed, 1, i])), out_dir / rel, 95)
         rows.append({**common, "image": rel, "domain": "catalog", "split": ""})
-        for j in range(photos_per_product):
+        for j in range(photos_per_product + train_photos_per_product):
             rng = np.random.default_rng([seed, 2, i, j])
-            rel = f"query/{spec.sku}_{j}.jpg"
+            split = "val" if j < photos_per_product else "train"
+            rel = f"{'query' if split == 'val' else 'train'}/{spec.sku}_{j}.jpg"
             _save_jpeg(shopper_photo(pack, rng), out_dir / rel, int(rng.integers(75, 93)))
-            rows.append({**common, "image": rel, "domain": "query", "split": "val"})
+            rows.append({**common, "image": rel, "domain": "query", "split": split})
     manifest = out_dir / "manifest.csv"
     with manifest.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")

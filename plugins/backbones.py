@@ -85,13 +85,31 @@ class TorchvisionBackbone(Backbone):
         features.eval()
         return features
 
+    def build_stages(self, weights: str) -> Any:
+        import torch
+
+        # Slices of build()'s Sequential, so the stages share its layers, weights and
+        # truncation, and their state-dict keys keep build()'s indices ("<stage>.<index>.*").
+        features = self.build(weights)
+        bounds = [0, *self._stage_starts(features), len(features)]
+        stages = torch.nn.ModuleList(features[a:b] for a, b in zip(bounds, bounds[1:]))
+        stages.eval()
+        return stages
+
     def _truncate(self, model: Any) -> Any:
+        """The ``nn.Sequential`` of layers from the input to the last conv map."""
+        raise NotImplementedError
+
+    def _stage_starts(self, features: Any) -> list[int]:
+        """Indices into ``_truncate()``'s Sequential where the 2nd, 3rd, ... stage begins."""
         raise NotImplementedError
 
 
 class ResNetBackbone(TorchvisionBackbone):
     out_channels = 2048
     stride = 32
+    #: stem+layer1 (stride 4), layer2 (8), layer3 (16), layer4 (32).
+    stage_channels = (256, 512, 1024, 2048)
 
     def _truncate(self, model: Any) -> Any:
         import torch
@@ -99,11 +117,17 @@ class ResNetBackbone(TorchvisionBackbone):
         # Everything before global average pooling: conv1 .. layer4.
         return torch.nn.Sequential(*list(model.children())[:-2])
 
+    def _stage_starts(self, features: Any) -> list[int]:
+        # The last three children are layer2, layer3, layer4; the stem joins layer1.
+        n = len(features)
+        return [n - 3, n - 2, n - 1]
+
 
 class ResNet18(ResNetBackbone):
     name = "resnet18"
     arch = "resnet18"
     out_channels = 512
+    stage_channels = (64, 128, 256, 512)
     description = "ResNet-18 (torchvision), layer4 feature map, 512 channels"
 
 
@@ -111,6 +135,7 @@ class ResNet34(ResNetBackbone):
     name = "resnet34"
     arch = "resnet34"
     out_channels = 512
+    stage_channels = (64, 128, 256, 512)
     description = "ResNet-34 (torchvision), layer4 feature map, 512 channels"
 
 
@@ -132,10 +157,21 @@ class VGG16(TorchvisionBackbone):
     out_channels = 512
     stride = 16
     description = "VGG16 (torchvision), conv5_3 after ReLU (last max-pool dropped), 512 channels"
+    #: conv1-2 (stride 2), conv3 (4), conv4 (8), conv5 (16).
+    stage_channels = (128, 256, 512, 512)
 
     def _truncate(self, model: Any) -> Any:
         # Drop the final max-pool, as cirtorch does, to keep a finer map for regions.
         return model.features[:-1]
+
+    def _stage_starts(self, features: Any) -> list[int]:
+        import torch
+
+        # Each remaining max-pool opens a stage, as a strided block opens a ResNet stage;
+        # the full-resolution conv1 block joins conv2 (like ResNet's stem joins layer1) so
+        # there are 4 stages and the attention branch's map (2nd stage) is not full size.
+        pools = [i for i, layer in enumerate(features) if isinstance(layer, torch.nn.MaxPool2d)]
+        return pools[1:]
 
 
 @hookimpl

@@ -1,0 +1,404 @@
+"""Built-in text detectors: frozen, never trained; each gives a soft text mask in [0, 1].
+
+``east`` runs the official frozen EAST graph (Zhou et al., CVPR 2017) through OpenCV dnn and
+uses its score map as the mask. ``mser`` needs no weights: it finds character-like MSER
+regions (Matas et al. 2002) and keeps those that line up with similar neighbours, the
+classic recipe of Neumann & Matas (2010) and Chen et al. (2011). ``mser`` is the default
+unless an EAST model is configured (see :func:`default_text_detector`).
+
+Both map RGB images (B, 3, H, W) in [0, 1] on any device to (B, 1, h, w) float32 masks on
+the same device. OpenCV and torch are imported inside the functions so that listing
+plugins stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from manet.errors import PluginError, WeightsError
+from manet.hookspecs import Register, hookimpl
+from manet.plugin_base import TextDetector
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+FloatMap = npt.NDArray[np.float32]
+
+#: Environment variable with the path of ``frozen_east_text_detection.pb``.
+EAST_MODEL_ENV = "MANET_EAST_MODEL"
+#: EAST's per-pixel text score (sigmoid), at 1/4 of the input resolution.
+EAST_SCORE_LAYER = "feature_fusion/Conv_7/Sigmoid"
+#: Per-channel RGB means subtracted by EAST's training code (pixels in 0..255, no scaling).
+EAST_MEAN = (123.68, 116.78, 103.94)
+#: EAST needs input sides that are multiples of 32 (five stride-2 stages).
+EAST_ALIGN = 32
+#: Images per EAST forward pass: bounds CPU memory for large batches.
+EAST_CHUNK = 8
+FALLBACK_DETECTOR = "mser"
+
+#: MSER: intensity step between compared levels; 5 is OpenCV's default.
+_MSER_DELTA = 5
+#: Largest MSER region kept, as a fraction of the image area (a few big letters, not a pack).
+_MAX_REGION_FRACTION = 0.06
+#: Character geometry: tallest character as a fraction of the shorter image side.
+_MAX_CHAR_FRACTION = 0.25
+#: Long/short bbox side: "l" in a tall font is ~1:8; more is a line or a pack edge.
+_MAX_ELONGATION = 10.0
+#: Least fraction of its bbox a character covers: less is a thin outline (a frame, a ring).
+_MIN_FILL = 0.12
+#: Stroke width / long bbox side: letters are thin-stroked; discs, squares and dots are ~1.
+_MAX_STROKE_RATIO = 0.42
+#: Std / mean of the half stroke width along a region's ridge: print has even strokes.
+_MAX_STROKE_VARIATION = 0.45
+#: Neighbours on a line: similar size, centres offset < this x size, gap < this x size.
+_SIZE_RATIO = 1.7
+_ALIGN_TOLERANCE = 0.45
+_MAX_GAP = 0.6
+#: Fewest candidates forming a line: isolated logos and shapes have no aligned neighbours.
+_MIN_GROUP = 3
+#: A region covering more of its box than this is a solid bar (or i, l, I); lines with a
+#: larger share of bars than this are shelf wires, stripes or barcodes rather than words.
+_SOLID_FILL = 0.8
+_MAX_SOLID_SHARE = 0.5
+
+
+def default_text_detector(env: Mapping[str, str] | None = None) -> str:
+    """``"east"`` when ``MANET_EAST_MODEL`` is set (non-empty), else the weight-free fallback."""
+    value = (env if env is not None else os.environ).get(EAST_MODEL_ENV, "")
+    return "east" if value.strip() else FALLBACK_DETECTOR
+
+
+def _check_inputs(images: "Tensor", size: tuple[int, int]) -> tuple[int, int]:
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected RGB images (B, 3, H, W), got {tuple(images.shape)}")
+    height, width = (int(v) for v in size)
+    if height < 1 or width < 1:
+        raise ValueError(f"mask size must be positive, got {tuple(size)}")
+    return height, width
+
+
+def resize_map(values: FloatMap, size: tuple[int, int]) -> FloatMap:
+    """Resize a 2-D map to ``size`` (h, w): area averaging when shrinking (a pixel of the
+    result is the fraction of it covered), bilinear when enlarging; clipped to [0, 1]."""
+    import cv2
+
+    height, width = size
+    shrink = height <= values.shape[0] and width <= values.shape[1]
+    resized = cv2.resize(np.ascontiguousarray(values, dtype=np.float32), (width, height),
+                         interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return np.clip(resized.reshape(height, width), 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def score_map_to_mask(score: FloatMap, size: tuple[int, int], threshold: float = 0.0) -> FloatMap:
+    """Turn an EAST score map (h', w') in [0, 1] into a soft text mask (h, w) in [0, 1].
+
+    The mask stays soft: scores below ``threshold`` are zeroed (0 keeps every score, the
+    default), the rest are kept as they are, then the map is resized with :func:`resize_map`.
+    Non-finite scores count as 0.
+    """
+    if score.ndim != 2:
+        raise ValueError(f"expected a 2-D score map, got shape {score.shape}")
+    clean = np.nan_to_num(np.clip(score.astype(np.float32), 0.0, 1.0), nan=0.0)
+    if threshold > 0.0:
+        clean = np.where(clean >= threshold, clean, np.float32(0.0))
+    return resize_map(clean, size)
+
+
+def _to_rgb_uint8(images: "Tensor") -> npt.NDArray[np.uint8]:
+    """(B, 3, H, W) in [0, 1] on any device -> (B, H, W, 3) uint8 on the CPU, for OpenCV."""
+    import torch
+
+    with torch.no_grad():
+        rgb = (images.detach().to(torch.float32).clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+        return np.ascontiguousarray(rgb.permute(0, 2, 3, 1).cpu().numpy())
+
+
+def _stack(masks: list[FloatMap], like: "Tensor") -> "Tensor":
+    """Masks (h, w) -> (B, 1, h, w) float32 on the device of ``like``."""
+    import torch
+
+    return torch.from_numpy(np.stack(masks)[:, None]).to(device=like.device)
+
+
+class EastTextDetector(TextDetector):
+    """EAST text detector; its score map (1/4 input resolution) becomes the mask."""
+
+    name = "east"
+    description = (
+        "EAST frozen TensorFlow graph via OpenCV dnn; score map as mask "
+        f"(model=PATH or {EAST_MODEL_ENV})"
+    )
+    defaults = {"model": "", "input_size": 320, "threshold": 0.0}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        size = self.params["input_size"]
+        if size < EAST_ALIGN or size % EAST_ALIGN:
+            raise PluginError(
+                f"text detector 'east': input_size must be a positive multiple of {EAST_ALIGN}, "
+                f"got {size}"
+            )
+        if not 0.0 <= self.params["threshold"] < 1.0:
+            raise PluginError("text detector 'east': threshold must be in [0, 1)")
+        self._net: Any = None  # cv2.dnn.Net, loaded on first use
+
+    def model_path(self) -> Path:
+        """The configured model file; a one-line :class:`WeightsError` when unusable."""
+        configured = self.params["model"].strip()
+        source = "model option"
+        if not configured:
+            configured, source = os.environ.get(EAST_MODEL_ENV, "").strip(), EAST_MODEL_ENV
+        if not configured:
+            raise WeightsError(
+                "EAST text detector needs the frozen graph: pass -o model=PATH or set "
+                f"{EAST_MODEL_ENV}; or use the built-in '{FALLBACK_DETECTOR}' detector"
+            )
+        path = Path(configured).expanduser()
+        if not path.exists():
+            raise WeightsError(
+                f"EAST model file not found: {path} (from {source}); download "
+                "frozen_east_text_detection.pb or fix the path"
+            )
+        if not path.is_file():
+            raise WeightsError(f"EAST model path {path} (from {source}) is not a file")
+        return path
+
+    def _load(self) -> Any:
+        """Read and check the graph once; later calls reuse it."""
+        if self._net is not None:
+            return self._net
+        import cv2
+
+        path = self.model_path()
+        not_east = (f"{path} is not a frozen EAST TensorFlow graph "
+                    "(expected frozen_east_text_detection.pb)")
+        # OpenCV 5.0's default ("new") dnn engine, used by TextDetectionModel_EAST(path) and
+        # readNet, kills the process with SIGSEGV on a file that is not a TensorFlow graph.
+        # The classic importer (OpenCV 4's) reads the official EAST graph and reports a bad
+        # file as an empty net or cv2.error, so read with it where the choice exists.
+        engine = getattr(cv2.dnn, "ENGINE_CLASSIC", None)
+        kwargs = {} if engine is None else {"engine": engine}
+        try:
+            net = cv2.dnn.readNetFromTensorflow(str(path), **kwargs)
+        except (cv2.error, SystemError):
+            raise WeightsError(not_east) from None
+        if net.empty():
+            raise WeightsError(not_east)
+        if net.getLayerId(EAST_SCORE_LAYER) < 0:
+            raise WeightsError(f"{not_east}: it has no layer {EAST_SCORE_LAYER}")
+        self._net = net
+        return net
+
+    def _input_shape(self, height: int, width: int) -> tuple[int, int]:
+        """Longer side -> input_size, the other scaled alike; both multiples of 32."""
+        scale = self.params["input_size"] / max(height, width)
+        return tuple(  # type: ignore[return-value]
+            max(EAST_ALIGN, round(side * scale / EAST_ALIGN) * EAST_ALIGN)
+            for side in (height, width)
+        )
+
+    def score_maps(self, images: "Tensor") -> FloatMap:
+        """EAST scores (B, h', w') in [0, 1] for RGB images (B, 3, H, W) in [0, 1]."""
+        import cv2
+        import torch
+        import torch.nn.functional as F
+
+        net = self._load()
+        shape = self._input_shape(*images.shape[2:])
+        with torch.no_grad():
+            pixels = F.interpolate(images.detach().to(torch.float32).clamp(0.0, 1.0) * 255.0,
+                                   size=shape, mode="bilinear", align_corners=False,
+                                   antialias=True)
+            mean = torch.tensor(EAST_MEAN, device=pixels.device).view(1, 3, 1, 1)
+            # The blob OpenCV's blobFromImage would make: RGB order, mean-subtracted, NCHW.
+            blob = (pixels - mean).cpu().numpy()
+        maps = []
+        for start in range(0, blob.shape[0], EAST_CHUNK):
+            net.setInput(np.ascontiguousarray(blob[start : start + EAST_CHUNK]))
+            try:
+                out = net.forward(EAST_SCORE_LAYER)
+            except cv2.error as exc:
+                first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "cv2.error"
+                raise WeightsError(f"EAST forward pass failed: {first_line}") from None
+            maps.append(np.asarray(out, dtype=np.float32)[:, 0])
+        return np.concatenate(maps)
+
+    def detect(self, images: "Tensor", size: tuple[int, int]) -> "Tensor":
+        height, width = _check_inputs(images, size)
+        scores = self.score_maps(images)
+        threshold = self.params["threshold"]
+        return _stack([score_map_to_mask(s, (height, width), threshold) for s in scores], images)
+
+
+def _mser_candidates(gray: npt.NDArray[np.uint8], min_height: int
+                     ) -> tuple[list[npt.NDArray[np.int32]], npt.NDArray[np.int32], FloatMap]:
+    """MSER regions with a character-like box: their pixels (x, y), boxes (n, 4) as x, y, w, h,
+    and the fraction of its box each region covers."""
+    import cv2
+
+    rows, cols = gray.shape
+    # min_diversity=0: the default 0.2 prunes a character nested in a slightly larger
+    # stable region, which on clean print (flat ink on a flat background) drops nearly all.
+    mser = cv2.MSER_create(delta=_MSER_DELTA, min_area=max(4, min_height * min_height // 4),
+                           max_area=max(16, int(_MAX_REGION_FRACTION * rows * cols)),
+                           min_diversity=0.0)
+    regions, boxes = mser.detectRegions(gray)
+    boxes = np.asarray(boxes, dtype=np.int32).reshape(-1, 4)
+    w, h = boxes[:, 2].astype(np.float32), boxes[:, 3].astype(np.float32)
+    long_side, short_side = np.maximum(w, h), np.minimum(w, h)
+    fill = np.fromiter((len(r) for r in regions), np.float32, len(regions)) / np.maximum(w * h, 1)
+    keep = np.flatnonzero(
+        (long_side >= min_height)
+        & (long_side <= _MAX_CHAR_FRACTION * min(rows, cols))
+        & (long_side <= _MAX_ELONGATION * short_side)
+        & (fill >= _MIN_FILL)
+    )
+    # One character is found at several intensity levels, often with the same box.
+    keep = keep[np.unique(boxes[keep], axis=0, return_index=True)[1]]
+    return [regions[i] for i in keep], boxes[keep], fill[keep]
+
+
+def _even_strokes(regions: list[npt.NDArray[np.int32]], boxes: npt.NDArray[np.int32]
+                  ) -> npt.NDArray[np.bool_]:
+    """Which regions are drawn with thin, even strokes, as print is.
+
+    The stroke width is twice the largest inscribed radius; relative to the long box side it
+    is small for letters and ~1 for discs, squares and dots. Its evenness is the spread
+    (std / mean) of the half-width along the region's medial ridge.
+    """
+    import cv2
+
+    even = np.zeros(len(regions), bool)
+    kernel = np.ones((3, 3), np.uint8)
+    for k, (points, (x, y, w, h)) in enumerate(zip(regions, boxes)):
+        canvas = np.zeros((h + 2, w + 2), np.uint8)  # 1 px border so the edge counts as background
+        canvas[points[:, 1] - y + 1, points[:, 0] - x + 1] = 1
+        dist = cv2.distanceTransform(canvas, cv2.DIST_L2, 3)
+        ridge = cv2.compare(dist, cv2.dilate(dist, kernel), cv2.CMP_GE) & (canvas * 255)
+        mean, std = (float(v[0, 0]) for v in cv2.meanStdDev(dist, mask=ridge))
+        # OpenCV calls rather than numpy reductions: this loop runs per region.
+        even[k] = (2.0 * cv2.minMaxLoc(dist)[1] <= _MAX_STROKE_RATIO * max(w, h)
+                   and std <= _MAX_STROKE_VARIATION * mean)
+    return even
+
+
+def _line_neighbours(boxes: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+    """(n, n): pairs that sit next to each other on a horizontal or a vertical text line."""
+    x, y, w, h = boxes.T
+    adjacent = np.zeros((len(boxes), len(boxes)), bool)
+    # A horizontal line compares heights and vertical centres, a vertical one the transpose.
+    for lo, extent, across, thickness in ((x, w, y, h), (y, h, x, w)):
+        size = np.maximum(thickness[:, None], thickness[None, :])
+        similar = size <= _SIZE_RATIO * np.minimum(thickness[:, None], thickness[None, :])
+        centre = across + thickness / 2
+        aligned = np.abs(centre[:, None] - centre[None, :]) <= _ALIGN_TOLERANCE * size
+        gap = (np.maximum(lo[:, None], lo[None, :])
+               - np.minimum((lo + extent)[:, None], (lo + extent)[None, :]))
+        # A negative gap past a third of the narrower box is the same character found at
+        # two MSER levels, not a neighbour.
+        near = (gap <= _MAX_GAP * size) & (gap >= -np.minimum(extent[:, None], extent[None, :]) / 3)
+        adjacent |= similar & aligned & near
+    np.fill_diagonal(adjacent, False)
+    return adjacent
+
+
+def _components(adjacent: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
+    """Connected-component label of each node of a symmetric adjacency matrix."""
+    n = len(adjacent)
+    labels = np.arange(n)
+    while n:  # min-label propagation; converges within the longest chain (a line's length)
+        spread = np.where(adjacent, labels[None, :], n).min(axis=1)
+        updated = np.minimum(labels, spread)
+        if np.array_equal(updated, labels):
+            break
+        labels = updated
+    return labels
+
+
+def text_lines(gray: npt.NDArray[np.uint8], min_height: int = 6
+               ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """Characters on text lines in a grey image: boxes (n, 4) as x, y, w, h and which pairs
+    are neighbours on a line (n, n)."""
+    regions, boxes, fill = _mser_candidates(gray, min_height)
+    # Pairing first is cheap and vectorised; the per-region stroke test runs on the few
+    # candidates that have a neighbour at all.
+    adjacent = _line_neighbours(boxes.astype(np.float32))
+    keep = np.flatnonzero(adjacent.any(axis=1))
+    keep = keep[_even_strokes([regions[i] for i in keep], boxes[keep])]
+    adjacent = adjacent[np.ix_(keep, keep)]
+    labels = _components(adjacent)
+    members = np.bincount(labels, minlength=len(keep))
+    # Cells of a wire shelf or stripes line up like letters but are solid bars; a word has
+    # only a few solid members (i, l, I).
+    solid = np.bincount(labels, weights=fill[keep] > _SOLID_FILL, minlength=len(keep))
+    line = (members >= _MIN_GROUP) & (solid <= _MAX_SOLID_SHARE * members)
+    chosen = line[labels]
+    return boxes[keep][chosen].astype(np.float32), adjacent[np.ix_(chosen, chosen)]
+
+
+def text_boxes_mask(rgb: npt.NDArray[np.uint8], min_height: int = 6) -> FloatMap:
+    """Binary text mask (H, W) of one RGB uint8 image: the boxes of characters on text lines
+    and the spaces between neighbouring characters."""
+    import cv2
+
+    boxes, adjacent = text_lines(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), min_height)
+    corners = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1).astype(int)
+    # A pair's spanning box covers its own two boxes and the space between them.
+    first, second = np.nonzero(np.triu(adjacent))
+    spans = np.concatenate([np.minimum(corners[first, :2], corners[second, :2]),
+                            np.maximum(corners[first, 2:], corners[second, 2:])], axis=1)
+    mask = np.zeros(rgb.shape[:2], np.float32)
+    for x0, y0, x1, y1 in np.concatenate([corners, spans]):
+        mask[y0:y1, x0:x1] = 1.0
+    return mask
+
+
+class MserTextDetector(TextDetector):
+    """Weight-free printed-text finder: character-like MSER regions grouped into lines."""
+
+    name = FALLBACK_DETECTOR
+    description = ("Weight-free printed-text finder: MSER characters grouped into lines; "
+                   "the default without an EAST model")
+    defaults = {"max_side": 512, "min_height": 6, "sigma": 1.0}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if self.params["max_side"] < 32 or self.params["min_height"] < 2:
+            raise PluginError("text detector 'mser': need max_side >= 32 and min_height >= 2")
+        if self.params["sigma"] < 0:
+            raise PluginError("text detector 'mser': sigma must be >= 0")
+
+    def mask(self, rgb: npt.NDArray[np.uint8], size: tuple[int, int]) -> FloatMap:
+        """Soft text mask at ``size`` for one RGB uint8 image (H, W, 3)."""
+        import cv2
+
+        rows, cols = rgb.shape[:2]
+        scale = min(1.0, self.params["max_side"] / max(rows, cols))
+        if scale < 1.0:  # MSER cost grows with pixels; small print is lost below ~6 px anyway
+            rgb = cv2.resize(rgb, (max(1, round(cols * scale)), max(1, round(rows * scale))),
+                             interpolation=cv2.INTER_AREA)
+        mask = text_boxes_mask(rgb, self.params["min_height"])
+        if self.params["sigma"] > 0:
+            # Soft edges: a box edge a pixel off should not flip a feature-map cell.
+            mask = cv2.GaussianBlur(mask, (0, 0), self.params["sigma"])
+        return resize_map(mask, size)
+
+    def detect(self, images: "Tensor", size: tuple[int, int]) -> "Tensor":
+        height, width = _check_inputs(images, size)
+        return _stack([self.mask(rgb, (height, width)) for rgb in _to_rgb_uint8(images)], images)
+
+
+TEXT_DETECTORS: tuple[type[TextDetector], ...] = (EastTextDetector, MserTextDetector)
+
+
+@hookimpl
+def register_text_detectors(register: Register) -> None:
+    """Register the built-in text detectors."""
+    for cls in TEXT_DETECTORS:
+        register(cls)

@@ -1,0 +1,153 @@
+"""MANet model: shapes for every branch combination, gradients, Eq. 2-3 wiring, stages,
+state-dict round trip and the attention plugin's registration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from manet.manet_math import binarize_at_mean
+from manet.manet_model import MANet, MANetConfig, build_manet, manet_loss
+from manet.plugin_manager import Registry, make_plugin_manager
+
+SIZE = 64
+BATCH = 2
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry(make_plugin_manager(load_entrypoints=False))
+
+
+def tiny(registry: Registry, **overrides) -> MANet:
+    config = MANetConfig(**{"backbone": "resnet18", "weights": "none", "num_classes": 5, **overrides})
+    return build_manet(config, registry)
+
+
+def images() -> torch.Tensor:
+    return torch.randn(BATCH, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+
+
+def text_mask(size: int = SIZE // 32) -> torch.Tensor:
+    return torch.rand(BATCH, 1, size, size, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("saliency", [True, False])
+@pytest.mark.parametrize("text", [True, False])
+def test_output_shapes(registry, saliency, text):
+    model = tiny(registry, saliency=saliency, text=text)
+    with torch.inference_mode():
+        out = model(images(), text_mask() if text else None)
+    assert out["features"].shape == (BATCH, 512, SIZE // 32, SIZE // 32)
+    assert out["weighted"].shape == out["features"].shape
+    assert out["logits"].shape == (BATCH, 5)
+    if saliency:
+        assert out["saliency_logits"].shape == (BATCH, 1, SIZE // 8, SIZE // 8)
+        assert model.saliency_map(images()).shape == (BATCH, 1, SIZE // 32, SIZE // 32)
+    else:
+        assert out["saliency_logits"] is None
+        with pytest.raises(ValueError, match="saliency branch off"):
+            model.saliency_map(images())
+
+
+def test_text_on_needs_a_mask(registry):
+    with pytest.raises(ValueError, match="text_mask"):
+        tiny(registry)(images())
+
+
+def test_gradient_reaches_the_saliency_branch(registry):
+    model = tiny(registry).train()
+    out = model(images(), text_mask())
+    target = binarize_at_mean(torch.rand(BATCH, 1, SIZE, SIZE))
+    # CE alone already trains the branch (through Eq. 3); the Dice term adds to it.
+    ce_only = torch.autograd.grad(manet_loss(out, torch.tensor([0, 3])), list(model.attention.parameters()),
+                                  retain_graph=True)
+    assert all(g.abs().sum() > 0 for g in ce_only)
+    manet_loss(out, torch.tensor([0, 3]), target, dice_weight=0.5).backward()
+    for name, param in model.attention.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert model.stages[0][0].weight.grad.abs().sum() > 0  # and on into the backbone
+    assert model.pool.p.grad is not None  # GeM's p is learnt with the head
+
+
+def test_text_mask_weights_the_features(registry):
+    model = tiny(registry, saliency=False)
+    plain = tiny(registry, saliency=False, text=False)
+    plain.load_state_dict(model.state_dict())
+    with torch.inference_mode():
+        zero = model(images(), torch.zeros(BATCH, 1, 2, 2))
+        no_text = plain(images(), torch.zeros(BATCH, 1, 2, 2))  # ignored: text is off
+        masked = model(images(), text_mask())
+    torch.testing.assert_close(no_text["weighted"], no_text["features"])
+    torch.testing.assert_close(zero["weighted"], 1.5 * no_text["weighted"])  # Eq. 2: sigmoid(0) + 1
+    ratio = masked["weighted"] / masked["features"].clamp(min=1e-6)
+    assert not torch.allclose(masked["weighted"], zero["weighted"])
+    assert ratio[masked["features"] > 1e-3].min() >= 1.5 - 1e-4  # T_m in [0, 1] -> T in [1.5, 1.73]
+
+
+def test_saliency_weights_the_features(registry):
+    model = tiny(registry, text=False)
+    with torch.inference_mode():
+        out = model(images())
+        expected = out["features"] * model.saliency_map(images())
+    torch.testing.assert_close(out["weighted"], expected)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg16"])
+def test_stages_equal_build(registry, name):
+    backbone = registry.create("backbone", name)
+    stages = backbone.build_stages("none")
+    assert len(stages) == len(backbone.stage_channels)
+    x = torch.rand(BATCH, 3, SIZE, SIZE)
+    with torch.inference_mode():
+        y = x
+        for stage, channels in zip(stages, backbone.stage_channels):
+            y = stage(y)
+            assert y.shape[1] == channels
+        assert torch.equal(y, backbone.build("none")(x))
+    assert not stages.training
+
+
+def test_state_dict_round_trip(registry, tmp_path):
+    torch.manual_seed(1)
+    model = tiny(registry)
+    with torch.no_grad():
+        model.pool.p.fill_(2.5)
+        model.stages[3][0][0].conv1.weight.add_(0.1)  # differ from the seeded random backbone
+    path = tmp_path / "manet.pt"
+    torch.save(model.state_dict(), path)
+    torch.manual_seed(2)  # a different random head and branch
+    fresh = tiny(registry)
+    fresh.load_state_dict(torch.load(path, weights_only=True))
+    with torch.inference_mode():
+        a, b = model(images(), text_mask()), fresh(images(), text_mask())
+    for key in ("features", "weighted", "saliency_logits", "logits"):
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_attention_plugin_is_registered(registry):
+    assert "saliency-fpn" in registry.names("attention_branch")
+    branch = registry.create("attention_branch", "saliency-fpn", channels="32")
+    assert branch.params["channels"] == 32
+    module = branch.build([64, 128, 256, 512])
+    # Sizes that do not halve exactly (odd inputs, VGG's flooring max-pools) still merge.
+    maps = [torch.rand(1, c, n, n + 1) for c, n in zip([64, 128, 256, 512], [17, 9, 4, 3])]
+    assert module(maps).shape == (1, 1, 9, 10)
+
+
+def test_vgg16_manet(registry):
+    model = tiny(registry, backbone="vgg16", text=False, head_pooling="avg")
+    with torch.inference_mode():
+        out = model(images())
+    assert out["features"].shape == (BATCH, 512, SIZE // 16, SIZE // 16)
+    assert out["saliency_logits"].shape == (BATCH, 1, SIZE // 4, SIZE // 4)  # VGG's 2nd stage
+    assert model.saliency_map(images()).shape == (BATCH, 1, SIZE // 16, SIZE // 16)
+
+
+def test_config_round_trip_and_errors():
+    config = MANetConfig(backbone="vgg16", text=False, attention_params={"channels": 32})
+    assert MANetConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(Exception, match="head pooling"):
+        MANetConfig(head_pooling="max")
+    with pytest.raises(Exception, match="unknown MANet settings"):
+        MANetConfig.from_dict({"colour": "red"})
