@@ -189,5 +189,7 @@ class Retriever:
         """Train MANet (:class:`manet.train.TrainConfig`) and store it as a model."""
         from manet.train import train
 
+        if self._home is not None and not config.checkpoint_root:
+            config.checkpoint_root = str(Path(self._home) / "checkpoints")
         return train(self.db, self.registry, config, device=self.device, resume=resume,
                      progress=self.progress, say=say or (lambda _m: None))

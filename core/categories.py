@@ -8,12 +8,13 @@ How a keyword is chosen (simple and deterministic): every product is one documen
 plus description. Tokens are lowercase alphabetic words of three or more letters, minus
 English stop words and :data:`NON_KIND_WORDS`; a plural is folded into its singular when the
 singular also occurs in the corpus (``peppers`` -> ``pepper``), so no invented stems appear.
-A product kind is what titles name, so only terms found in at least ``min_df`` titles are
-candidates, and terms in more than ``max_df`` of all products (``class``, ``pack``) are too
-broad to be a kind. A candidate's score is (number of titles containing it) x (its TF-IDF
-mass summed over all products); candidates are taken best first, skipping one whose titles
-are mostly claimed already by better keywords (``skimmed`` after ``milk``), since a product
-gets one category only.
+A product kind is what a title names and its description talks about, so a term is a
+candidate when at least ``min_df`` products have it in both (title alone for a product
+without description); grades and codes found only in titles ("Klass 1") drop out. Terms in
+more than ``max_df`` of all products are too broad to be a kind. A candidate's score is that
+product count x its TF-IDF mass summed over all products; candidates are taken best first,
+skipping one whose titles are mostly claimed already by better keywords (``skimmed`` after
+``milk``), since a product gets one category only.
 """
 
 from __future__ import annotations

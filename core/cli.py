@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,64 +10,9 @@ from typing import Any
 import click
 
 from manet import __version__, config
+from manet.cli_common import JSON_OPTION, ManetGroup, State, _echo_json, _params, pass_state
+from manet.cli_training_data import categories, dataset
 from manet.errors import ManetError
-
-JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
-
-
-def _params(pairs: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="-o/--option")
-        out[key.strip()] = value
-    return out
-
-
-class ManetGroup(click.Group):
-    """Turns :class:`ManetError` and database outages into one-line errors with exit 1."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        import sqlalchemy.exc
-
-        try:
-            return super().invoke(ctx)
-        except ManetError as exc:
-            raise click.ClickException(str(exc)) from None
-        except sqlalchemy.exc.OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "connection failed"
-            raise click.ClickException(
-                f"lost the database connection: {reason}; check that PostgreSQL is running "
-                f"(`manet db url` shows which) and re-run: finished batches are kept"
-            ) from None
-
-
-class State:
-    """Lazily built Retriever shared by the sub-commands of one invocation."""
-
-    def __init__(self, database_url: str | None, home: Path | None, device: str | None, quiet: bool) -> None:
-        self.database_url = database_url
-        self.home = home
-        self.device = device
-        self.progress = not quiet and sys.stderr.isatty()
-        self._retriever = None
-
-    @property
-    def retriever(self):
-        if self._retriever is None:
-            from manet.api import Retriever
-
-            self._retriever = Retriever(self.database_url, home=self.home, device=self.device,
-                                        progress=self.progress)
-        return self._retriever
-
-
-pass_state = click.make_pass_decorator(State)
 
 
 @click.group(cls=ManetGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -426,17 +370,25 @@ def train(state: State, name: str, backbone: str, weights: str, epochs: int, bat
 # -- demo -------------------------------------------------------------------------------------
 @cli.command()
 @click.option("--products", default=50, show_default=True)
-@click.option("--photos", "photos_per_product", default=2, show_default=True, help="Shopper photos per product.")
-@click.option("--backbone", default="resnet50", show_default=True)
+@click.option("--photos", "photos_per_product", default=2, show_default=True,
+              help="Shopper photos per product used as queries.")
+@click.option("--train-photos", "train_photos_per_product", default=2, show_default=True,
+              help="Extra shopper photos per product for training.")
+@click.option("--backbone", default="resnet18", show_default=True)
 @click.option("--weights", default="auto", show_default=True,
               help="auto (imagenet if cached, else none) | imagenet | none | PATH.")
-@click.option("--image-size", default=224, show_default=True)
+@click.option("--image-size", default=160, show_default=True)
+@click.option("--epochs", default=6, show_default=True, help="MANet training epochs (0: no training).")
 @click.option("--seed", default=0, show_default=True)
 @JSON_OPTION
 @pass_state
-def demo(state: State, products: int, photos_per_product: int, backbone: str, weights: str, image_size: int,
-         seed: int, as_json: bool) -> None:
-    """Synthetic catalogue -> index -> search -> MAP@7 for MAC and SR-MAC, offline."""
+def demo(state: State, products: int, photos_per_product: int, train_photos_per_product: int, backbone: str,
+         weights: str, image_size: int, epochs: int, seed: int, as_json: bool) -> None:
+    """Synthetic catalogue -> train MANet -> index -> search -> MAP@7, offline.
+
+    Compares MAC, R-MAC and SR-MAC on the backbone with MANet + SR-MAC trained on categories
+    mined from the generated product texts.
+    """
     from manet import embedded
     from manet.api import Retriever
     from manet.demo import run_demo
@@ -447,23 +399,29 @@ def demo(state: State, products: int, photos_per_product: int, backbone: str, we
     say: Callable[[str], None] = (lambda _msg: None) if as_json else click.echo
     with Retriever(url, home=home, device=state.device, progress=state.progress, auto_upgrade=True) as retriever:
         result = run_demo(retriever, home / "demo-data" / f"seed-{seed}", products=products,
-                          photos_per_product=photos_per_product, backbone=backbone, weights=weights,
-                          image_size=image_size, seed=seed, say=say)
+                          photos_per_product=photos_per_product, train_photos_per_product=train_photos_per_product,
+                          backbone=backbone, weights=weights, image_size=image_size, epochs=epochs, seed=seed,
+                          say=say)
     if as_json:
         _echo_json(result.as_dict())
         return
     click.echo("")
-    click.echo(f"{'pooling':<8} {'MAP@7':>7} {'mAP':>7} {'R@1':>7} {'R@5':>7} {'R@7':>7} {'queries':>8}")
-    for pooling, m in result.metrics.items():
-        click.echo(f"{pooling:<8} {m['map@7']:>7.4f} {m['map']:>7.4f} {m['recall@1']:>7.4f} "
+    click.echo(f"{'pipeline':<12} {'MAP@7':>7} {'mAP':>7} {'R@1':>7} {'R@5':>7} {'R@7':>7} {'queries':>8}")
+    for column, m in result.metrics.items():
+        click.echo(f"{column:<12} {m['map@7']:>7.4f} {m['map']:>7.4f} {m['recall@1']:>7.4f} "
                    f"{m['recall@5']:>7.4f} {m['recall@7']:>7.4f} {m['queries']:>8}")
-    click.echo("(MAP@7 normaliser: min(|G|, 7); exact ranking over the stored descriptors)")
+    click.echo("(val photos as queries; MAP@7 normaliser min(|G|, 7); exact ranking over stored descriptors)")
     for example in result.examples:
-        click.echo(f"\nquery image {example['query_image_id']} (product {example['query_sku']}), top-7 by SR-MAC:")
+        click.echo(f"\nquery image {example['query_image_id']} (product {example['query_sku']}), "
+                   f"top-7 by {result.example_model}:")
         for hit in example["hits"]:
             mark = "*" if hit["sku"] == example["query_sku"] else " "
             click.echo(f"  {mark} {hit['rank']}. {hit['score']:.4f} {hit['sku']:<10} {hit['title']}")
     click.echo(f"\ndone in {result.seconds:.1f} s ({backbone}, weights {result.weights}, {image_size}px)")
+
+
+cli.add_command(categories)
+cli.add_command(dataset)
 
 
 def main() -> None:

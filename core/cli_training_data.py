@@ -1,7 +1,6 @@
 """``manet categories`` and ``manet dataset``: the training data of a MANet model.
 
-``manet.cli`` registers these groups with ``cli.add_command``; this module imports
-``manet.cli`` only inside commands, so either module may be imported first.
+``manet.cli`` registers these groups with ``cli.add_command``.
 """
 
 from __future__ import annotations
@@ -10,15 +9,13 @@ from typing import Any
 
 import click
 
-# Same flag as manet.cli.JSON_OPTION; not imported from there, which would be circular.
-JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+from manet.cli_common import JSON_OPTION, State, _echo_json
+
 SOURCE_CHOICE = click.Choice(["tfidf", "manual"])
 
 
 def _db() -> Any:
     """The database of the invocation's shared Retriever (the root command's State)."""
-    from manet.cli import State
-
     state = click.get_current_context().find_object(State)
     if state is None:  # pragma: no cover - only when called outside the manet group
         raise click.UsageError("run this command through `manet`")
@@ -26,8 +23,6 @@ def _db() -> Any:
 
 
 def _echo(data: Any, as_json: bool, human: Any) -> None:
-    from manet.cli import _echo_json
-
     if as_json:
         _echo_json(data)
     else:

@@ -53,6 +53,8 @@ class TrainConfig:
     attention_branch: str = "saliency-fpn"
     seed: int = 0
     num_workers: int | None = None
+    #: Folder for checkpoints; empty = $MANET_HOME/checkpoints.
+    checkpoint_root: str = ""
 
     def manet_config(self, num_classes: int) -> dict[str, Any]:
         return {"backbone": self.backbone, "weights": self.weights, "num_classes": num_classes,
@@ -84,8 +86,9 @@ class TrainReport:
                 "resumed_from": self.resumed_from, "epochs": [asdict(e) for e in self.epochs]}
 
 
-def checkpoint_dir(name: str) -> Path:
-    return manet_config.manet_home() / "checkpoints" / name
+def checkpoint_dir(cfg: TrainConfig) -> Path:
+    root = Path(cfg.checkpoint_root) if cfg.checkpoint_root else manet_config.manet_home() / "checkpoints"
+    return root / cfg.name
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -279,7 +282,7 @@ def train(db: Database, registry: Registry, cfg: TrainConfig, *, device: str, re
         raise ManetError(f"the {empty} split of training set '{cfg.training_set}' is empty; "
                          f"rebuild it with more images or another --val-fraction")
 
-    directory = checkpoint_dir(cfg.name)
+    directory = checkpoint_dir(cfg)
     last = directory / "last.pt"
     start_epoch, state = 0, None
     if resume:

@@ -44,6 +44,9 @@ FALLBACK_DETECTOR = "mser"
 
 #: MSER: intensity step between compared levels; 5 is OpenCV's default.
 _MSER_DELTA = 5
+#: MSER: largest relative area change over delta levels; blurred thin strokes change fast,
+#: so this is looser than OpenCV's 0.25.
+_MSER_MAX_VARIATION = 1.0
 #: Largest MSER region kept, as a fraction of the image area (a few big letters, not a pack).
 _MAX_REGION_FRACTION = 0.06
 #: Character geometry: tallest character as a fraction of the shorter image side.
@@ -247,7 +250,7 @@ def _mser_candidates(gray: npt.NDArray[np.uint8], min_height: int
     # stable region, which on clean print (flat ink on a flat background) drops nearly all.
     mser = cv2.MSER_create(delta=_MSER_DELTA, min_area=max(4, min_height * min_height // 4),
                            max_area=max(16, int(_MAX_REGION_FRACTION * rows * cols)),
-                           min_diversity=0.0)
+                           max_variation=_MSER_MAX_VARIATION, min_diversity=0.0)
     regions, boxes = mser.detectRegions(gray)
     boxes = np.asarray(boxes, dtype=np.int32).reshape(-1, 4)
     w, h = boxes[:, 2].astype(np.float32), boxes[:, 3].astype(np.float32)
@@ -326,10 +329,11 @@ def text_lines(gray: npt.NDArray[np.uint8], min_height: int = 6
     """Characters on text lines in a grey image: boxes (n, 4) as x, y, w, h and which pairs
     are neighbours on a line (n, n)."""
     regions, boxes, fill = _mser_candidates(gray, min_height)
-    # Pairing first is cheap and vectorised; the per-region stroke test runs on the few
-    # candidates that have a neighbour at all.
+    # Grouping is cheap and vectorised; the per-region stroke test (a Python loop) runs only
+    # on candidates already in a line, then the lines are formed again without the failures.
     adjacent = _line_neighbours(boxes.astype(np.float32))
-    keep = np.flatnonzero(adjacent.any(axis=1))
+    labels = _components(adjacent)
+    keep = np.flatnonzero(np.bincount(labels)[labels] >= _MIN_GROUP)
     keep = keep[_even_strokes([regions[i] for i in keep], boxes[keep])]
     adjacent = adjacent[np.ix_(keep, keep)]
     labels = _components(adjacent)

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -62,23 +61,11 @@ def write_catalogue(folder: Path, products: Sequence[dict[str, Any]]) -> Path:
 
 
 def cli_runner(database_url: str):
-    """A function running ``categories``/``dataset`` commands under a root group like ``manet``'s."""
-    from manet.cli import ManetGroup, State
-    from manet.cli_training_data import categories, dataset
-
-    @click.group(cls=ManetGroup)
-    def root() -> None:
-        pass
-
-    root.add_command(categories)
-    root.add_command(dataset)
+    """A function running ``manet`` commands against ``database_url``."""
+    from manet.cli import cli
 
     def run(*args: str) -> Any:
-        state = State(database_url, None, "cpu", True)
-        try:
-            return CliRunner().invoke(root, list(args), obj=state)
-        finally:
-            state.retriever.close()
+        return CliRunner().invoke(cli, ["--quiet", "--device", "cpu", "--database-url", database_url, *args])
 
     return run
 
@@ -128,6 +115,21 @@ def test_mining_drops_words_in_most_products() -> None:
     texts = [f"Brand {kind} {n}" for kind in ("soap", "soap", "shampoo", "shampoo") for n in ("one", "two")]
     words = [w for w, _ in mine_keywords(texts, 5)]
     assert "brand" not in words and {"soap", "shampoo"} <= set(words)
+
+
+def test_mining_skips_keywords_that_would_split_a_category() -> None:
+    texts = ["Skimmed milk", "Skimmed milk lactose-free", "Skimmed milk 0.5%", "Apple juice", "Orange juice",
+             "Rye bread", "Wheat bread"]  # fmt: skip
+    words = {w for w, _ in mine_keywords(texts, 10)}
+    assert {"juice", "bread"} <= words and len(words & {"milk", "skimmed"}) == 1
+
+
+def test_mining_needs_the_kind_in_title_and_description() -> None:
+    texts = [("Apple Klass 1", "A sweet apple."), ("Apple Gala", "A crisp apple."),
+             ("Pear Klass 1", "A juicy pear."), ("Pear Conference", "A soft pear."),
+             ("Plum Klass 1", "Ripe plum."), ("Kiwi", "Kiwi fruit."), ("Lime", "Sour lime.")]  # fmt: skip
+    assert {w for w, _ in mine_keywords(texts, 10)} == {"apple", "pear"}  # not "klass": titles only
+    assert "klass" in {w for w, _ in mine_keywords([title for title, _ in texts], 10)}
 
 
 def test_mining_validates_top() -> None:

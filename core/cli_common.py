@@ -1,0 +1,71 @@
+"""What every ``manet`` command module shares: the invocation state, JSON output, errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from manet.errors import ManetError
+
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _params(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="-o/--option")
+        out[key.strip()] = value
+    return out
+
+
+class ManetGroup(click.Group):
+    """Turns :class:`ManetError` and database outages into one-line errors with exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import sqlalchemy.exc
+
+        try:
+            return super().invoke(ctx)
+        except ManetError as exc:
+            raise click.ClickException(str(exc)) from None
+        except sqlalchemy.exc.OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "connection failed"
+            raise click.ClickException(
+                f"lost the database connection: {reason}; check that PostgreSQL is running "
+                f"(`manet db url` shows which) and re-run: finished batches are kept"
+            ) from None
+
+
+class State:
+    """Lazily built Retriever shared by the sub-commands of one invocation."""
+
+    def __init__(self, database_url: str | None, home: Path | None, device: str | None, quiet: bool) -> None:
+        self.database_url = database_url
+        self.home = home
+        self.device = device
+        self.progress = not quiet and sys.stderr.isatty()
+        self._retriever = None
+
+    @property
+    def retriever(self):
+        if self._retriever is None:
+            from manet.api import Retriever
+
+            self._retriever = Retriever(self.database_url, home=self.home, device=self.device,
+                                        progress=self.progress)
+        return self._retriever
+
+
+pass_state = click.make_pass_decorator(State)
+
+

@@ -1,0 +1,130 @@
+"""MANet training end to end on a real database: categories -> training set -> train ->
+resume -> extract with the learned saliency -> derived variants -> eval --compare."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from manet.cli import cli
+from manet.errors import ManetError
+from manet.train import TrainConfig, warmup_cosine
+
+
+@pytest.fixture(scope="module")
+def prepared(retriever, tmp_path_factory):
+    from manet.synthetic import generate_catalogue
+    from manet.trainset import build_training_set
+
+    manifest = generate_catalogue(tmp_path_factory.mktemp("train-catalogue"), products=8, photos_per_product=1,
+                                  train_photos_per_product=2, size=96, seed=3)
+    retriever.ingest("manifest", manifest)
+    build_training_set(retriever.db, per_category=20, val_fraction=0.25, seed=0, source="manual")
+    return retriever
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """Checkpoints live under MANET_HOME; one folder for the module so runs can resume."""
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture
+def run(database_url, monkeypatch, home):
+    monkeypatch.setenv("MANET_DATABASE_URL", database_url)
+    monkeypatch.setenv("MANET_DEVICE", "cpu")
+    monkeypatch.setenv("MANET_HOME", str(home))
+
+    def invoke(*args: str):
+        return CliRunner().invoke(cli, ["--quiet", *args], catch_exceptions=False)
+
+    return invoke
+
+
+TINY = ["--backbone", "resnet18", "--weights", "none", "--image-size", "64", "--batch-size", "4", "--workers", "0"]
+
+
+def test_warmup_cosine_schedule():
+    assert warmup_cosine(0, 100, 10) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)  # halfway through the cosine
+    assert warmup_cosine(100, 100, 10) == pytest.approx(0.0)
+
+
+def test_train_resume_extract_compare(prepared, run):
+    first = run("train", "--name", "m1", "--epochs", "1", *TINY, "--json")
+    assert first.exit_code == 0, first.output
+    report = json.loads(first.output)
+    assert [e["epoch"] for e in report["epochs"]] == [1]
+    for key in ("loss", "ce", "dice", "train_accuracy", "val_accuracy", "val_map7"):
+        assert report["epochs"][0][key] >= 0
+
+    # An interrupted run (here: one that stopped after epoch 1) continues from the checkpoint.
+    again = run("train", "--name", "m1", "--epochs", "2", *TINY, "--resume", "--json")
+    assert again.exit_code == 0, again.output
+    resumed = json.loads(again.output)
+    assert resumed["resumed_from"] == 1 and [e["epoch"] for e in resumed["epochs"]] == [2]
+    stored = prepared.model("m1")
+    assert stored.config.manet is not None and stored.config.learned_saliency and stored.config.text_mask
+    assert [e["epoch"] for e in stored.metrics["epochs"]] == [1, 2]
+
+    baseline = run("train", "--name", "plain", "--epochs", "1", *TINY, "--no-saliency", "--no-text")
+    assert baseline.exit_code == 0, baseline.output
+
+    for args in (["m1-nosal", "--from", "m1", "--no-saliency"], ["m1-notext", "--from", "m1", "--no-text"],
+                 ["plain-gem", "--from", "plain", "--pooling", "gem"]):
+        assert run("models", "create", *args).exit_code == 0
+    result = run("eval", "--compare", "m1", "m1-nosal", "m1-notext", "plain", "plain-gem", "--split", "val", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [r["model"] for r in rows] == ["m1", "m1-nosal", "m1-notext", "plain", "plain-gem"]
+    assert all({"map@7", "map", "recall@1"} <= set(r) for r in rows)
+    assert len({r["queries"] for r in rows}) == 1  # the same queries for every pipeline
+
+    # The derived pipelines really differ from the trained one.
+    image = prepared.search("m1", image_id=1, k=1)
+    assert image and prepared.search("m1-nosal", image_id=1, k=1)
+
+
+def test_learned_saliency_pipeline_matches_training_network(prepared, run):
+    from manet.pipeline import build_pipeline
+
+    record = prepared.model("m1")
+    pipeline = build_pipeline(record.config, prepared.registry)
+    images = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        out = pipeline(images)
+    assert out.shape == (2, 512) and torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-4)
+
+
+def test_resume_with_another_architecture(prepared, run):
+    result = run("train", "--name", "m1", "--epochs", "3", "--backbone", "resnet34", "--weights", "none",
+                 "--image-size", "64", "--batch-size", "4", "--workers", "0", "--resume")
+    assert result.exit_code == 1 and "not a resnet34" in result.output
+
+
+def test_bad_image_size(prepared, run):
+    result = run("train", "--name", "odd", "--epochs", "1", "--backbone", "resnet18", "--weights", "none",
+                 "--image-size", "50")
+    assert result.exit_code == 1 and "image size 50" in result.output
+
+
+def test_fewer_than_two_categories(prepared):
+    import sqlalchemy as sa
+
+    from manet.train import train
+
+    with prepared.db.begin() as conn:
+        conn.execute(sa.text("INSERT INTO training_sets (name) VALUES ('lonely')"))
+        conn.execute(sa.text(
+            "INSERT INTO training_images (set_id, image_id, category_id, split) "
+            "SELECT (SELECT id FROM training_sets WHERE name = 'lonely'), ti.image_id, ti.category_id, ti.split "
+            "FROM training_images ti JOIN training_sets s ON s.id = ti.set_id "
+            "WHERE s.name = 'default' AND ti.category_id = (SELECT min(category_id) FROM training_images)"))
+    cfg = TrainConfig(name="lonely", backbone="resnet18", weights="none", image_size=64, epochs=1,
+                      training_set="lonely")
+    with pytest.raises(ManetError, match="at least 2"):
+        train(prepared.db, prepared.registry, cfg, device="cpu")
