@@ -27,6 +27,7 @@ DEFAULT_PLUGINS = (
     "manet.plugins.poolings",
     "manet.plugins.saliency",
     "manet.plugins.datasets",
+    "manet.plugins.text_detectors",
 )
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME

@@ -46,29 +46,36 @@ FALLBACK_DETECTOR = "mser"
 _MSER_DELTA = 5
 #: MSER: largest relative area change over delta levels; blurred thin strokes change fast,
 #: so this is looser than OpenCV's 0.25.
-_MSER_MAX_VARIATION = 1.0
-#: Largest MSER region kept, as a fraction of the image area (a few big letters, not a pack).
+_MSER_MAX_VARIATION = 0.5
+#: Largest region, as a fraction of the image area: a big word, not a pack face.
 _MAX_REGION_FRACTION = 0.06
-#: Character geometry: tallest character as a fraction of the shorter image side.
+#: Tallest print (a box's short side) as a fraction of the shorter image side.
 _MAX_CHAR_FRACTION = 0.25
-#: Long/short bbox side: "l" in a tall font is ~1:8; more is a line or a pack edge.
+#: Long / short box side: beyond this a region is a line or an edge, not a letter or word.
 _MAX_ELONGATION = 10.0
-#: Least fraction of its bbox a character covers: less is a thin outline (a frame, a ring).
+#: Least fraction of its box a region covers: less is a thin outline (a frame, a ring).
 _MIN_FILL = 0.12
-#: Stroke width / long bbox side: letters are thin-stroked; discs, squares and dots are ~1.
+#: Stroke width / long box side: letters are thin-stroked; discs, squares and dots are ~1.
 _MAX_STROKE_RATIO = 0.42
 #: Std / mean of the half stroke width along a region's ridge: print has even strokes.
 _MAX_STROKE_VARIATION = 0.45
-#: Neighbours on a line: similar size, centres offset < this x size, gap < this x size.
+#: Neighbours on a line: sizes across the line within this ratio ...
 _SIZE_RATIO = 1.7
+#: ... centres across the line closer than this x size, gap along it at most this x size ...
 _ALIGN_TOLERANCE = 0.45
 _MAX_GAP = 0.6
+#: ... and each box at most this x its size along the line (a letter, not a word or bar).
+_MAX_LETTER_EXTENT = 2.0
 #: Fewest candidates forming a line: isolated logos and shapes have no aligned neighbours.
 _MIN_GROUP = 3
 #: A region covering more of its box than this is a solid bar (or i, l, I); lines with a
 #: larger share of bars than this are shelf wires, stripes or barcodes rather than words.
 _SOLID_FILL = 0.8
 _MAX_SOLID_SHARE = 0.5
+#: A word found as one region: long / short side, fill range, stroke width / short side.
+_WORD_ELONGATION = 2.5
+_WORD_FILL = (0.3, 0.75)
+_WORD_STROKE_RATIO = 0.4
 
 
 def default_text_detector(env: Mapping[str, str] | None = None) -> str:
@@ -78,6 +85,7 @@ def default_text_detector(env: Mapping[str, str] | None = None) -> str:
 
 
 def _check_inputs(images: "Tensor", size: tuple[int, int]) -> tuple[int, int]:
+    """Reject anything but RGB batches and positive sizes; return ``size`` as ints."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected RGB images (B, 3, H, W), got {tuple(images.shape)}")
     height, width = (int(v) for v in size)
@@ -170,6 +178,8 @@ class EastTextDetector(TextDetector):
             )
         if not path.is_file():
             raise WeightsError(f"EAST model path {path} (from {source}) is not a file")
+        if not os.access(path, os.R_OK):
+            raise WeightsError(f"EAST model file {path} (from {source}) is not readable")
         return path
 
     def _load(self) -> Any:
@@ -226,9 +236,8 @@ class EastTextDetector(TextDetector):
             net.setInput(np.ascontiguousarray(blob[start : start + EAST_CHUNK]))
             try:
                 out = net.forward(EAST_SCORE_LAYER)
-            except cv2.error as exc:
-                first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "cv2.error"
-                raise WeightsError(f"EAST forward pass failed: {first_line}") from None
+            except cv2.error as exc:  # e.g. a graph named like EAST but built differently
+                raise WeightsError(f"EAST forward pass failed: {' '.join(str(exc).split())}") from None
             maps.append(np.asarray(out, dtype=np.float32)[:, 0])
         return np.concatenate(maps)
 
@@ -258,7 +267,7 @@ def _mser_candidates(gray: npt.NDArray[np.uint8], min_height: int
     fill = np.fromiter((len(r) for r in regions), np.float32, len(regions)) / np.maximum(w * h, 1)
     keep = np.flatnonzero(
         (long_side >= min_height)
-        & (long_side <= _MAX_CHAR_FRACTION * min(rows, cols))
+        & (short_side <= _MAX_CHAR_FRACTION * min(rows, cols))
         & (long_side <= _MAX_ELONGATION * short_side)
         & (fill >= _MIN_FILL)
     )
@@ -267,36 +276,33 @@ def _mser_candidates(gray: npt.NDArray[np.uint8], min_height: int
     return [regions[i] for i in keep], boxes[keep], fill[keep]
 
 
-def _even_strokes(regions: list[npt.NDArray[np.int32]], boxes: npt.NDArray[np.int32]
-                  ) -> npt.NDArray[np.bool_]:
-    """Which regions are drawn with thin, even strokes, as print is.
-
-    The stroke width is twice the largest inscribed radius; relative to the long box side it
-    is small for letters and ~1 for discs, squares and dots. Its evenness is the spread
-    (std / mean) of the half-width along the region's medial ridge.
-    """
+def _stroke_widths(regions: list[npt.NDArray[np.int32]], boxes: npt.NDArray[np.int32]
+                   ) -> tuple[FloatMap, FloatMap]:
+    """Stroke width of each region (twice its largest inscribed radius) and the spread
+    (std / mean) of its half-width along the medial ridge: print has thin, even strokes."""
     import cv2
 
-    even = np.zeros(len(regions), bool)
+    width = np.empty(len(regions), np.float32)
+    spread = np.empty(len(regions), np.float32)
     kernel = np.ones((3, 3), np.uint8)
     for k, (points, (x, y, w, h)) in enumerate(zip(regions, boxes)):
         canvas = np.zeros((h + 2, w + 2), np.uint8)  # 1 px border so the edge counts as background
         canvas[points[:, 1] - y + 1, points[:, 0] - x + 1] = 1
         dist = cv2.distanceTransform(canvas, cv2.DIST_L2, 3)
         ridge = cv2.compare(dist, cv2.dilate(dist, kernel), cv2.CMP_GE) & (canvas * 255)
+        # OpenCV calls rather than numpy reductions: this loop runs once per region.
         mean, std = (float(v[0, 0]) for v in cv2.meanStdDev(dist, mask=ridge))
-        # OpenCV calls rather than numpy reductions: this loop runs per region.
-        even[k] = (2.0 * cv2.minMaxLoc(dist)[1] <= _MAX_STROKE_RATIO * max(w, h)
-                   and std <= _MAX_STROKE_VARIATION * mean)
-    return even
+        width[k] = 2.0 * cv2.minMaxLoc(dist)[1]
+        spread[k] = std / max(mean, 1e-6)
+    return width, spread
 
 
 def _line_neighbours(boxes: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
-    """(n, n): pairs that sit next to each other on a horizontal or a vertical text line."""
+    """(2, n, n): pairs next to each other on a horizontal line, and on a vertical line."""
     x, y, w, h = boxes.T
-    adjacent = np.zeros((len(boxes), len(boxes)), bool)
+    adjacent = np.zeros((2, len(boxes), len(boxes)), bool)
     # A horizontal line compares heights and vertical centres, a vertical one the transpose.
-    for lo, extent, across, thickness in ((x, w, y, h), (y, h, x, w)):
+    for k, (lo, extent, across, thickness) in enumerate(((x, w, y, h), (y, h, x, w))):
         size = np.maximum(thickness[:, None], thickness[None, :])
         similar = size <= _SIZE_RATIO * np.minimum(thickness[:, None], thickness[None, :])
         centre = across + thickness / 2
@@ -306,44 +312,61 @@ def _line_neighbours(boxes: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
         # A negative gap past a third of the narrower box is the same character found at
         # two MSER levels, not a neighbour.
         near = (gap <= _MAX_GAP * size) & (gap >= -np.minimum(extent[:, None], extent[None, :]) / 3)
-        adjacent |= similar & aligned & near
-    np.fill_diagonal(adjacent, False)
+        # A letter is at most ~1.2x as long along its line as it is tall (m, w).
+        letter = extent <= _MAX_LETTER_EXTENT * thickness
+        adjacent[k] = similar & aligned & near & letter[:, None] & letter[None, :]
+        np.fill_diagonal(adjacent[k], False)
     return adjacent
 
 
-def _components(adjacent: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
-    """Connected-component label of each node of a symmetric adjacency matrix."""
-    n = len(adjacent)
-    labels = np.arange(n)
-    while n:  # min-label propagation; converges within the longest chain (a line's length)
-        spread = np.where(adjacent, labels[None, :], n).min(axis=1)
-        updated = np.minimum(labels, spread)
-        if np.array_equal(updated, labels):
-            break
-        labels = updated
-    return labels
+def _in_lines(adjacent: npt.NDArray[np.bool_], solid: npt.NDArray[np.bool_] | None = None
+              ) -> npt.NDArray[np.bool_]:
+    """(2, n): which nodes belong to a horizontal / vertical line of at least ``_MIN_GROUP``.
+
+    With ``solid`` (n,), lines made mostly of solid bars are refused: cells of a wire shelf
+    or stripes line up like letters, but a word has only a few solid members (i, l, I).
+    Lines of one orientation only: a chain turning a corner is not a line of text.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    result = np.zeros(adjacent.shape[:2], bool)
+    for k, pairs in enumerate(adjacent):
+        labels = connected_components(csr_matrix(pairs), directed=False)[1]
+        members = np.bincount(labels, minlength=len(labels))
+        line = members >= _MIN_GROUP
+        if solid is not None:
+            line &= np.bincount(labels, weights=solid, minlength=len(labels)) <= (
+                _MAX_SOLID_SHARE * members)
+        result[k] = line[labels]
+    return result
 
 
 def text_lines(gray: npt.NDArray[np.uint8], min_height: int = 6
                ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-    """Characters on text lines in a grey image: boxes (n, 4) as x, y, w, h and which pairs
-    are neighbours on a line (n, n)."""
+    """Text in a grey image: boxes (n, 4) as x, y, w, h of characters on lines and of words
+    found as one region, and which pairs are neighbours on a line (n, n)."""
     regions, boxes, fill = _mser_candidates(gray, min_height)
+    long_side = np.maximum(boxes[:, 2], boxes[:, 3]).astype(np.float32)
+    short_side = np.minimum(boxes[:, 2], boxes[:, 3]).astype(np.float32)
+    # Blur and small print merge a word's letters into one region with no neighbours.
+    wordlike = ((long_side >= _WORD_ELONGATION * short_side)
+                & (fill >= _WORD_FILL[0]) & (fill <= _WORD_FILL[1]))
     # Grouping is cheap and vectorised; the per-region stroke test (a Python loop) runs only
-    # on candidates already in a line, then the lines are formed again without the failures.
+    # on candidates already in a line or shaped like a word, then lines are formed again.
     adjacent = _line_neighbours(boxes.astype(np.float32))
-    labels = _components(adjacent)
-    keep = np.flatnonzero(np.bincount(labels)[labels] >= _MIN_GROUP)
-    keep = keep[_even_strokes([regions[i] for i in keep], boxes[keep])]
-    adjacent = adjacent[np.ix_(keep, keep)]
-    labels = _components(adjacent)
-    members = np.bincount(labels, minlength=len(keep))
-    # Cells of a wire shelf or stripes line up like letters but are solid bars; a word has
-    # only a few solid members (i, l, I).
-    solid = np.bincount(labels, weights=fill[keep] > _SOLID_FILL, minlength=len(keep))
-    line = (members >= _MIN_GROUP) & (solid <= _MAX_SOLID_SHARE * members)
-    chosen = line[labels]
-    return boxes[keep][chosen].astype(np.float32), adjacent[np.ix_(chosen, chosen)]
+    keep = np.flatnonzero(_in_lines(adjacent).any(axis=0) | wordlike)
+    width, spread = _stroke_widths([regions[i] for i in keep], boxes[keep])
+    even = (width <= _MAX_STROKE_RATIO * long_side[keep]) & (spread <= _MAX_STROKE_VARIATION)
+    # A word's strokes are thin across its height too; a straight bar's fill it.
+    word = wordlike[keep] & (width <= _WORD_STROKE_RATIO * short_side[keep])
+    keep, word = keep[even], word[even]
+    adjacent = adjacent[:, keep][:, :, keep]
+    lines = _in_lines(adjacent, fill[keep] > _SOLID_FILL)
+    chosen = lines.any(axis=0) | word
+    # Neighbours on a kept line (of the orientation that kept them) get the gap filled.
+    pairs = (adjacent & lines[:, :, None] & lines[:, None, :]).any(axis=0)
+    return boxes[keep][chosen].astype(np.float32), pairs[np.ix_(chosen, chosen)]
 
 
 def text_boxes_mask(rgb: npt.NDArray[np.uint8], min_height: int = 6) -> FloatMap:
@@ -364,7 +387,12 @@ def text_boxes_mask(rgb: npt.NDArray[np.uint8], min_height: int = 6) -> FloatMap
 
 
 class MserTextDetector(TextDetector):
-    """Weight-free printed-text finder: character-like MSER regions grouped into lines."""
+    """Weight-free printed-text finder: character-like MSER regions grouped into lines.
+
+    ``max_side``: images are shrunk to at most this many pixels on the long side first;
+    ``min_height``: smallest print found, in those pixels; ``sigma``: Gaussian softening of
+    the box edges, in those pixels (0 keeps a hard mask before resizing).
+    """
 
     name = FALLBACK_DETECTOR
     description = ("Weight-free printed-text finder: MSER characters grouped into lines; "
@@ -384,7 +412,7 @@ class MserTextDetector(TextDetector):
 
         rows, cols = rgb.shape[:2]
         scale = min(1.0, self.params["max_side"] / max(rows, cols))
-        if scale < 1.0:  # MSER cost grows with pixels; small print is lost below ~6 px anyway
+        if scale < 1.0:  # MSER's cost grows with the pixel count
             rgb = cv2.resize(rgb, (max(1, round(cols * scale)), max(1, round(rows * scale))),
                              interpolation=cv2.INTER_AREA)
         mask = text_boxes_mask(rgb, self.params["min_height"])

@@ -1,0 +1,303 @@
+"""Text detectors: the weight-free fallback on generated text, EAST's errors and its
+score-map logic.
+
+EAST's real weights cannot be downloaded here, so a tiny TensorFlow graph written byte by
+byte (a 1x1 stride-4 convolution + sigmoid named like EAST's score layer) stands in for it
+and exercises loading, preprocessing and the forward pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from manet.errors import PluginError, WeightsError
+from manet.plugin_manager import default_registry
+from manet.plugins.text_detectors import (
+    EAST_MODEL_ENV,
+    EAST_SCORE_LAYER,
+    FALLBACK_DETECTOR,
+    EastTextDetector,
+    MserTextDetector,
+    default_text_detector,
+    register_text_detectors,
+    score_map_to_mask,
+)
+
+SIZE = 256
+#: Scene name -> (background, words as (text, font px, top-left, colour)).
+SCENES = {
+    "light-on-dark": ((70, 130, 180), [
+        ("FRESH MILK", 28, (15, 10), (255, 255, 255)),
+        ("Organic", 20, (20, 60), (20, 20, 30)),
+        ("since 1921", 14, (140, 100), (250, 240, 200)),
+        ("NET 500g", 16, (18, 190), (255, 255, 255)),
+        ("low fat", 12, (160, 170), (30, 30, 30)),
+    ]),
+    "dark-on-light": ((238, 226, 190), [
+        ("Crunchy", 34, (12, 14), (150, 30, 30)),
+        ("OAT FLAKES", 18, (16, 64), (20, 20, 20)),
+        ("whole grain", 13, (150, 120), (30, 90, 40)),
+        ("750 g", 22, (30, 200), (250, 250, 250)),
+        ("BEST BEFORE", 11, (140, 226), (60, 60, 60)),
+    ]),
+}  # fmt: skip
+#: Measured IoU of the fallback's mask (>= 0.5) with the text boxes: 0.887 and 0.814.
+MIN_IOU = 0.7
+
+
+def _draw_shapes(draw: ImageDraw.ImageDraw) -> None:
+    """Large plain shapes that are not text: a disc, a block, a triangle, a pack outline."""
+    draw.ellipse((150, 140, 245, 235), fill=(230, 200, 40))
+    draw.rectangle((10, 150, 90, 240), fill=(200, 60, 60))
+    draw.polygon([(200, 20), (250, 90), (150, 90)], fill=(40, 120, 60))
+    draw.rounded_rectangle((100, 110, 140, 250), radius=12, outline=(30, 30, 30), width=3)
+
+
+def _tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255.0
+
+
+def text_scene(name: str) -> tuple[torch.Tensor, np.ndarray]:
+    """An image with words at known places (text drawn over the shapes) and their box mask."""
+    background, words = SCENES[name]
+    img = Image.new("RGB", (SIZE, SIZE), background)
+    draw = ImageDraw.Draw(img)
+    _draw_shapes(draw)
+    truth = np.zeros((SIZE, SIZE), bool)
+    for text, px, xy, colour in words:
+        font = ImageFont.load_default(size=px)
+        draw.text(xy, text, font=font, fill=colour)
+        x0, y0, x1, y1 = draw.textbbox(xy, text, font=font)
+        truth[y0:y1, x0:x1] = True
+    return _tensor(img), truth
+
+
+def shapes_scene() -> torch.Tensor:
+    img = Image.new("RGB", (SIZE, SIZE), (120, 170, 210))
+    _draw_shapes(ImageDraw.Draw(img))
+    return _tensor(img)
+
+
+def test_registered() -> None:
+    found: list[type] = []
+    register_text_detectors(found.append)
+    assert {cls.name for cls in found} == {"east", FALLBACK_DETECTOR}
+    assert {"east", FALLBACK_DETECTOR} <= set(default_registry().names("text_detector"))
+
+
+def test_default_detector_follows_the_environment() -> None:
+    assert default_text_detector({}) == FALLBACK_DETECTOR
+    assert default_text_detector({EAST_MODEL_ENV: " "}) == FALLBACK_DETECTOR
+    assert default_text_detector({EAST_MODEL_ENV: "/models/east.pb"}) == "east"
+
+
+# ----------------------------------------------------------------------------- fallback
+
+
+@pytest.mark.parametrize("name", sorted(SCENES))
+def test_fallback_covers_the_text(name: str, record_property: pytest.RecordProperty) -> None:
+    image, truth = text_scene(name)
+    found = MserTextDetector().detect(image, (SIZE, SIZE))[0, 0].numpy() >= 0.5
+    iou = (found & truth).sum() / (found | truth).sum()
+    record_property("iou", round(float(iou), 3))
+    print(f"{name}: IoU {iou:.3f}")
+    assert iou >= MIN_IOU
+
+
+def test_fallback_ignores_plain_shapes() -> None:
+    mask = MserTextDetector().detect(shapes_scene(), (SIZE, SIZE))
+    assert mask.mean() < 0.01
+    blank = MserTextDetector().detect(torch.full((1, 3, 64, 64), 0.5), (8, 8))
+    assert blank.abs().max() == 0
+
+
+def test_fallback_shape_range_and_batch() -> None:
+    first, _ = text_scene("light-on-dark")
+    second, _ = text_scene("dark-on-light")
+    batch = torch.cat([first, second, shapes_scene()])
+    detector = MserTextDetector()
+    masks = detector.detect(batch, (8, 12))
+    assert masks.shape == (3, 1, 8, 12) and masks.dtype == torch.float32
+    assert masks.min() >= 0.0 and masks.max() <= 1.0
+    assert masks[0].max() > 0.5 and masks[2].max() < 0.1
+    torch.testing.assert_close(masks[1:2], detector.detect(second, (8, 12)))
+    # Larger than the image (bilinear), and a float64 input.
+    big = detector.detect(first.double(), (300, 320))
+    assert big.shape == (1, 1, 300, 320) and big.dtype == torch.float32
+
+
+def test_fallback_shrinks_large_images() -> None:
+    image, truth = text_scene("light-on-dark")
+    large = torch.nn.functional.interpolate(image, scale_factor=3, mode="nearest")
+    mask = MserTextDetector(max_side=SIZE).detect(large, (SIZE, SIZE))[0, 0].numpy() >= 0.5
+    assert (mask & truth).sum() / (mask | truth).sum() >= MIN_IOU
+
+
+def test_bad_parameters_and_inputs() -> None:
+    with pytest.raises(PluginError, match="max_side"):
+        MserTextDetector(max_side=8)
+    with pytest.raises(PluginError, match="multiple of 32"):
+        EastTextDetector(input_size=100)
+    with pytest.raises(ValueError, match="RGB"):
+        MserTextDetector().detect(torch.zeros(1, 1, 32, 32), (4, 4))
+    with pytest.raises(ValueError, match="positive"):
+        MserTextDetector().detect(torch.zeros(1, 3, 32, 32), (0, 4))
+
+
+# ----------------------------------------------------------------------------- EAST errors
+
+
+def _one_line_error(detector: EastTextDetector) -> str:
+    with pytest.raises(WeightsError) as caught:
+        detector.detect(torch.zeros(1, 3, 32, 32), (8, 8))
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_east_without_a_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(EAST_MODEL_ENV, raising=False)
+    message = _one_line_error(EastTextDetector())
+    assert EAST_MODEL_ENV in message and "model=PATH" in message
+    assert f"'{FALLBACK_DETECTOR}'" in message
+
+
+def test_east_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = tmp_path / "nowhere" / "east.pb"
+    assert str(missing) in _one_line_error(EastTextDetector(model=str(missing)))
+    monkeypatch.setenv(EAST_MODEL_ENV, str(missing))
+    message = _one_line_error(EastTextDetector())
+    assert str(missing) in message and EAST_MODEL_ENV in message
+    assert "not a file" in _one_line_error(EastTextDetector(model=str(tmp_path)))
+
+
+@pytest.mark.parametrize("content", [
+    np.random.default_rng(0).bytes(4096),
+    b"frozen_east_text_detection\nthis is a text file renamed .pb\n",
+    b"",
+], ids=["random-bytes", "text-file", "empty"])  # fmt: skip
+def test_east_file_that_is_not_a_model(tmp_path: Path, content: bytes) -> None:
+    # OpenCV 5's default dnn engine segfaults on these; the detector must not use it here.
+    path = tmp_path / "frozen_east_text_detection.pb"
+    path.write_bytes(content)
+    message = _one_line_error(EastTextDetector(model=str(path)))
+    assert str(path) in message and "not a frozen EAST TensorFlow graph" in message
+
+
+# ----------------------------------------------------------------------------- a tiny graph
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, value: int | bytes) -> bytes:
+    """One protobuf field: a varint (wire type 0) or length-delimited bytes (wire type 2)."""
+    if isinstance(value, int):
+        return _varint(number << 3) + _varint(value)
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+def _attr(key: str, value: bytes) -> bytes:
+    """NodeDef.attr (field 5) map entry; ``value`` is an encoded AttrValue."""
+    return _field(5, _field(1, key.encode()) + _field(2, value))
+
+
+def _node(name: str, op: str, inputs: tuple[str, ...] = (), attrs: bytes = b"") -> bytes:
+    """GraphDef.node (field 1): NodeDef name=1, op=2, input=3."""
+    body = _field(1, name.encode()) + _field(2, op.encode())
+    return _field(1, body + b"".join(_field(3, i.encode()) for i in inputs) + attrs)
+
+
+_FLOAT = _field(6, 1)  # AttrValue.type = DT_FLOAT
+
+
+def _const(name: str, values: np.ndarray) -> bytes:
+    """A Const node holding a float32 TensorProto (dtype=1, shape=2, tensor_content=4)."""
+    shape = b"".join(_field(2, _field(1, dim)) for dim in values.shape)
+    tensor = _field(1, 1) + _field(2, shape) + _field(4, values.astype("<f4").tobytes())
+    return _node(name, "Const", attrs=_attr("dtype", _FLOAT) + _attr("value", _field(8, tensor)))
+
+
+def tiny_graph(weights: tuple[float, float, float], score_layer: str = EAST_SCORE_LAYER) -> bytes:
+    """A frozen TensorFlow GraphDef: sigmoid(conv1x1_stride4(input, weights)), NHWC."""
+    strides = _field(1, b"".join(_field(3, s) for s in (1, 4, 4, 1)))  # AttrValue.list.i
+    conv = "feature_fusion/Conv_7/Conv2D"
+    return (
+        _node("input_images", "Placeholder", attrs=_attr("dtype", _FLOAT))
+        + _const("weights", np.array(weights, np.float32).reshape(1, 1, 3, 1))
+        + _node(conv, "Conv2D", ("input_images", "weights"),
+                _attr("T", _FLOAT) + _attr("strides", strides)
+                + _attr("padding", _field(2, b"SAME")) + _attr("data_format", _field(2, b"NHWC")))
+        + _node(score_layer, "Sigmoid", (conv,), _attr("T", _FLOAT))
+    )  # fmt: skip
+
+
+def test_east_graph_without_the_score_layer(tmp_path: Path) -> None:
+    path = tmp_path / "other.pb"
+    path.write_bytes(tiny_graph((1.0, 0.0, 0.0), score_layer="some/other/Sigmoid"))
+    message = _one_line_error(EastTextDetector(model=str(path)))
+    assert "not a frozen EAST TensorFlow graph" in message and EAST_SCORE_LAYER in message
+
+
+def test_east_runs_the_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Red minus blue after EAST's mean subtraction: ~+12 on red pixels, ~-14 on blue ones,
+    # so the score is ~1 on red and ~0 on blue only if the channels reach it as RGB.
+    path = tmp_path / "frozen_east_text_detection.pb"
+    path.write_bytes(tiny_graph((0.05, 0.0, -0.05)))
+    monkeypatch.setenv(EAST_MODEL_ENV, str(path))
+    image = torch.zeros(2, 3, 64, 96)
+    image[0, 0, :, :48] = 1.0  # left half red, right half blue
+    image[0, 2, :, 48:] = 1.0
+    image[1, 2] = 1.0  # all blue
+    detector = EastTextDetector(input_size=96)
+    scores = detector.score_maps(image)
+    assert scores.shape == (2, 16, 24)  # input 64x96 -> 1/4
+    mask = detector.detect(image, (8, 12))
+    assert mask.shape == (2, 1, 8, 12) and mask.dtype == torch.float32
+    assert mask[0, 0, :, :5].min() > 0.9 and mask[0, 0, :, 7:].max() < 0.1
+    assert mask[1].max() < 0.1
+
+
+# ----------------------------------------------------------------------------- score -> mask
+
+
+def test_score_map_to_mask_keeps_blocks() -> None:
+    score = np.zeros((80, 80), np.float32)
+    score[20:40, 40:80] = 1.0
+    mask = score_map_to_mask(score, (20, 20))
+    expected = np.zeros((20, 20), np.float32)
+    expected[5:10, 10:20] = 1.0
+    np.testing.assert_allclose(mask, expected, atol=1e-6)
+    # A block straddling output cells gives the covered fraction (area averaging).
+    half = np.zeros((8, 8), np.float32)
+    half[:, :2] = 1.0
+    np.testing.assert_allclose(score_map_to_mask(half, (1, 2)), [[0.5, 0.0]])
+
+
+def test_score_map_to_mask_range_threshold_and_upsampling() -> None:
+    rng = np.random.default_rng(0)
+    score = rng.uniform(0.0, 0.4, size=(40, 60)).astype(np.float32)
+    score[10:20, 10:30] = 0.9
+    soft = score_map_to_mask(score, (10, 15))
+    assert soft.shape == (10, 15) and soft.dtype == np.float32
+    assert 0.0 <= soft.min() and soft.max() <= 1.0 and soft[0, 0] > 0.0
+    hard = score_map_to_mask(score, (10, 15), threshold=0.5)
+    assert hard[0, 0] == 0.0 and hard[3, 4] == pytest.approx(0.9, abs=1e-5)
+    up = score_map_to_mask(np.eye(4, dtype=np.float32), (16, 16))
+    assert up.shape == (16, 16) and 0.0 <= up.min() and up.max() <= 1.0
+    odd = np.array([[np.nan, 2.0], [-1.0, 0.5]], np.float32)
+    np.testing.assert_allclose(score_map_to_mask(odd, (2, 2)), [[0.0, 1.0], [0.0, 0.5]])
+    with pytest.raises(ValueError, match="2-D"):
+        score_map_to_mask(np.zeros((1, 4, 4), np.float32), (2, 2))
+
