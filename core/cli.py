@@ -343,7 +343,9 @@ def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models
 @click.option("--no-saliency", is_flag=True, help="No saliency branch (with --no-text: the plain classifier).")
 @click.option("--no-text", is_flag=True, help="No text branch.")
 @click.option("--lambda", "lambda_dice", default=1.0, show_default=True, help="Weight of the Dice loss.")
-@click.option("--lr", default=1e-3, show_default=True, help="Learning rate of the new layers (backbone: x0.1).")
+@click.option("--lr", default=1e-3, show_default=True, help="Learning rate of the attention branch and head.")
+@click.option("--backbone-lr-scale", default=0.1, show_default=True,
+              help="Backbone learning rate relative to --lr; 0 freezes the backbone.")
 @click.option("--training-set", default="default", show_default=True)
 @click.option("--text-detector", default="", help="Text detector plugin [default: east if MANET_EAST_MODEL is set].")
 @click.option("--workers", "num_workers", type=int, default=None)
@@ -352,14 +354,15 @@ def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models
 @JSON_OPTION
 @pass_state
 def train(state: State, name: str, backbone: str, weights: str, epochs: int, batch_size: int, image_size: int,
-          no_saliency: bool, no_text: bool, lambda_dice: float, lr: float, training_set: str, text_detector: str,
+          no_saliency: bool, no_text: bool, lambda_dice: float, lr: float, backbone_lr_scale: float,
+          training_set: str, text_detector: str,
           num_workers: int | None, seed: int, resume: bool, as_json: bool) -> None:
     """Train MANet on the training set (manet dataset build) and store it as a model."""
     from manet.train import TrainConfig
 
     cfg = TrainConfig(name=name, backbone=backbone, weights=weights, image_size=image_size, epochs=epochs,
                       batch_size=batch_size, saliency=not no_saliency, text=not no_text, lambda_dice=lambda_dice,
-                      lr=lr, training_set=training_set, text_detector=text_detector, seed=seed,
+                      lr=lr, backbone_lr_scale=backbone_lr_scale, training_set=training_set, text_detector=text_detector, seed=seed,
                       num_workers=num_workers)
     say = (lambda _m: None) if as_json else click.echo
     report = state.retriever.train(cfg, resume=resume, say=say)
@@ -378,7 +381,7 @@ def train(state: State, name: str, backbone: str, weights: str, epochs: int, bat
 @click.option("--weights", default="auto", show_default=True,
               help="auto (imagenet if cached, else none) | imagenet | none | PATH.")
 @click.option("--image-size", default=160, show_default=True)
-@click.option("--epochs", default=6, show_default=True, help="MANet training epochs (0: no training).")
+@click.option("--epochs", default=12, show_default=True, help="MANet training epochs (0: no training).")
 @click.option("--seed", default=0, show_default=True)
 @JSON_OPTION
 @pass_state

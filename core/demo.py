@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from manet.api import Retriever
+from manet.errors import ManetError
 
 DEMO_POOLINGS = ("mac", "rmac", "srmac")
 #: Column of the trained MANet + SR-MAC pipeline.
@@ -60,10 +61,16 @@ def _train_demo_manet(retriever: Retriever, name: str, backbone: str, weights: s
 
     categories = mine_categories(retriever.db, top=DEMO_CATEGORIES)
     say("mined categories: " + ", ".join(c["name"] for c in categories))
-    summary = build_training_set(retriever.db, per_category=200, val_fraction=0.2, seed=seed, source="tfidf")
+    source = "tfidf"
+    if len(categories) < 2:  # a small catalogue: use the manifest's own category column
+        say("fewer than 2 mined categories; training on the catalogue's category column instead")
+        source = "manual"
+    summary = build_training_set(retriever.db, per_category=200, val_fraction=0.2, seed=seed, source=source)
     say(f"training set: {summary['train']} train / {summary['val']} val images in {summary['categories']} categories")
+    # Random weights are not worth fine-tuning on a hundred images: keep them, train the
+    # attention branch and the head only. Pre-trained weights are fine-tuned gently.
     cfg = TrainConfig(name=name, backbone=backbone, weights=weights, image_size=image_size, epochs=epochs,
-                      batch_size=16, seed=seed)
+                      batch_size=16, seed=seed, backbone_lr_scale=0.0 if weights == "none" else 0.1)
     retriever.delete_model(name)
     if retriever._home is not None:
         cfg.checkpoint_root = str(Path(retriever._home) / "checkpoints")
@@ -83,7 +90,7 @@ def run_demo(
     backbone: str = "resnet18",
     weights: str = "auto",
     image_size: int = 160,
-    epochs: int = 6,
+    epochs: int = 12,
     seed: int = 0,
     examples: int = 3,
     say: Callable[[str], None] = print,
@@ -109,8 +116,11 @@ def run_demo(
         retriever.create_model(names[pooling], backbone=backbone, weights=weights, image_size=image_size,
                                pooling=pooling)
     if epochs > 0:
-        names[MANET_COLUMN] = f"demo-{backbone}-manet"
-        _train_demo_manet(retriever, names[MANET_COLUMN], backbone, weights, image_size, epochs, seed, say)
+        try:
+            _train_demo_manet(retriever, f"demo-{backbone}-manet", backbone, weights, image_size, epochs, seed, say)
+            names[MANET_COLUMN] = f"demo-{backbone}-manet"
+        except ManetError as exc:  # e.g. too few products to mine two categories
+            say(f"note: no MANet column: {exc}")
     for column, name in names.items():
         extracted = retriever.extract(name)
         index = retriever.build_index(name)

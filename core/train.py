@@ -44,6 +44,7 @@ class TrainConfig:
     text: bool = True
     lambda_dice: float = 1.0
     lr: float = 1e-3
+    #: Backbone learning rate relative to ``lr``; 0 freezes the backbone.
     backbone_lr_scale: float = 0.1
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
@@ -185,6 +186,13 @@ def _loader(dataset: TrainingImages, batch_size: int, shuffle: bool, workers: in
                                        persistent_workers=workers > 0)
 
 
+def _train_mode(model: Any, cfg: TrainConfig) -> None:
+    """Training mode, except a frozen backbone, whose batch-norm statistics must not drift."""
+    model.train()
+    if cfg.backbone_lr_scale <= 0:
+        model.stages.eval()
+
+
 def _autocast(device: str) -> Any:
     """bf16 autocast on CUDA; plain float32 elsewhere."""
     import contextlib
@@ -226,7 +234,7 @@ def _evaluate(model: Any, loader: Any, device: str, cfg: TrainConfig) -> tuple[f
             pooled = srmac(features, saliency)
             descriptors.append(torch.nn.functional.normalize(pooled, dim=1).cpu())
             labels.append(target.cpu())
-    model.train()
+    _train_mode(model, cfg)
     return correct / max(1, total), torch.cat(descriptors), torch.cat(labels)
 
 
@@ -333,11 +341,13 @@ def train(db: Database, registry: Registry, cfg: TrainConfig, *, device: str, re
 
     backbone_params = list(model.stages.parameters())
     backbone_ids = {id(p) for p in backbone_params}
-    head_params = [p for p in model.parameters() if id(p) not in backbone_ids]
-    optimizer = torch.optim.AdamW(
-        [{"params": backbone_params, "lr": cfg.lr * cfg.backbone_lr_scale}, {"params": head_params, "lr": cfg.lr}],
-        weight_decay=cfg.weight_decay,
-    )
+    groups = [{"params": [p for p in model.parameters() if id(p) not in backbone_ids], "lr": cfg.lr}]
+    if cfg.backbone_lr_scale > 0:
+        groups.append({"params": backbone_params, "lr": cfg.lr * cfg.backbone_lr_scale})
+    else:  # frozen backbone: only the attention branch and the head learn
+        for param in backbone_params:
+            param.requires_grad_(False)
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, cfg.epochs * steps_per_epoch,
@@ -352,7 +362,7 @@ def train(db: Database, registry: Registry, cfg: TrainConfig, *, device: str, re
         say(f"resuming '{cfg.name}' after epoch {start_epoch}")
 
     directory.mkdir(parents=True, exist_ok=True)
-    model.train()
+    _train_mode(model, cfg)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         started = time.perf_counter()
         totals = {"loss": 0.0, "ce": 0.0, "dice": 0.0, "correct": 0, "seen": 0}
@@ -372,9 +382,9 @@ def train(db: Database, registry: Registry, cfg: TrainConfig, *, device: str, re
             optimizer.step()
             scheduler.step()
             n = len(target)
-            totals["loss"] += float(loss) * n
-            totals["ce"] += float(ce) * n
-            totals["dice"] += float(dice) * n
+            totals["loss"] += float(loss.detach()) * n
+            totals["ce"] += float(ce.detach()) * n
+            totals["dice"] += float(dice.detach()) * n
             totals["correct"] += int((out["logits"].argmax(1) == target).sum())
             totals["seen"] += n
             bar.set_postfix(loss=f"{totals['loss'] / totals['seen']:.3f}",

@@ -9,21 +9,23 @@ from click.testing import CliRunner
 from manet.cli import cli
 
 
-def test_demo_prints_map_for_mac_and_srmac(database_url, tmp_path, monkeypatch):
+def test_demo_prints_baselines_and_trained_manet(database_url, tmp_path, monkeypatch):
     monkeypatch.setenv("MANET_DATABASE_URL", database_url)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))
-    args = ["--quiet", "--home", str(tmp_path), "--device", "cpu", "demo", "--products", "6", "--photos", "2",
-            "--backbone", "resnet18", "--image-size", "64"]
+    args = ["--quiet", "--home", str(tmp_path), "--device", "cpu", "demo", "--products", "8", "--photos", "2",
+            "--train-photos", "2", "--epochs", "1", "--backbone", "resnet18", "--image-size", "64"]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "random weights" in result.output
-    table = [line.split() for line in result.output.splitlines() if line.startswith(("mac ", "srmac "))]
-    assert [row[0] for row in table] == ["mac", "srmac"]
+    table = [line.split() for line in result.output.splitlines()
+             if line.startswith(("mac ", "rmac ", "srmac ", "manet+srmac "))]
+    assert [row[0] for row in table] == ["mac", "rmac", "srmac", "manet+srmac"]
     assert all(0.0 <= float(row[1]) <= 1.0 for row in table)
-    assert result.output.count("top-7 by SR-MAC") == 3
+    assert "mined categories:" in result.output
+    assert result.output.count("top-7 by demo-resnet18-manet") == 3
 
     again = CliRunner().invoke(cli, [*args, "--json"], catch_exceptions=False)
     data = json.loads(again.output)
-    assert data["weights"] == "none" and set(data["metrics"]) == {"mac", "srmac"}
-    assert data["metrics"]["srmac"]["queries"] == 12
+    assert data["weights"] == "none" and set(data["metrics"]) == {"mac", "rmac", "srmac", "manet+srmac"}
+    assert data["metrics"]["srmac"]["queries"] == 16
     assert len({example["query_sku"] for example in data["examples"]}) == 3
