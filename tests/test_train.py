@@ -4,6 +4,10 @@ resume -> extract with the learned saliency -> derived variants -> eval --compar
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -128,3 +132,27 @@ def test_fewer_than_two_categories(prepared):
                       training_set="lonely")
     with pytest.raises(ManetError, match="at least 2"):
         train(prepared.db, prepared.registry, cfg, device="cpu")
+
+
+def test_resume_after_the_process_is_killed(prepared, run, database_url, home):
+    env = {**os.environ, "MANET_DATABASE_URL": database_url, "MANET_HOME": str(home), "MANET_DEVICE": "cpu"}
+    process = subprocess.Popen([sys.executable, "-m", "manet.cli", "-q", "train", "--name", "killed",
+                                "--epochs", "50", *TINY], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    last = home / "checkpoints" / "killed" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not last.exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    process.kill()  # SIGKILL mid-run: no clean-up code runs
+    process.wait()
+    finished = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+    assert 1 <= finished < 50
+
+    result = run("train", "--name", "killed", "--epochs", str(finished + 1), *TINY, "--resume", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["resumed_from"] == finished and [e["epoch"] for e in report["epochs"]] == [finished + 1]
+    history = [e["epoch"] for e in prepared.model("killed").metrics["epochs"]]
+    assert history == list(range(1, finished + 2))
