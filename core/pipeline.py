@@ -130,9 +130,11 @@ def build_pipeline(config: PipelineConfig, registry: Registry):
             self.network = _network(config, registry)
             self.pool = pooling.module()
             self.uses_saliency = pooling.uses_saliency
+            # Pseudo-saliency serves untrained pipelines; a trained one uses its learned
+            # saliency, or uniform region weights when that branch is switched off.
             self.estimator = (
                 registry.create("saliency_estimator", config.saliency, **config.saliency_params)
-                if pooling.uses_saliency and not config.learned_saliency
+                if pooling.uses_saliency and config.manet is None
                 else None
             )
             self.text = None
