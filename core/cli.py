@@ -351,15 +351,18 @@ def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models
 @click.option("--workers", "num_workers", type=int, default=None)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue after the last finished epoch.")
+@click.option("--device", help="Torch device for this run (overrides MANET_DEVICE / --device of manet).")
 @JSON_OPTION
 @pass_state
 def train(state: State, name: str, backbone: str, weights: str, epochs: int, batch_size: int, image_size: int,
           no_saliency: bool, no_text: bool, lambda_dice: float, lr: float, backbone_lr_scale: float,
           training_set: str, text_detector: str,
-          num_workers: int | None, seed: int, resume: bool, as_json: bool) -> None:
+          num_workers: int | None, seed: int, resume: bool, device: str | None, as_json: bool) -> None:
     """Train MANet on the training set (manet dataset build) and store it as a model."""
     from manet.train import TrainConfig
 
+    if device:
+        state.device = device
     cfg = TrainConfig(name=name, backbone=backbone, weights=weights, image_size=image_size, epochs=epochs,
                       batch_size=batch_size, saliency=not no_saliency, text=not no_text, lambda_dice=lambda_dice,
                       lr=lr, backbone_lr_scale=backbone_lr_scale, training_set=training_set, text_detector=text_detector, seed=seed,
