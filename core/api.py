@@ -132,11 +132,12 @@ class Retriever:
 
     # -- extraction, index, search ----------------------------------------------------
     def extract(self, model: str, *, batch_size: int = 32, num_workers: int | None = None,
-                max_pixels: int | None = None) -> ExtractReport:
-        """Descriptors for every image lacking one for ``model`` (resumable)."""
+                max_pixels: int | None = None, split: str | None = None) -> ExtractReport:
+        """Descriptors for every image lacking one for ``model`` (resumable); with ``split``
+        only the catalogue and that split's queries."""
         record = self.model(model)
         return extract(self.db, record, self.pipeline(model), device=self.device, batch_size=batch_size,
-                       num_workers=num_workers, max_pixels=max_pixels, progress=self.progress)
+                       num_workers=num_workers, max_pixels=max_pixels, progress=self.progress, split=split)
 
     def build_index(self, model: str, *, m: int = 16, ef_construction: int = 64) -> IndexReport:
         return build_index(self.db, self.model(model), m=m, ef_construction=ef_construction)
@@ -181,7 +182,7 @@ class Retriever:
         records = [self.model(name) for name in models]  # unknown names fail before any work
         results = []
         for record in records:
-            self.extract(record.name)
+            self.extract(record.name, split=split)
             results.append(self.evaluate(record.name, split=split, k=k, normaliser=normaliser))
         return results
 

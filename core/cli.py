@@ -232,11 +232,14 @@ def models_delete(state: State, name: str, yes: bool) -> None:
 @click.option("--model", "model", required=True, help="Model name (see `manet models list`).")
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--workers", "num_workers", type=int, default=None, help="DataLoader workers (default: auto).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]),
+              help="Only the catalogue and the query images of this split.")
 @JSON_OPTION
 @pass_state
-def extract(state: State, model: str, batch_size: int, num_workers: int | None, as_json: bool) -> None:
+def extract(state: State, model: str, batch_size: int, num_workers: int | None, split: str | None,
+            as_json: bool) -> None:
     """Compute descriptors for every image that lacks one (resumable)."""
-    report = state.retriever.extract(model, batch_size=batch_size, num_workers=num_workers)
+    report = state.retriever.extract(model, batch_size=batch_size, num_workers=num_workers, split=split)
     if as_json:
         _echo_json(report.as_dict())
     else:

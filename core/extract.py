@@ -27,6 +27,7 @@ PENDING = sa.text(
     SELECT i.id, i.uri, i.domain = 'catalog' AS gallery
       FROM images i
      WHERE i.status = 'ok'
+       AND (i.domain = 'catalog' OR CAST(:split AS text) IS NULL OR i.split = :split)
        AND NOT EXISTS (SELECT 1 FROM descriptors d WHERE d.model_id = :m AND d.image_id = i.id)
        AND NOT EXISTS (SELECT 1 FROM extraction_work w
                         WHERE w.model_id = :m AND w.image_id = i.id AND w.status = 'failed')
@@ -142,13 +143,18 @@ def extract(
     num_workers: int | None = None,
     max_pixels: int | None = None,
     progress: bool = False,
+    split: str | None = None,
 ) -> ExtractReport:
-    """Compute descriptors for every image of the catalogue that lacks one for ``model``."""
+    """Compute descriptors for every image that lacks one for ``model``.
+
+    With ``split``, only the catalogue and the query images of that split (what an
+    evaluation of that split needs).
+    """
     import torch
     from tqdm import tqdm
 
     with db.begin() as conn:
-        items = [(row.id, row.gallery, row.uri) for row in conn.execute(PENDING, {"m": model.id})]
+        items = [(row.id, row.gallery, row.uri) for row in conn.execute(PENDING, {"m": model.id, "split": split})]
     report = ExtractReport(model=model.name, device=device)
     if not items:
         return report

@@ -87,6 +87,9 @@ def test_train_resume_extract_compare(prepared, run):
     assert [r["model"] for r in rows] == ["m1", "m1-nosal", "m1-notext", "plain", "plain-gem"]
     assert all({"map@7", "map", "recall@1"} <= set(r) for r in rows)
     assert len({r["queries"] for r in rows}) == 1  # the same queries for every pipeline
+    # --compare --split val extracts only what that evaluation needs: catalogue + val photos.
+    counts = {m["name"]: m["descriptors"] for m in prepared.models()}
+    assert counts["m1"] == 8 + 8 and counts["plain-gem"] == 8 + 8
 
     # The derived pipelines really differ from the trained one.
     image = prepared.search("m1", image_id=1, k=1)
