@@ -168,7 +168,8 @@ def models() -> None:
 @click.option("--from", "source", help="Derive from this trained MANet (no retraining).")
 @click.option("--backbone", default="resnet50", show_default=True)
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH to a checkpoint.")
-@click.option("--image-size", default=224, show_default=True, type=int)
+@click.option("--image-size", default=None, type=int,
+              help="Input size in pixels [default: 224; with --from: the trained model's].")
 @click.option("--pooling", default=None, help="Pooling plugin [default: srmac; with --from: the trained model's].")
 @click.option("-p", "--pooling-param", "pooling_params", multiple=True, metavar="KEY=VALUE")
 @click.option("--saliency", default="spectral-residual", show_default=True,
@@ -177,18 +178,18 @@ def models() -> None:
 @click.option("--no-text", is_flag=True, help="With --from: switch the text branch off.")
 @JSON_OPTION
 @pass_state
-def models_create(state: State, name: str, source: str | None, backbone: str, weights: str, image_size: int,
+def models_create(state: State, name: str, source: str | None, backbone: str, weights: str, image_size: int | None,
                   pooling: str | None, pooling_params: tuple[str, ...], saliency: str, no_saliency: bool,
                   no_text: bool, as_json: bool) -> None:
     """Store a pipeline (backbone + weights + input size + pooling + L2) as model NAME."""
     if source is not None:
         record = state.retriever.derive_model(name, source, pooling=pooling, learned_saliency=not no_saliency,
-                                              text_mask=not no_text)
+                                              text_mask=not no_text, image_size=image_size)
     else:
         if no_saliency or no_text:
             raise click.UsageError("--no-saliency/--no-text switch branches of a trained model: add --from TRAINED")
         record = state.retriever.create_model(
-            name, backbone=backbone, weights=weights, image_size=image_size, pooling=pooling or "srmac",
+            name, backbone=backbone, weights=weights, image_size=image_size or 224, pooling=pooling or "srmac",
             pooling_params=_params(pooling_params), saliency=saliency,
         )
     if as_json:

@@ -160,8 +160,10 @@ def save_trained_model(db: Database, registry: Registry, train_config: Any, mane
 
 
 def derive_model(db: Database, registry: Registry, name: str, source: str, *, pooling: str | None = None,
-                 learned_saliency: bool = True, text_mask: bool = True) -> ModelRecord:
-    """A new pipeline from a trained model's network: another pooling or branches switched off."""
+                 learned_saliency: bool = True, text_mask: bool = True,
+                 image_size: int | None = None) -> ModelRecord:
+    """A new pipeline from a trained model's network: another pooling, branches switched off,
+    or another input size (the network is fully convolutional up to the pooling)."""
     from dataclasses import replace
 
     base = get_model(db, source)
@@ -171,6 +173,7 @@ def derive_model(db: Database, registry: Registry, name: str, source: str, *, po
     config = replace(
         base.config,
         pooling=pooling or base.config.pooling,
+        image_size=image_size or base.config.image_size,
         learned_saliency=base.config.learned_saliency and learned_saliency,
         text_mask=base.config.text_mask and text_mask,
     )
