@@ -159,3 +159,11 @@ def test_resume_after_the_process_is_killed(prepared, run, database_url, home):
     assert report["resumed_from"] == finished and [e["epoch"] for e in report["epochs"]] == [finished + 1]
     history = [e["epoch"] for e in prepared.model("killed").metrics["epochs"]]
     assert history == list(range(1, finished + 2))
+
+
+def test_derive_at_another_input_size(prepared, run):
+    assert run("models", "create", "m1-96", "--from", "m1", "--image-size", "96").exit_code == 0
+    derived, base = prepared.model("m1-96"), prepared.model("m1")
+    assert derived.config.image_size == 96 and derived.config.checkpoint == base.config.checkpoint
+    one_line = run("models", "create", "x", "--from", "does-not-exist")
+    assert one_line.exit_code == 1 and "does not exist" in one_line.output
