@@ -365,6 +365,8 @@ def train(db: Database, registry: Registry, cfg: TrainConfig, *, device: str, re
     _train_mode(model, cfg)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         started = time.perf_counter()
+        # Shuffle order is a function of (seed, epoch), so a resumed run sees the same order.
+        train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
         totals = {"loss": 0.0, "ce": 0.0, "dice": 0.0, "correct": 0, "seen": 0}
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress)
         for images, masks_batch, target in bar:
