@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from manet.pooling import above_mean
+
 __all__ = ["binarize_at_mean", "dice_loss", "resize_map", "text_weight", "weight_features"]
 
 
@@ -56,8 +58,7 @@ def binarize_at_mean(maps: Tensor) -> Tensor:
     Returns a tensor of the same shape and floating dtype as ``maps``.
     """
     dtype = maps.dtype if maps.is_floating_point() else torch.float32
-    maps = maps.to(dtype)
-    return (maps > maps.mean(dim=(-2, -1), keepdim=True)).to(dtype)
+    return above_mean(maps.to(dtype)).to(dtype)
 
 
 def text_weight(text_mask: Tensor) -> Tensor:

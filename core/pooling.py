@@ -57,8 +57,8 @@ def gem(x: Tensor, p: float | Tensor = 3.0, eps: float = 1e-6) -> Tensor:
     return x.clamp(min=eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
 
 
-def _above_mean(t: Tensor) -> Tensor:
-    """Boolean mask of the positions of ``t`` (B, 1, h, w) above its per-image mean."""
+def above_mean(t: Tensor) -> Tensor:
+    """Boolean mask of the positions of ``t`` (B, C, h, w) above their per-image, per-channel mean."""
     return t > t.mean(dim=(2, 3), keepdim=True)
 
 
@@ -70,7 +70,7 @@ def _all_if_empty(mask: Tensor) -> Tensor:
 
 def _activation_mask(x: Tensor) -> Tensor:
     """Positions whose channel-sum activation exceeds its spatial mean: (B, 1, h, w)."""
-    return _above_mean(x.sum(dim=1, keepdim=True))
+    return above_mean(x.sum(dim=1, keepdim=True))
 
 
 def amac(x: Tensor) -> Tensor:
@@ -144,7 +144,7 @@ def srmac(x: Tensor, saliency: Tensor, levels: int = 3, overlap: float = 0.4) ->
     saliency = saliency.to(device=x.device, dtype=torch.float32)
     if saliency.shape[2:] != x.shape[2:]:
         saliency = F.interpolate(saliency, size=x.shape[2:], mode="bilinear", align_corners=False)
-    return _weighted_regions(x, _all_if_empty(_above_mean(saliency)), levels, overlap)
+    return _weighted_regions(x, _all_if_empty(above_mean(saliency)), levels, overlap)
 
 
 class PoolingModule(nn.Module):
