@@ -80,6 +80,38 @@ def db_current(state: State, as_json: bool) -> None:
                    f"PostgreSQL {info['postgresql']}, pgvector {info['pgvector']}")
 
 
+@db.command("check")
+@JSON_OPTION
+@pass_state
+def db_check(state: State, as_json: bool) -> None:
+    """Compare the database with the schema manet expects (exit 1 on drift)."""
+    database = _database(state)
+    current, head = database.current_revision(), database.head_revision()
+    drift = [repr(diff) for diff in database.schema_drift()] if current == head else []
+    report = {"revision": current, "head": head, "drift": drift, "ok": current == head and not drift}
+    if as_json:
+        _echo_json(report)
+    elif report["ok"]:
+        click.echo(f"schema at {head}: no drift")
+    else:
+        if current != head:
+            click.echo(f"schema at {current or 'nothing'}, not {head}: run manet db upgrade")
+        for line in drift:
+            click.echo(f"drift: {line}")
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@db.command("grant-reader")
+@click.argument("role")
+@click.option("--password", help="Set this password for the role (not needed on the embedded server).")
+@pass_state
+def db_grant_reader(state: State, role: str, password: str | None) -> None:
+    """Create/grant ROLE: read-only access to the tables and the search functions."""
+    _database(state).grant_reader(role, password)
+    click.echo(f"role '{role}' can read and search, not write")
+
+
 @db.command("url")
 @pass_state
 def db_url(state: State) -> None:

@@ -167,6 +167,32 @@ class Database:
             context = MigrationContext.configure(conn, opts={"include_object": include_object})
             return list(compare_metadata(context, metadata))
 
+    def grant_reader(self, role: str, password: str | None = None) -> None:
+        """Create (if needed) a login role that can search and read but never write."""
+        from psycopg import sql
+
+        if not role or len(role) > 63:
+            raise DatabaseError(f"role name {role!r} is not allowed; use 1-63 characters")
+        ident = sql.Identifier(role)
+        with self.raw() as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(ident))
+            if password is not None:
+                conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(ident, sql.Literal(password)))
+            database = conn.execute("SELECT current_database()").fetchone()[0]
+            statements = [
+                "GRANT CONNECT ON DATABASE {db} TO {role}",
+                "GRANT USAGE ON SCHEMA public TO {role}",
+                "REVOKE CREATE ON SCHEMA public FROM {role}",
+                "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}",
+                "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {role}",
+                # Tables made later (new migrations) are readable too.
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {role}",
+            ]
+            for statement in statements:
+                conn.execute(sql.SQL(statement).format(db=sql.Identifier(database), role=ident))
+
     def server_versions(self) -> dict[str, str | None]:
         with self.engine.connect() as conn:
             pg = conn.execute(sa.text("SHOW server_version")).scalar()

@@ -1,0 +1,75 @@
+"""Database safety: a read-only role, descriptor dimensions, schema drift."""
+
+from __future__ import annotations
+
+import numpy as np
+import psycopg
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from conftest import TINY_MODEL
+from manet.cli import cli
+
+
+@pytest.fixture(scope="module")
+def populated(retriever, small_catalogue):
+    retriever.ingest("manifest", small_catalogue)
+    retriever.create_model("tiny", pooling="mac", **TINY_MODEL)
+    retriever.extract("tiny")
+    retriever.build_index("tiny")
+    return retriever
+
+
+def manet(database_url: str, *args: str):
+    return CliRunner().invoke(cli, ["--quiet", "--database-url", database_url, *args])
+
+
+def test_reader_role_can_search_but_not_write(populated, database_url):
+    result = manet(database_url, "db", "grant-reader", "analyst")
+    assert result.exit_code == 0, result.output
+    reader_url = database_url.replace("postgres:@", "analyst@", 1)
+    with psycopg.connect(reader_url) as conn:
+        image_id = conn.execute("SELECT id FROM images WHERE domain = 'query' LIMIT 1").fetchone()[0]
+        rows = conn.execute("SELECT sku FROM manet_similar('tiny', %s, 3)", [image_id]).fetchall()
+        assert len(rows) == 3
+        for statement in ("INSERT INTO products (sku) VALUES ('intruder')", "DELETE FROM descriptors",
+                          "UPDATE models SET name = 'x'", "DROP TABLE images", "CREATE TABLE mine (x int)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+            conn.rollback()
+    # Granting again is harmless.
+    assert manet(database_url, "db", "grant-reader", "analyst").exit_code == 0
+
+
+def test_descriptor_of_the_wrong_dimension_is_rejected(populated):
+    model = populated.model("tiny")
+    with populated.db.begin() as conn:
+        image_id = conn.execute(sa.text("SELECT min(id) FROM images WHERE status = 'ok'")).scalar()
+        before = conn.execute(sa.text("SELECT count(*) FROM descriptors")).scalar()
+    with pytest.raises(sa.exc.IntegrityError, match=r"has 3 dimensions but model \d+ has 512"):
+        with populated.db.begin() as conn:
+            conn.execute(sa.text("UPDATE descriptors SET embedding = '[1,2,3]' WHERE model_id = :m AND image_id = :i"),
+                         {"m": model.id, "i": image_id})
+    with populated.db.raw() as conn:
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO descriptors (model_id, image_id, gallery, embedding) VALUES (%s, %s, true, %s)",
+                         [model.id, image_id, np.ones(7, dtype=np.float32)])
+        conn.rollback()
+    with populated.db.begin() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM descriptors")).scalar() == before
+
+
+def test_db_check_reports_drift(pg_home):
+    from manet import embedded
+    from manet.db import Database
+
+    url = embedded.start(pg_home, "t_drift", recreate=True)
+    assert manet(url, "db", "check").exit_code == 1  # not migrated yet
+    Database(url).upgrade()
+    clean = manet(url, "db", "check")
+    assert clean.exit_code == 0 and "no drift" in clean.output
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE products ADD COLUMN colour text")
+    drifted = manet(url, "db", "check")
+    assert drifted.exit_code == 1 and "colour" in drifted.output
