@@ -141,6 +141,24 @@ class Retriever:
         return extract(self.db, record, self.pipeline(model), device=self.device, batch_size=batch_size,
                        num_workers=num_workers, max_pixels=max_pixels, progress=self.progress, split=split)
 
+    def status(self, model: str) -> dict[str, Any]:
+        """Extraction progress of ``model``: done / pending / leased / failed."""
+        from manet.progress_status import model_status
+
+        return model_status(self.db, self.model(model))
+
+    def failures(self, model: str | None = None) -> list[dict[str, Any]]:
+        """Failed ingests, and failed extractions of ``model``, with their errors."""
+        from manet.progress_status import failures
+
+        return failures(self.db, self.model(model) if model else None)
+
+    def retry_failed(self, model: str | None = None) -> dict[str, int]:
+        """Requeue failed work after a fix (see :func:`manet.progress_status.retry_failed`)."""
+        from manet.progress_status import retry_failed
+
+        return retry_failed(self.db, self.model(model) if model else None)
+
     def build_index(self, model: str, *, m: int = 16, ef_construction: int = 64) -> IndexReport:
         return build_index(self.db, self.model(model), m=m, ef_construction=ef_construction)
 

@@ -280,6 +280,48 @@ def extract(state: State, model: str, batch_size: int, num_workers: int | None, 
                    f"{report.images_per_second:.1f} img/s on {report.device}")
 
 
+@cli.command()
+@click.option("--model", "model", help="Model whose extraction progress to show.")
+@click.option("--failed", is_flag=True, help="List failed images with their errors.")
+@JSON_OPTION
+@pass_state
+def status(state: State, model: str | None, failed: bool, as_json: bool) -> None:
+    """Extraction progress of a model (done / pending / leased / failed), or failed images."""
+    if failed:
+        rows = state.retriever.failures(model)
+        if as_json:
+            _echo_json(rows)
+            return
+        for row in rows:
+            click.echo(f"{row['stage']:<8} image {row['image_id']:<8} attempts {row['attempts']}  {row['error']}")
+        if not rows:
+            click.echo("no failed images")
+        return
+    if model is None:
+        raise click.UsageError("give --model NAME, or --failed")
+    info = state.retriever.status(model)
+    if as_json:
+        _echo_json(info)
+        return
+    click.echo(f"{model}: {info['done']} done, {info['pending']} pending, {info['leased']} leased, "
+               f"{info['failed']} failed of {info['images']} images ({info['ingest_failed']} failed at ingest)")
+
+
+@cli.command()
+@click.option("--failed", is_flag=True, required=True, help="Requeue failed images (required, for clarity).")
+@click.option("--model", "model", help="Only this model's failed extractions.")
+@JSON_OPTION
+@pass_state
+def retry(state: State, failed: bool, model: str | None, as_json: bool) -> None:
+    """Requeue failed work after fixing the files: extractions run again, ingests are re-checked."""
+    report = state.retriever.retry_failed(model)
+    if as_json:
+        _echo_json(report)
+    else:
+        click.echo(f"{report['requeued']} extractions requeued; {report['ingest_recovered']} failed images now "
+                   f"decode, {report['ingest_still_failed']} still fail")
+
+
 @cli.group()
 def index() -> None:
     """Vector indexes."""
