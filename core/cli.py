@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -264,20 +265,81 @@ def models_delete(state: State, name: str, yes: bool) -> None:
 @cli.command()
 @click.option("--model", "model", required=True, help="Model name (see `manet models list`).")
 @click.option("--batch-size", default=32, show_default=True)
-@click.option("--workers", "num_workers", type=int, default=None, help="DataLoader workers (default: auto).")
+@click.option("--workers", "processes", type=int, default=0,
+              help="Run N `manet worker` processes here instead (shared queue, crash-safe).")
+@click.option("--decode-workers", "num_workers", type=int, default=None,
+              help="DataLoader decoding processes (default: auto).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]),
               help="Only the catalogue and the query images of this split.")
 @JSON_OPTION
 @pass_state
-def extract(state: State, model: str, batch_size: int, num_workers: int | None, split: str | None,
-            as_json: bool) -> None:
+def extract(state: State, model: str, batch_size: int, processes: int, num_workers: int | None,
+            split: str | None, as_json: bool) -> None:
     """Compute descriptors for every image that lacks one (resumable)."""
+    if processes > 0:
+        if split is not None:
+            raise click.UsageError("--split works with a single process; drop --workers")
+        totals = _run_local_workers(state, model, processes, batch_size)
+        if as_json:
+            _echo_json(totals)
+        else:
+            click.echo(f"{totals['extracted']} descriptors written, {totals['failed']} failed "
+                       f"by {processes} workers")
+        return
     report = state.retriever.extract(model, batch_size=batch_size, num_workers=num_workers, split=split)
     if as_json:
         _echo_json(report.as_dict())
     else:
         click.echo(f"{report.extracted} descriptors written, {report.failed} failed, "
                    f"{report.images_per_second:.1f} img/s on {report.device}")
+
+
+def _run_local_workers(state: State, model: str, processes: int, batch_size: int) -> dict[str, Any]:
+    """Start ``processes`` workers on this machine and wait for them to empty the queue."""
+    import os
+    import subprocess
+
+    state.retriever.model(model)  # a clear error for an unknown model before forking
+    env = {**os.environ, config.DATABASE_URL_ENV: config.libpq_url(state.retriever.db.url)}
+    if state.device:
+        env[config.DEVICE_ENV] = state.device
+    command = [sys.executable, "-m", "manet.cli", "-q", "worker", "--model", model, "--until-empty",
+               "--batch-size", str(batch_size), "--json"]
+    running = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE) for _ in range(processes)]
+    totals = {"workers": processes, "extracted": 0, "failed": 0, "exit_codes": []}
+    for process in running:
+        out, _ = process.communicate()
+        totals["exit_codes"].append(process.returncode)
+        if process.returncode == 0:
+            report = json.loads(out)
+            totals["extracted"] += report["extracted"]
+            totals["failed"] += report["failed"]
+    if any(totals["exit_codes"]):
+        raise ManetError(f"{sum(1 for c in totals['exit_codes'] if c)} of {processes} workers failed "
+                         f"(exit codes {totals['exit_codes']}); finished batches are kept: run it again")
+    return totals
+
+
+@cli.command()
+@click.option("--model", "model", required=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lease-seconds", default=300.0, show_default=True,
+              help="A claimed batch returns to the queue this long after its worker stops answering.")
+@click.option("--max-attempts", default=3, show_default=True, help="Then an image is marked failed.")
+@click.option("--until-empty", is_flag=True, help="Exit once no pending or leased work remains.")
+@JSON_OPTION
+@pass_state
+def worker(state: State, model: str, batch_size: int, lease_seconds: float, max_attempts: int,
+           until_empty: bool, as_json: bool) -> None:
+    """Extraction worker: claims batches from the shared database (run many, anywhere)."""
+    report = state.retriever.work(model, batch_size=batch_size, lease_seconds=lease_seconds,
+                                  max_attempts=max_attempts, until_empty=until_empty,
+                                  say=None if as_json or not state.progress else click.echo)
+    if as_json:
+        _echo_json(report.as_dict())
+    else:
+        click.echo(f"worker {report.owner}: {report.extracted} descriptors in {report.batches} batches, "
+                   f"{report.failed} failed, {report.lost_leases} lost leases")
 
 
 @cli.command()

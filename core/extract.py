@@ -117,17 +117,24 @@ def run_pipeline(pipeline: Any, images: Any, device: str) -> np.ndarray:
     return out.float().cpu().numpy()
 
 
+def copy_descriptors(cur: Any, model_id: int, ids: Sequence[int], gallery: Sequence[bool],
+                     vectors: np.ndarray) -> None:
+    """Binary COPY of descriptor rows on a psycopg cursor (pgvector types registered)."""
+    if not len(ids):
+        return
+    with cur.copy(
+        "COPY descriptors (model_id, image_id, gallery, embedding) FROM STDIN WITH (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(["int4", "int8", "bool", "vector"])
+        for image_id, is_gallery, vector in zip(ids, gallery, vectors, strict=True):
+            copy.write_row((model_id, image_id, is_gallery, vector))
+
+
 def write_batch(conn: Any, model_id: int, ids: list[int], gallery: list[bool], vectors: np.ndarray,
                 failures: list[tuple[int, str]]) -> None:
     """Binary COPY of one batch's descriptors plus its failures, in one transaction."""
     with conn.cursor() as cur:
-        if ids:
-            with cur.copy(
-                "COPY descriptors (model_id, image_id, gallery, embedding) FROM STDIN WITH (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(["int4", "int8", "bool", "vector"])
-                for image_id, is_gallery, vector in zip(ids, gallery, vectors):
-                    copy.write_row((model_id, image_id, is_gallery, vector))
+        copy_descriptors(cur, model_id, ids, gallery, vectors)
         for image_id, error in failures:
             cur.execute(RECORD_FAILURE, (model_id, image_id, error))
     conn.commit()

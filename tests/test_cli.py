@@ -218,3 +218,15 @@ def test_database_unreachable(tmp_path):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "127.0.0.1:9" in lines[0] and "MANET_DATABASE_URL" in lines[0], result.stderr
+
+
+def test_extract_with_local_worker_processes(populated, run):
+    assert run("models", "create", "via-workers", "--backbone", "resnet18", "--weights", "none",
+               "--image-size", "64", "--pooling", "mac").exit_code == 0
+    result = run("extract", "--model", "via-workers", "--workers", "2", "--batch-size", "4", "--json")
+    assert result.exit_code == 0, result.output
+    totals = json.loads(result.output)
+    assert totals["exit_codes"] == [0, 0] and totals["failed"] == 0
+    with populated.db.begin() as conn:
+        ok_images = conn.execute(sa.text("SELECT count(*) FROM images WHERE status = 'ok'")).scalar()
+    assert totals["extracted"] == ok_images

@@ -1,0 +1,198 @@
+"""Extraction workers that share one database: claim, extract, commit, repeat.
+
+Work rows (``extraction_work``) are claimed in batches with ``FOR UPDATE SKIP LOCKED`` under a
+lease (owner + expiry). A batch's descriptors are written in the same transaction that marks
+its rows done, and only for rows the worker still owns, so a worker that dies leaves no
+partial rows: its lease expires and another worker takes the batch. An image that keeps
+failing (or keeps killing workers) is marked failed after ``max_attempts``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from manet.db import Database
+from manet.errors import ImageError
+from manet.images import read_image_tensor
+from manet.models import ModelRecord
+
+ENQUEUE = sa.text(
+    """
+    INSERT INTO extraction_work (model_id, image_id, status)
+    SELECT :m, i.id, 'pending' FROM images i
+     WHERE i.status = 'ok'
+       AND NOT EXISTS (SELECT 1 FROM descriptors d WHERE d.model_id = :m AND d.image_id = i.id)
+    ON CONFLICT (model_id, image_id) DO NOTHING
+    """
+)
+
+# Expired leases whose image was tried max_attempts times: give up on them.
+EXPIRE_POISON = sa.text(
+    """
+    UPDATE extraction_work SET status = 'failed', lease_owner = NULL, updated_at = now(),
+           last_error = COALESCE(last_error, 'lease expired ' || attempts || ' times: a worker died on it')
+     WHERE model_id = :m AND status = 'leased' AND lease_expires_at < now() AND attempts >= :max
+    """
+)
+
+CLAIM = sa.text(
+    """
+    UPDATE extraction_work w
+       SET status = 'leased', lease_owner = :owner, attempts = w.attempts + 1, updated_at = now(),
+           lease_expires_at = now() + make_interval(secs => :lease)
+     WHERE (w.model_id, w.image_id) IN (
+            SELECT model_id, image_id FROM extraction_work
+             WHERE model_id = :m
+               AND (status = 'pending' OR (status = 'leased' AND lease_expires_at < now()))
+             ORDER BY image_id
+             LIMIT :n
+               FOR UPDATE SKIP LOCKED)
+    RETURNING w.image_id, w.attempts
+    """
+)
+
+REMAINING = sa.text(
+    "SELECT count(*) FROM extraction_work WHERE model_id = :m AND status IN ('pending', 'leased')"
+)
+
+
+@dataclass
+class WorkerReport:
+    owner: str
+    batches: int = 0
+    extracted: int = 0
+    failed: int = 0
+    lost_leases: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"owner": self.owner, "batches": self.batches, "extracted": self.extracted,
+                "failed": self.failed, "lost_leases": self.lost_leases}
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def enqueue(db: Database, model: ModelRecord) -> int:
+    """Add a pending work row for every image of ``model`` without a descriptor."""
+    with db.begin() as conn:
+        return int(conn.execute(ENQUEUE, {"m": model.id}).rowcount)
+
+
+def claim(db: Database, model: ModelRecord, owner: str, batch_size: int, lease_seconds: float,
+          max_attempts: int) -> list[tuple[int, str, bool, int]]:
+    """Lease up to ``batch_size`` images: (image_id, uri, gallery, attempts)."""
+    with db.begin() as conn:
+        conn.execute(EXPIRE_POISON, {"m": model.id, "max": max_attempts})
+        claimed = conn.execute(CLAIM, {"m": model.id, "owner": owner, "lease": float(lease_seconds),
+                                       "n": batch_size}).all()
+        if not claimed:
+            return []
+        attempts = {row.image_id: row.attempts for row in claimed}
+        rows = conn.execute(
+            sa.text("SELECT id, uri, domain = 'catalog' AS gallery FROM images WHERE id = ANY(:ids) ORDER BY id"),
+            {"ids": list(attempts)},
+        ).all()
+    return [(row.id, row.uri, row.gallery, attempts[row.id]) for row in rows]
+
+
+def commit_batch(conn: Any, model: ModelRecord, owner: str, ids: list[int], gallery: list[bool],
+                 vectors: np.ndarray, failures: list[tuple[int, str, int]], max_attempts: int) -> tuple[int, int]:
+    """One transaction: keep only rows still leased by ``owner``, write their descriptors
+    (binary COPY), mark them done, and record failures (retry until ``max_attempts``)."""
+    from manet.extract import copy_descriptors
+
+    all_ids = ids + [image_id for image_id, _, _ in failures]
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT image_id FROM extraction_work WHERE model_id = %s AND image_id = ANY(%s) "
+            "AND status = 'leased' AND lease_owner = %s FOR UPDATE",
+            (model.id, all_ids, owner),
+        )
+        owned = {row[0] for row in cur.fetchall()}
+        keep = [i for i, image_id in enumerate(ids) if image_id in owned]
+        copy_descriptors(cur, model.id, [ids[i] for i in keep], [gallery[i] for i in keep], vectors[keep])
+        cur.execute(
+            "UPDATE extraction_work SET status = 'done', lease_owner = NULL, updated_at = now() "
+            "WHERE model_id = %s AND image_id = ANY(%s)",
+            (model.id, [ids[i] for i in keep]),
+        )
+        for image_id, error, attempts in failures:
+            if image_id not in owned:
+                continue
+            cur.execute(
+                "UPDATE extraction_work SET status = %s, lease_owner = NULL, last_error = %s, updated_at = now() "
+                "WHERE model_id = %s AND image_id = %s",
+                ("failed" if attempts >= max_attempts else "pending", error, model.id, image_id),
+            )
+    conn.commit()
+    return len(keep), len(all_ids) - len(owned)
+
+
+def run_worker(
+    db: Database,
+    model: ModelRecord,
+    pipeline: Any,
+    *,
+    device: str,
+    batch_size: int = 32,
+    lease_seconds: float = 300.0,
+    max_attempts: int = 3,
+    until_empty: bool = False,
+    poll_seconds: float = 2.0,
+    max_pixels: int | None = None,
+    say: Callable[[str], None] = lambda _m: None,
+) -> WorkerReport:
+    """Claim and process batches until the queue is empty (``until_empty``) or forever."""
+    import torch
+
+    from manet.extract import run_pipeline
+
+    report = WorkerReport(worker_name())
+    enqueue(db, model)
+    last_enqueue = time.monotonic()
+    with db.raw() as conn:
+        while True:
+            batch = claim(db, model, report.owner, batch_size, lease_seconds, max_attempts)
+            if not batch:
+                with db.begin() as check:
+                    remaining = check.execute(REMAINING, {"m": model.id}).scalar_one()
+                if until_empty and remaining == 0:
+                    return report
+                time.sleep(poll_seconds)
+                if not until_empty and time.monotonic() - last_enqueue > 30:
+                    enqueue(db, model)  # pick up newly ingested images
+                    last_enqueue = time.monotonic()
+                continue
+            good, tensors, failures = [], [], []
+            for image_id, uri, gallery, attempts in batch:
+                try:
+                    tensors.append(read_image_tensor(Path(uri), model.config.image_size, max_pixels))
+                    good.append((image_id, gallery, attempts))
+                except ImageError as exc:
+                    failures.append((image_id, str(exc), attempts))
+            vectors = np.zeros((0, model.dim), dtype=np.float32)
+            if tensors:
+                try:
+                    vectors = run_pipeline(pipeline, torch.stack(tensors), device)
+                except (RuntimeError, ValueError) as exc:  # the model failed on this batch
+                    failures += [(image_id, f"model error: {exc}", attempts) for image_id, _, attempts in good]
+                    good = []
+                    vectors = np.zeros((0, model.dim), dtype=np.float32)
+            written, lost = commit_batch(conn, model, report.owner, [g[0] for g in good], [g[1] for g in good],
+                                         vectors, failures, max_attempts)
+            report.batches += 1
+            report.extracted += written
+            report.failed += len(failures)
+            report.lost_leases += lost
+            say(f"{report.owner}: batch of {len(batch)}: {written} written, {len(failures)} failed")
