@@ -32,12 +32,17 @@ class ManetGroup(click.Group):
     """Turns :class:`ManetError` and database outages into one-line errors with exit 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        import psycopg
         import sqlalchemy.exc
 
         try:
             return super().invoke(ctx)
         except ManetError as exc:
             raise click.ClickException(str(exc)) from None
+        except (sqlalchemy.exc.DataError, psycopg.DataError) as exc:
+            orig = getattr(exc, "orig", None) or exc
+            reason = str(orig).strip().splitlines()[0]
+            raise click.ClickException(f"invalid input value: {reason}; check the option values") from None
         except sqlalchemy.exc.OperationalError as exc:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "connection failed"
             raise click.ClickException(

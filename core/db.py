@@ -171,8 +171,10 @@ class Database:
         """Create (if needed) a login role that can search and read but never write."""
         from psycopg import sql
 
-        if not role or len(role) > 63:
-            raise DatabaseError(f"role name {role!r} is not allowed; use 1-63 characters")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", role):
+            raise DatabaseError(
+                f"role name {role!r} is not allowed; use letters, digits and _ (max 63, not starting with a digit)"
+            )
         ident = sql.Identifier(role)
         with self.raw() as conn:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone()
