@@ -51,7 +51,20 @@ def _batches(items: Sequence[Record], size: int) -> Iterable[Sequence[Record]]:
         yield items[start : start + size]
 
 
+def _uri(path: Path) -> str:
+    """The path as text for the database; undecodable bytes of a non-UTF-8 name escaped."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text
+
+
 def _inspect(record: Record, max_pixels: int | None) -> ImageInfo | ImageError:
+    uri = _uri(record.image)
+    if uri != str(record.image):
+        return ImageError(f"file name {uri} is not valid UTF-8; rename the file (e.g. with convmv) and ingest again")
     try:
         return inspect_image(record.image, max_pixels=max_pixels)
     except ImageError as exc:
@@ -141,10 +154,10 @@ def ingest_records(
         total=len(records), desc="ingest", unit="img", disable=not progress
     ) as bar:
         for batch in _batches(records, batch_size):
-            uris = [str(record.image) for record in batch]
+            uris = [_uri(record.image) for record in batch]
             with db.begin() as conn:
                 present = _existing_uris(conn, uris)
-                todo = [record for record in batch if str(record.image) not in present]
+                todo = [record for record in batch if _uri(record.image) not in present]
                 report.already_present += len(batch) - len(todo)
                 infos = list(pool.map(lambda r: _inspect(r, max_pixels), todo))
                 products = _product_ids(conn, todo, report)
@@ -152,7 +165,7 @@ def ingest_records(
                     ok = isinstance(info, ImageInfo)
                     params = {
                         "product_id": products.get(record.sku) if record.sku else None,
-                        "uri": str(record.image),
+                        "uri": _uri(record.image),
                         "sha256": info.sha256 if ok else None,
                         "width": info.width if ok else None,
                         "height": info.height if ok else None,
@@ -164,7 +177,7 @@ def ingest_records(
                     inserted = conn.execute(INSERT_IMAGE, params).scalar()
                     if not ok:
                         report.failed += 1
-                        report.failures.append((str(record.image), str(info)))
+                        report.failures.append((_uri(record.image), str(info)))
                     elif inserted is None:
                         report.duplicates += 1
                     else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ def record_from_row(
         if key not in _RECORD_FIELDS and value is not None and value != ""
     }
     return Record(
-        image=(base / image).resolve(),
+        image=_absolute(base / image),
         sku=sku,
         domain=row_domain,
         split=row_split,
@@ -175,6 +176,12 @@ def iter_jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         raise DatasetError(f"{path.name}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
 
 
+def _absolute(path: Path) -> Path:
+    """An absolute, normalised path that does not follow symlinks (a link stays the image's
+    own name, and a looping link is reported by ingest instead of raising here)."""
+    return Path(os.path.abspath(path))
+
+
 def _is_image(path: Path) -> bool:
     # Hidden files are skipped: e.g. macOS "._photo.jpg" resource forks are not images.
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
@@ -186,7 +193,8 @@ def _images_under(folder: Path) -> list[Path]:
         path
         for path in folder.rglob("*")
         if _is_image(path)
-        and path.is_file()
+        # A dangling or looping symlink is kept so that ingest records why it cannot be read.
+        and (path.is_file() or path.is_symlink())
         and not any(part.startswith(".") for part in path.relative_to(folder).parts)
     ]
     return sorted(found, key=lambda path: path.relative_to(folder).as_posix())
@@ -422,7 +430,7 @@ def _int(value: str, where: str, what: str) -> int:
 
 def _under(root: Path, relative: str) -> Path:
     # classes.csv writes paths as "/iconic-images-...": rooted at the dataset, not the disk.
-    return (root / relative.strip().lstrip("/")).resolve()
+    return _absolute(root / relative.strip().lstrip("/"))
 
 
 def _information(folder: Path, name: str) -> dict[str, str]:
