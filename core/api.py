@@ -142,13 +142,13 @@ class Retriever:
                        num_workers=num_workers, max_pixels=max_pixels, progress=self.progress, split=split)
 
     def work(self, model: str, *, batch_size: int = 32, lease_seconds: float = 300.0, max_attempts: int = 3,
-             until_empty: bool = False, say: Any = None) -> Any:
+             until_empty: bool = False, max_outage: float = 600.0, say: Any = None) -> Any:
         """Run one extraction worker for ``model`` (see :mod:`manet.worker`)."""
         from manet.worker import run_worker
 
         return run_worker(self.db, self.model(model), self.pipeline(model), device=self.device,
                           batch_size=batch_size, lease_seconds=lease_seconds, max_attempts=max_attempts,
-                          until_empty=until_empty, say=say or (lambda _m: None))
+                          until_empty=until_empty, max_outage=max_outage, say=say or (lambda _m: None))
 
     def status(self, model: str) -> dict[str, Any]:
         """Extraction progress of ``model``: done / pending / leased / failed."""

@@ -327,14 +327,16 @@ def _run_local_workers(state: State, model: str, processes: int, batch_size: int
               help="A claimed batch returns to the queue this long after its worker stops answering.")
 @click.option("--max-attempts", default=3, show_default=True, help="Then an image is marked failed.")
 @click.option("--until-empty", is_flag=True, help="Exit once no pending or leased work remains.")
+@click.option("--max-outage", default=600.0, show_default=True,
+              help="Seconds to keep retrying while the database is unreachable.")
 @JSON_OPTION
 @pass_state
 def worker(state: State, model: str, batch_size: int, lease_seconds: float, max_attempts: int,
-           until_empty: bool, as_json: bool) -> None:
+           until_empty: bool, max_outage: float, as_json: bool) -> None:
     """Extraction worker: claims batches from the shared database (run many, anywhere)."""
     report = state.retriever.work(model, batch_size=batch_size, lease_seconds=lease_seconds,
-                                  max_attempts=max_attempts, until_empty=until_empty,
-                                  say=None if as_json or not state.progress else click.echo)
+                                  max_attempts=max_attempts, until_empty=until_empty, max_outage=max_outage,
+                                  say=None if as_json else lambda m: click.echo(m, err=True))
     if as_json:
         _echo_json(report.as_dict())
     else:

@@ -38,6 +38,10 @@ def start(home: Path, database: str = DATABASE_NAME, *, recreate: bool = False) 
     home.mkdir(parents=True, exist_ok=True)
     try:
         server = _pgserver().get_server(data_directory(home), cleanup_mode=None)
+        if not is_running(home):
+            # pgserver caches a handle per process; after `manet db stop` (or a crash) in this
+            # process's lifetime the cached handle points at a stopped server: start it again.
+            server.ensure_postgres_running()
         admin_url = server.get_uri()
     except Exception as exc:  # pgserver raises bare subprocess/assert errors
         raise DatabaseError(

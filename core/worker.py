@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,35 @@ CLAIM = sa.text(
 REMAINING = sa.text(
     "SELECT count(*) FROM extraction_work WHERE model_id = :m AND status IN ('pending', 'leased')"
 )
+
+
+#: Errors that mean "the database went away", as opposed to bad SQL or bad data.
+def _outage_errors() -> tuple[type[BaseException], ...]:
+    import psycopg
+
+    return (sa.exc.OperationalError, sa.exc.InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def with_reconnect(action: Callable[[], Any], *, max_outage: float, say: Callable[[str], None]) -> Any:
+    """Run ``action``; while the database is unreachable, retry with exponential backoff
+    (up to ``max_outage`` seconds in all), then give up with a clear error."""
+    from manet.errors import DatabaseError
+
+    delay, started = 0.5, None
+    while True:
+        try:
+            return action()
+        except _outage_errors() as exc:
+            started = started if started is not None else time.monotonic()
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            if time.monotonic() - started > max_outage:
+                raise DatabaseError(
+                    f"database unreachable for {max_outage:.0f} s ({reason}); the worker stops, finished "
+                    f"batches are kept: start it again when the database is back"
+                ) from None
+            say(f"database unavailable ({reason}); retrying in {delay:.1f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 @dataclass
@@ -151,48 +181,62 @@ def run_worker(
     until_empty: bool = False,
     poll_seconds: float = 2.0,
     max_pixels: int | None = None,
+    max_outage: float = 600.0,
     say: Callable[[str], None] = lambda _m: None,
 ) -> WorkerReport:
-    """Claim and process batches until the queue is empty (``until_empty``) or forever."""
+    """Claim and process batches until the queue is empty (``until_empty``) or forever.
+
+    A lost database connection is retried with backoff for up to ``max_outage`` seconds; a
+    batch whose commit failed is committed again (the server rolled the failed one back).
+    """
     import torch
 
     from manet.extract import run_pipeline
 
     report = WorkerReport(worker_name())
-    enqueue(db, model)
+
+    def retry(action: Callable[[], Any]) -> Any:
+        return with_reconnect(action, max_outage=max_outage, say=say)
+
+    def remaining() -> int:
+        with db.begin() as check:
+            return int(check.execute(REMAINING, {"m": model.id}).scalar_one())
+
+    def commit(*args: Any) -> tuple[int, int]:
+        with db.raw() as conn:
+            return commit_batch(conn, *args)
+
+    retry(lambda: enqueue(db, model))
     last_enqueue = time.monotonic()
-    with db.raw() as conn:
-        while True:
-            batch = claim(db, model, report.owner, batch_size, lease_seconds, max_attempts)
-            if not batch:
-                with db.begin() as check:
-                    remaining = check.execute(REMAINING, {"m": model.id}).scalar_one()
-                if until_empty and remaining == 0:
-                    return report
-                time.sleep(poll_seconds)
-                if not until_empty and time.monotonic() - last_enqueue > 30:
-                    enqueue(db, model)  # pick up newly ingested images
-                    last_enqueue = time.monotonic()
-                continue
-            good, tensors, failures = [], [], []
-            for image_id, uri, gallery, attempts in batch:
-                try:
-                    tensors.append(read_image_tensor(Path(uri), model.config.image_size, max_pixels))
-                    good.append((image_id, gallery, attempts))
-                except ImageError as exc:
-                    failures.append((image_id, str(exc), attempts))
-            vectors = np.zeros((0, model.dim), dtype=np.float32)
-            if tensors:
-                try:
-                    vectors = run_pipeline(pipeline, torch.stack(tensors), device)
-                except (RuntimeError, ValueError) as exc:  # the model failed on this batch
-                    failures += [(image_id, f"model error: {exc}", attempts) for image_id, _, attempts in good]
-                    good = []
-                    vectors = np.zeros((0, model.dim), dtype=np.float32)
-            written, lost = commit_batch(conn, model, report.owner, [g[0] for g in good], [g[1] for g in good],
-                                         vectors, failures, max_attempts)
-            report.batches += 1
-            report.extracted += written
-            report.failed += len(failures)
-            report.lost_leases += lost
-            say(f"{report.owner}: batch of {len(batch)}: {written} written, {len(failures)} failed")
+    while True:
+        batch = retry(lambda: claim(db, model, report.owner, batch_size, lease_seconds, max_attempts))
+        if not batch:
+            if until_empty and retry(remaining) == 0:
+                return report
+            time.sleep(poll_seconds)
+            if not until_empty and time.monotonic() - last_enqueue > 30:
+                retry(lambda: enqueue(db, model))  # pick up newly ingested images
+                last_enqueue = time.monotonic()
+            continue
+        good, tensors, failures = [], [], []
+        for image_id, uri, gallery, attempts in batch:
+            try:
+                tensors.append(read_image_tensor(Path(uri), model.config.image_size, max_pixels))
+                good.append((image_id, gallery, attempts))
+            except ImageError as exc:
+                failures.append((image_id, str(exc), attempts))
+        vectors = np.zeros((0, model.dim), dtype=np.float32)
+        if tensors:
+            try:
+                vectors = run_pipeline(pipeline, torch.stack(tensors), device)
+            except (RuntimeError, ValueError) as exc:  # the model failed on this batch
+                failures += [(image_id, f"model error: {exc}", attempts) for image_id, _, attempts in good]
+                good = []
+                vectors = np.zeros((0, model.dim), dtype=np.float32)
+        written, lost = retry(partial(commit, model, report.owner, [g[0] for g in good], [g[1] for g in good],
+                                      vectors, failures, max_attempts))
+        report.batches += 1
+        report.extracted += written
+        report.failed += len(failures)
+        report.lost_leases += lost
+        say(f"{report.owner}: batch of {len(batch)}: {written} written, {len(failures)} failed")

@@ -7,7 +7,6 @@ import io
 import os
 
 import numpy as np
-import pytest
 import sqlalchemy as sa
 from PIL import Image
 
@@ -38,35 +37,51 @@ def build_corpus(root) -> dict[str, bool]:
         put(kind, name, buffer.getvalue())
 
     expected = {}
-    save("good-jpeg", "a.jpg", rgb(), "JPEG"); expected["good-jpeg"] = True
-    save("good-png", "a.png", rgb(), "PNG"); expected["good-png"] = True
-    save("png-named-jpg", "a.jpg", rgb(), "PNG"); expected["png-named-jpg"] = True
-    save("cmyk-jpeg", "a.jpg", rgb().convert("CMYK"), "JPEG"); expected["cmyk-jpeg"] = True
+    save("good-jpeg", "a.jpg", rgb(), "JPEG")
+    expected["good-jpeg"] = True
+    save("good-png", "a.png", rgb(), "PNG")
+    expected["good-png"] = True
+    save("png-named-jpg", "a.jpg", rgb(), "PNG")
+    expected["png-named-jpg"] = True
+    save("cmyk-jpeg", "a.jpg", rgb().convert("CMYK"), "JPEG")
+    expected["cmyk-jpeg"] = True
     sixteen = Image.fromarray(rng.integers(0, 65535, (30, 40), dtype=np.uint16))
-    save("16-bit-png", "a.png", sixteen, "PNG"); expected["16-bit-png"] = True
-    save("grayscale", "a.png", rgb().convert("L"), "PNG"); expected["grayscale"] = True
+    save("16-bit-png", "a.png", sixteen, "PNG")
+    expected["16-bit-png"] = True
+    save("grayscale", "a.png", rgb().convert("L"), "PNG")
+    expected["grayscale"] = True
     save("palette", "a.png", rgb().convert("P", palette=Image.Palette.ADAPTIVE), "PNG", transparency=0)
     expected["palette"] = True
     rgba = rgb().convert("RGBA")
     rgba.putalpha(128)
-    save("alpha", "a.png", rgba, "PNG"); expected["alpha"] = True
+    save("alpha", "a.png", rgba, "PNG")
+    expected["alpha"] = True
     frames = [rgb(), rgb()]
     save("animated-gif", "a.gif", frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
     expected["animated-gif"] = True
     exif = Image.Exif()
     exif[0x0112] = 6
-    put("exif-rotated", "a.jpg", _jpeg(rgb(60, 20), exif=exif)); expected["exif-rotated"] = True
-    save("webp", "a.webp", rgb(), "WEBP"); expected["webp"] = True
-    save("bmp", "a.bmp", rgb(), "BMP"); expected["bmp"] = True
-    save("tiff", "a.tiff", rgb(), "TIFF"); expected["tiff"] = True
-    save("one-pixel", "a.png", rgb(1, 1), "PNG"); expected["one-pixel"] = True
-    put("zero-bytes", "a.jpg", b""); expected["zero-bytes"] = False
-    put("text-named-jpg", "a.jpg", b"just some text, not an image\n"); expected["text-named-jpg"] = False
+    put("exif-rotated", "a.jpg", _jpeg(rgb(60, 20), exif=exif))
+    expected["exif-rotated"] = True
+    save("webp", "a.webp", rgb(), "WEBP")
+    expected["webp"] = True
+    save("bmp", "a.bmp", rgb(), "BMP")
+    expected["bmp"] = True
+    save("tiff", "a.tiff", rgb(), "TIFF")
+    expected["tiff"] = True
+    save("one-pixel", "a.png", rgb(1, 1), "PNG")
+    expected["one-pixel"] = True
+    put("zero-bytes", "a.jpg", b"")
+    expected["zero-bytes"] = False
+    put("text-named-jpg", "a.jpg", b"just some text, not an image\n")
+    expected["text-named-jpg"] = False
     whole = _jpeg(rgb(200, 150))
-    put("truncated-jpeg", "a.jpg", whole[: len(whole) // 2]); expected["truncated-jpeg"] = False
+    put("truncated-jpeg", "a.jpg", whole[: len(whole) // 2])
+    expected["truncated-jpeg"] = False
     put("garbage-with-jpeg-magic", "a.jpg", b"\xff\xd8\xff\xe0" + bytes(rng.integers(0, 255, 500, dtype=np.uint8)))
     expected["garbage-with-jpeg-magic"] = False
-    save("bomb", "a.png", Image.new("L", (2000, 1500)), "PNG"); expected["bomb"] = False  # cap: 1e6 pixels
+    save("bomb", "a.png", Image.new("L", (2000, 1500)), "PNG")  # cap: 1e6 pixels
+    expected["bomb"] = False
     loop = root / "symlink-loop"
     loop.mkdir()
     os.symlink(loop / "b.jpg", loop / "a.jpg")

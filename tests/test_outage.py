@@ -1,0 +1,56 @@
+"""The embedded PostgreSQL stops in the middle of a worker run and comes back: the worker
+waits, reconnects and finishes with nothing lost or duplicated."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psycopg
+import sqlalchemy as sa
+from PIL import Image
+
+from conftest import TINY_MODEL
+from manet import embedded
+
+IMAGES = 300
+
+
+def test_worker_survives_a_database_restart(retriever, database_url, pg_home, tmp_path):
+    rng = np.random.default_rng(3)
+    lines = ["sku,image"]
+    for i in range(IMAGES):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        lines.append(f"P{i % 20},{i}.png")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    retriever.ingest("manifest", tmp_path / "m.csv")
+    retriever.create_model("tiny", pooling="mac", **TINY_MODEL)
+    retriever.close()  # our own pooled connections would die with the server too
+
+    env = {**os.environ, "MANET_DATABASE_URL": database_url, "MANET_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    worker = subprocess.Popen([sys.executable, "-m", "manet.cli", "-q", "worker", "--model", "tiny", "--until-empty",
+                               "--batch-size", "8", "--max-outage", "120"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while True:  # wait until the worker is well into the run
+        with psycopg.connect(database_url) as conn:
+            done = conn.execute("SELECT count(*) FROM descriptors").fetchone()[0]
+        if done >= 40:
+            break
+        assert worker.poll() is None and time.monotonic() < deadline, worker.stderr.read().decode()
+        time.sleep(0.05)
+    assert embedded.stop(pg_home)
+    time.sleep(3)  # the worker keeps running against a dead server
+    assert worker.poll() is None
+    embedded.start(pg_home)
+
+    out, err = worker.communicate(timeout=600)
+    assert worker.returncode == 0, err.decode()
+    assert "database unavailable" in err.decode()  # it did notice the outage
+    with retriever.db.begin() as conn:
+        total, distinct = conn.execute(sa.text("SELECT count(*), count(DISTINCT image_id) FROM descriptors")).one()
+        failed = conn.execute(sa.text("SELECT count(*) FROM extraction_work WHERE status <> 'done'")).scalar()
+    assert total == distinct == IMAGES and failed == 0
