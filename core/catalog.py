@@ -12,11 +12,12 @@ import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from manet.db import Database
+from manet.db import Database, with_reconnect
 from manet.errors import DatasetError, ImageError
 from manet.images import ImageInfo, inspect_image
 from manet.plugin_base import Dataset, Record
@@ -137,6 +138,43 @@ def _product_ids(conn: sa.Connection, records: Sequence[Record], report: IngestR
     return ids
 
 
+def _store_batch(db: Database, batch: Sequence[Record], pool: ThreadPoolExecutor, max_pixels: int | None,
+                 report: IngestReport) -> None:
+    """Validate and store one batch in one transaction; ``report`` is updated only on commit."""
+    delta = IngestReport()
+    uris = [_uri(record.image) for record in batch]
+    with db.begin() as conn:
+        present = _existing_uris(conn, uris)
+        todo = [record for record in batch if _uri(record.image) not in present]
+        delta.already_present += len(batch) - len(todo)
+        infos = list(pool.map(lambda r: _inspect(r, max_pixels), todo))
+        products = _product_ids(conn, todo, delta)
+        for record, info in zip(todo, infos, strict=True):
+            ok = isinstance(info, ImageInfo)
+            params = {
+                "product_id": products.get(record.sku) if record.sku else None,
+                "uri": _uri(record.image),
+                "sha256": info.sha256 if ok else None,
+                "width": info.width if ok else None,
+                "height": info.height if ok else None,
+                "domain": record.domain,
+                "split": record.split,
+                "status": "ok" if ok else "failed",
+                "error": None if ok else str(info),
+            }
+            inserted = conn.execute(INSERT_IMAGE, params).scalar()
+            if not ok:
+                delta.failed += 1
+                delta.failures.append((_uri(record.image), str(info)))
+            elif inserted is None:
+                delta.duplicates += 1
+            else:
+                delta.images_added += 1
+    for name in ("images_added", "products_added", "already_present", "duplicates", "failed"):
+        setattr(report, name, getattr(report, name) + getattr(delta, name))
+    report.failures.extend(delta.failures)
+
+
 def ingest_records(
     db: Database,
     records: Sequence[Record],
@@ -144,8 +182,10 @@ def ingest_records(
     batch_size: int = 256,
     max_pixels: int | None = None,
     progress: bool = False,
+    max_outage: float = 600.0,
 ) -> IngestReport:
-    """Store ``records`` batch by batch; safe to re-run."""
+    """Store ``records`` batch by batch; safe to re-run, and it waits out database outages
+    (retrying a batch with backoff for up to ``max_outage`` seconds)."""
     from tqdm import tqdm
 
     report = IngestReport(records=len(records))
@@ -154,34 +194,9 @@ def ingest_records(
         total=len(records), desc="ingest", unit="img", disable=not progress
     ) as bar:
         for batch in _batches(records, batch_size):
-            uris = [_uri(record.image) for record in batch]
-            with db.begin() as conn:
-                present = _existing_uris(conn, uris)
-                todo = [record for record in batch if _uri(record.image) not in present]
-                report.already_present += len(batch) - len(todo)
-                infos = list(pool.map(lambda r: _inspect(r, max_pixels), todo))
-                products = _product_ids(conn, todo, report)
-                for record, info in zip(todo, infos):
-                    ok = isinstance(info, ImageInfo)
-                    params = {
-                        "product_id": products.get(record.sku) if record.sku else None,
-                        "uri": _uri(record.image),
-                        "sha256": info.sha256 if ok else None,
-                        "width": info.width if ok else None,
-                        "height": info.height if ok else None,
-                        "domain": record.domain,
-                        "split": record.split,
-                        "status": "ok" if ok else "failed",
-                        "error": None if ok else str(info),
-                    }
-                    inserted = conn.execute(INSERT_IMAGE, params).scalar()
-                    if not ok:
-                        report.failed += 1
-                        report.failures.append((_uri(record.image), str(info)))
-                    elif inserted is None:
-                        report.duplicates += 1
-                    else:
-                        report.images_added += 1
+            # A batch is one transaction: after an outage it is simply run again.
+            with_reconnect(partial(_store_batch, db, batch, pool, max_pixels, report), max_outage=max_outage,
+                           say=lambda message: bar.write(message) if progress else None)
             bar.update(len(batch))
     return report
 

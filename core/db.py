@@ -7,7 +7,8 @@ server (:mod:`manet.embedded`) is started in ``$MANET_HOME/pgdata``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,33 @@ def alembic_config(connection: Connection | None = None, url: str | None = None)
     if connection is not None:
         cfg.attributes["connection"] = connection
     return cfg
+
+
+def _outage_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "the database went away", as opposed to bad SQL or bad data."""
+    import psycopg
+
+    return (sa.exc.OperationalError, sa.exc.InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def with_reconnect(action: Callable[[], Any], *, max_outage: float, say: Callable[[str], None]) -> Any:
+    """Run ``action``; while the database is unreachable, retry with exponential backoff
+    (up to ``max_outage`` seconds in all), then give up with a clear error."""
+    delay, started = 0.5, None
+    while True:
+        try:
+            return action()
+        except _outage_errors() as exc:
+            started = started if started is not None else time.monotonic()
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            if time.monotonic() - started > max_outage:
+                raise DatabaseError(
+                    f"database unreachable for {max_outage:.0f} s ({reason}); stopping, finished batches "
+                    f"are kept: run the command again when the database is back"
+                ) from None
+            say(f"database unavailable ({reason}); retrying in {delay:.1f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 class Database:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from manet.db import Database
+from manet.db import Database, with_reconnect
 from manet.errors import ImageError
 from manet.images import read_image_tensor
 from manet.models import ModelRecord
@@ -65,35 +65,6 @@ CLAIM = sa.text(
 REMAINING = sa.text(
     "SELECT count(*) FROM extraction_work WHERE model_id = :m AND status IN ('pending', 'leased')"
 )
-
-
-#: Errors that mean "the database went away", as opposed to bad SQL or bad data.
-def _outage_errors() -> tuple[type[BaseException], ...]:
-    import psycopg
-
-    return (sa.exc.OperationalError, sa.exc.InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
-
-
-def with_reconnect(action: Callable[[], Any], *, max_outage: float, say: Callable[[str], None]) -> Any:
-    """Run ``action``; while the database is unreachable, retry with exponential backoff
-    (up to ``max_outage`` seconds in all), then give up with a clear error."""
-    from manet.errors import DatabaseError
-
-    delay, started = 0.5, None
-    while True:
-        try:
-            return action()
-        except _outage_errors() as exc:
-            started = started if started is not None else time.monotonic()
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            if time.monotonic() - started > max_outage:
-                raise DatabaseError(
-                    f"database unreachable for {max_outage:.0f} s ({reason}); the worker stops, finished "
-                    f"batches are kept: start it again when the database is back"
-                ) from None
-            say(f"database unavailable ({reason}); retrying in {delay:.1f} s")
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
 
 
 @dataclass
