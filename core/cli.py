@@ -165,15 +165,19 @@ def plugins_list(as_json: bool, kind: str | None) -> None:
 @click.option("--protocol", help="Dataset protocol (grocery-store: iconic|instance).")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Dataset plugin parameter (repeatable); see `manet plugins list --json`.")
+@click.option("--allow-outside-root", is_flag=True,
+              help="Accept manifest/sidecar image paths outside the dataset's folder.")
 @click.option("--batch-size", default=256, show_default=True, help="Images per transaction.")
 @JSON_OPTION
 @pass_state
 def ingest(state: State, kind: str, path: Path, protocol: str | None, options: tuple[str, ...],
-           batch_size: int, as_json: bool) -> None:
+           allow_outside_root: bool, batch_size: int, as_json: bool) -> None:
     """Ingest the dataset at PATH with dataset plugin KIND (folder, manifest, grocery-store, ...)."""
     params: dict[str, Any] = _params(options)
     if protocol is not None:
         params["protocol"] = protocol
+    if allow_outside_root:
+        params["allow_outside_root"] = True
     state.retriever.registry.create("dataset", kind, **params)  # bad kind/params fail before any I/O
     if not path.exists():
         raise ManetError(f"dataset path {path} does not exist; check the path and try again")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,12 @@ def record_from_row(
     base: Path,
     domain: str = "catalog",
     split: str | None = None,
+    allow_outside_root: bool = False,
 ) -> Record:
     """Turn one manifest/sidecar row into a :class:`Record` (the one place that does it).
 
-    ``image`` is required (relative paths resolve against ``base``); ``domain`` and
+    ``image`` is required (relative paths resolve against ``base``; a path that leaves
+    ``base`` is refused unless ``allow_outside_root``, and remote URLs always are); ``domain`` and
     ``split`` columns override the given defaults; a catalog row needs a sku; unknown
     columns go into ``attributes``. ``where`` ("file.csv:4") prefixes every error.
     """
@@ -91,8 +94,18 @@ def record_from_row(
         for key, value in row.items()
         if key not in _RECORD_FIELDS and value is not None and value != ""
     }
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", image):
+        raise DatasetError(
+            f"{where}: {image} is a remote URL; manet does not fetch images: download them and list local paths"
+        )
+    location = _absolute(base / image)
+    if not allow_outside_root and os.path.commonpath([location, _absolute(base)]) != str(_absolute(base)):
+        raise DatasetError(
+            f"{where}: {image} is outside the dataset folder {base}; move it inside, or pass "
+            f"--allow-outside-root to accept paths anywhere"
+        )
     return Record(
-        image=_absolute(base / image),
+        image=location,
         sku=sku,
         domain=row_domain,
         split=row_split,
@@ -208,7 +221,7 @@ class FolderDataset(Dataset):
 
     name = "folder"
     description = "Folder of images: one sub-folder per product (sku), or flat with a sidecar CSV."
-    defaults = {"domain": "catalog", "split": "", "sidecar": ""}
+    defaults = {"domain": "catalog", "split": "", "sidecar": "", "allow_outside_root": False}
     choices = {"domain": DOMAINS, "split": _SPLIT_CHOICES}
     SIDECAR = "products.csv"
 
@@ -235,7 +248,8 @@ class FolderDataset(Dataset):
         return self._per_product(root, sidecar)
 
     def _defaults(self) -> dict[str, Any]:
-        return {"domain": self.params["domain"], "split": self.params["split"] or None}
+        return {"domain": self.params["domain"], "split": self.params["split"] or None,
+                "allow_outside_root": self.params["allow_outside_root"]}
 
     def _flat(self, root: Path, sidecar: Path) -> Iterator[Record]:
         # Layout B: every sidecar row names an image, relative to the dataset folder.
@@ -291,10 +305,11 @@ class ManifestDataset(Dataset):
 
     name = "manifest"
     description = "A .csv or .jsonl manifest: image, sku, title, brand, description, category, domain, split."
-    defaults: dict[str, Any] = {}
+    defaults: dict[str, Any] = {"allow_outside_root": False}
 
     def records(self, path: Path) -> Iterator[Record]:
-        """Yield one record per row; relative image paths resolve against the manifest's folder."""
+        """Yield one record per row; relative image paths resolve against the manifest's folder,
+        which they may not leave unless ``allow_outside_root``."""
         manifest = _require(
             Path(path), want_dir=False, hint="; give the manifest's .csv or .jsonl file"
         )
@@ -308,7 +323,9 @@ class ManifestDataset(Dataset):
                 f"manifest {manifest.name}: unsupported extension {suffix or '(none)'!r}; "
                 f"use .csv, .jsonl or .ndjson"
             )
-        return (record_from_row(row, where=where, base=manifest.parent) for where, row in rows)
+        allow = self.params["allow_outside_root"]
+        return (record_from_row(row, where=where, base=manifest.parent, allow_outside_root=allow)
+                for where, row in rows)
 
 
 # --- grocery-store -------------------------------------------------------------------------

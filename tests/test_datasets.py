@@ -136,7 +136,7 @@ def test_manifest_csv(tmp_path: Path) -> None:
         ",/abs/q.jpg,,,,,Query,,\n"
         "S1,q2.jpg,,,,,query,TEST,\n",
     )
-    a, q, q2 = ManifestDataset().records(tmp_path / "data" / "manifest.csv")
+    a, q, q2 = ManifestDataset(allow_outside_root=True).records(tmp_path / "data" / "manifest.csv")
     assert a.image == (tmp_path / "data" / "img" / "a.jpg").resolve()
     assert (a.sku, a.title, a.brand, a.description, a.category) == (
         "S1", "Apple", "BRAVO", "Two\nlines", "Juice"
@@ -144,6 +144,22 @@ def test_manifest_csv(tmp_path: Path) -> None:
     assert (a.domain, a.split, a.attributes) == ("catalog", "train", {"shelf": "3"})
     assert (q.image, q.sku, q.domain, q.split, q.attributes) == (Path("/abs/q.jpg"), None, "query", None, {})
     assert (q2.sku, q2.domain, q2.split) == ("S1", "query", "test")
+
+
+@pytest.mark.parametrize("image", ["/abs/q.jpg", "../outside.jpg", "img/../../outside.jpg"])
+def test_manifest_paths_may_not_leave_the_dataset_folder(tmp_path: Path, image: str) -> None:
+    _write(tmp_path / "data" / "manifest.csv", f"sku,image\nS1,img/a.jpg\nS2,{image}\n")
+    with pytest.raises(DatasetError, match=r"manifest.csv:3: .* is outside the dataset folder .*--allow-outside-root"):
+        list(ManifestDataset().records(tmp_path / "data" / "manifest.csv"))
+    records = list(ManifestDataset(allow_outside_root=True).records(tmp_path / "data" / "manifest.csv"))
+    assert len(records) == 2
+
+
+@pytest.mark.parametrize("image", ["https://example.com/a.jpg", "s3://bucket/a.jpg"])
+def test_manifest_remote_urls_are_refused(tmp_path: Path, image: str) -> None:
+    _write(tmp_path / "manifest.csv", f"sku,image\nS1,{image}\n")
+    with pytest.raises(DatasetError, match=r"manifest.csv:2: .* is a remote URL"):
+        list(ManifestDataset(allow_outside_root=True).records(tmp_path / "manifest.csv"))
 
 
 def test_manifest_jsonl(tmp_path: Path) -> None:
