@@ -371,8 +371,11 @@ def status(state: State, model: str | None, failed: bool, as_json: bool) -> None
     if as_json:
         _echo_json(info)
         return
+    eta = "unknown (no worker finished a batch in the last minute)" if info["eta_seconds"] is None \
+        else f"{info['eta_seconds']} s"
     click.echo(f"{model}: {info['done']} done, {info['pending']} pending, {info['leased']} leased, "
-               f"{info['failed']} failed of {info['images']} images ({info['ingest_failed']} failed at ingest)")
+               f"{info['failed']} failed of {info['images']} images ({info['ingest_failed']} failed at ingest); "
+               f"rate {info['rate_per_second']:.1f} img/s, ETA {eta}")
 
 
 @cli.command()

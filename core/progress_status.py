@@ -19,18 +19,28 @@ COUNTS = sa.text(
            (SELECT count(*) FROM extraction_work WHERE model_id = :m AND status = 'failed') AS failed,
            (SELECT count(*) FROM extraction_work
              WHERE model_id = :m AND status = 'leased' AND lease_expires_at > now()) AS leased,
-           (SELECT count(*) FROM images WHERE status = 'failed') AS ingest_failed
+           (SELECT count(*) FROM images WHERE status = 'failed') AS ingest_failed,
+           (SELECT count(*) FROM extraction_work
+             WHERE model_id = :m AND status = 'done'
+               AND updated_at > now() - make_interval(secs => :window)) AS recent
     """
 )
+
+#: Seconds of worker history that the rate (and ETA) is measured over.
+RATE_WINDOW = 60.0
 
 
 def model_status(db: Database, model: ModelRecord) -> dict[str, Any]:
     """done / pending / leased / failed image counts of ``model`` (and failed ingests)."""
     with db.begin() as conn:
-        row = conn.execute(COUNTS, {"m": model.id}).one()
+        row = conn.execute(COUNTS, {"m": model.id, "window": RATE_WINDOW}).one()
     pending = max(0, row.images - row.done - row.failed - row.leased)
+    rate = row.recent / RATE_WINDOW  # images/s finished by workers over the last minute
+    remaining = pending + row.leased
     return {"model": model.name, "images": row.images, "done": row.done, "pending": pending,
-            "leased": row.leased, "failed": row.failed, "ingest_failed": row.ingest_failed}
+            "leased": row.leased, "failed": row.failed, "ingest_failed": row.ingest_failed,
+            "rate_per_second": round(rate, 2),
+            "eta_seconds": round(remaining / rate) if rate > 0 else (0 if remaining == 0 else None)}
 
 
 def failures(db: Database, model: ModelRecord | None = None) -> list[dict[str, Any]]:

@@ -78,3 +78,6 @@ def test_four_workers_one_killed(retriever, database_url, tmp_path):
     assert all(counts[str(p)] == 0 for p in poison)
     assert sum(1 for uri, n in counts.items() if n == 1) == IMAGES
     assert max(counts.values()) == 1 and leftover == 0
+    status = retriever.status("tiny")
+    assert (status["done"], status["failed"], status["pending"], status["leased"]) == (IMAGES, POISON, 0, 0)
+    assert status["rate_per_second"] > 0 and status["eta_seconds"] == 0
