@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -62,6 +64,13 @@ CLAIM = sa.text(
     """
 )
 
+RENEW = sa.text(
+    """
+    UPDATE extraction_work SET lease_expires_at = now() + make_interval(secs => :lease), updated_at = now()
+     WHERE model_id = :m AND status = 'leased' AND lease_owner = :owner
+    """
+)
+
 REMAINING = sa.text(
     "SELECT count(*) FROM extraction_work WHERE model_id = :m AND status IN ('pending', 'leased')"
 )
@@ -82,6 +91,29 @@ class WorkerReport:
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@contextmanager
+def heartbeat(db: Database, model: ModelRecord, owner: str, lease_seconds: float) -> Iterator[None]:
+    """Renew ``owner``'s leases every third of the lease while the body runs, so a slow batch
+    is not taken over by another worker; a worker that dies stops renewing."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(lease_seconds / 3):
+            try:
+                with db.begin() as conn:
+                    conn.execute(RENEW, {"m": model.id, "owner": owner, "lease": float(lease_seconds)})
+            except sa.exc.DBAPIError:  # an outage: the main loop deals with it
+                pass
+
+    thread = threading.Thread(target=beat, name=f"lease-heartbeat-{owner}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def enqueue(db: Database, model: ModelRecord) -> int:
@@ -177,18 +209,8 @@ def run_worker(
         with db.raw() as conn:
             return commit_batch(conn, *args)
 
-    retry(lambda: enqueue(db, model))
-    last_enqueue = time.monotonic()
-    while True:
-        batch = retry(lambda: claim(db, model, report.owner, batch_size, lease_seconds, max_attempts))
-        if not batch:
-            if until_empty and retry(remaining) == 0:
-                return report
-            time.sleep(poll_seconds)
-            if not until_empty and time.monotonic() - last_enqueue > 30:
-                retry(lambda: enqueue(db, model))  # pick up newly ingested images
-                last_enqueue = time.monotonic()
-            continue
+    def process(batch: list[tuple[int, str, bool, int]]) -> tuple[int, int, int]:
+        """Decode, extract and commit one batch: (written, lost leases, failed)."""
         good, tensors, failures = [], [], []
         for image_id, uri, gallery, attempts in batch:
             try:
@@ -206,8 +228,24 @@ def run_worker(
                 vectors = np.zeros((0, model.dim), dtype=np.float32)
         written, lost = retry(partial(commit, model, report.owner, [g[0] for g in good], [g[1] for g in good],
                                       vectors, failures, max_attempts))
+        return written, lost, len(failures)
+
+    retry(lambda: enqueue(db, model))
+    last_enqueue = time.monotonic()
+    while True:
+        batch = retry(lambda: claim(db, model, report.owner, batch_size, lease_seconds, max_attempts))
+        if not batch:
+            if until_empty and retry(remaining) == 0:
+                return report
+            time.sleep(poll_seconds)
+            if not until_empty and time.monotonic() - last_enqueue > 30:
+                retry(lambda: enqueue(db, model))  # pick up newly ingested images
+                last_enqueue = time.monotonic()
+            continue
+        with heartbeat(db, model, report.owner, lease_seconds):
+            written, lost, failed = process(batch)
         report.batches += 1
         report.extracted += written
-        report.failed += len(failures)
+        report.failed += failed
         report.lost_leases += lost
-        say(f"{report.owner}: batch of {len(batch)}: {written} written, {len(failures)} failed")
+        say(f"{report.owner}: batch of {len(batch)}: {written} written, {failed} failed")

@@ -81,3 +81,20 @@ def test_four_workers_one_killed(retriever, database_url, tmp_path):
     status = retriever.status("tiny")
     assert (status["done"], status["failed"], status["pending"], status["leased"]) == (IMAGES, POISON, 0, 0)
     assert status["rate_per_second"] > 0 and status["eta_seconds"] == 0
+
+
+def test_heartbeat_keeps_a_slow_batch_leased(retriever, tmp_path):
+    from manet.worker import claim, enqueue, heartbeat
+
+    model = retriever.model("tiny")
+    with retriever.db.begin() as conn:  # requeue a few images for this check
+        conn.execute(sa.text("DELETE FROM descriptors WHERE image_id IN (SELECT id FROM images ORDER BY id LIMIT 4)"))
+        conn.execute(sa.text("DELETE FROM extraction_work WHERE image_id IN (SELECT id FROM images ORDER BY id LIMIT 4)"))
+    enqueue(retriever.db, model)
+    batch = claim(retriever.db, model, "slow-worker", 4, lease_seconds=1.0, max_attempts=3)
+    assert len(batch) == 4
+    with heartbeat(retriever.db, model, "slow-worker", lease_seconds=1.0):
+        time.sleep(2.5)  # well past the 1 s lease: only the heartbeat keeps it
+        assert claim(retriever.db, model, "thief", 4, lease_seconds=1.0, max_attempts=3) == []
+    time.sleep(1.5)  # no heartbeat any more: the lease expires and another worker may take it
+    assert len(claim(retriever.db, model, "thief", 4, lease_seconds=1.0, max_attempts=3)) == 4
