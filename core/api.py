@@ -73,6 +73,13 @@ class Retriever:
         return self._db
 
     @property
+    def connected_url(self) -> str | None:
+        """The database URL in use (password hidden), or None before the first connection."""
+        from manet.db import redact
+
+        return redact(self._db.url) if self._db is not None else None
+
+    @property
     def device(self) -> str:
         if self._device is None or self._device == "auto":
             self._device = select_device(self._device)

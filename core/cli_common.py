@@ -45,9 +45,11 @@ class ManetGroup(click.Group):
             raise click.ClickException(f"invalid input value: {reason}; check the option values") from None
         except sqlalchemy.exc.OperationalError as exc:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "connection failed"
+            state = ctx.find_object(State)
+            url = state.connected_url() if state is not None else None
             raise click.ClickException(
-                f"lost the database connection: {reason}; check that PostgreSQL is running "
-                f"(`manet db url` shows which) and re-run: finished batches are kept"
+                f"lost the database connection to {url or 'PostgreSQL'}: {reason}; start the server "
+                f"and re-run: finished batches are kept"
             ) from None
 
 
@@ -60,6 +62,9 @@ class State:
         self.device = device
         self.progress = not quiet and sys.stderr.isatty()
         self._retriever = None
+
+    def connected_url(self) -> str | None:
+        return self._retriever.connected_url if self._retriever is not None else None
 
     @property
     def retriever(self):
