@@ -46,3 +46,13 @@ def small_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 #: A small real model for tests: random weights, 64 px input.
 TINY_MODEL = {"backbone": "resnet18", "weights": "none", "image_size": 64}
+
+
+@pytest.fixture(scope="module")
+def populated(retriever, small_catalogue):
+    """The small catalogue ingested, model ``tiny`` (SR-MAC) extracted and indexed."""
+    retriever.ingest("manifest", small_catalogue)
+    retriever.create_model("tiny", pooling="srmac", **TINY_MODEL)
+    retriever.extract("tiny")
+    retriever.build_index("tiny")
+    return retriever

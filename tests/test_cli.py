@@ -11,17 +11,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from conftest import TINY_MODEL
 from manet.cli import cli
-
-
-@pytest.fixture(scope="module")
-def populated(retriever, small_catalogue):
-    retriever.ingest("manifest", small_catalogue)
-    retriever.create_model("tiny", pooling="srmac", **TINY_MODEL)
-    retriever.extract("tiny")
-    retriever.build_index("tiny")
-    return retriever
 
 
 @pytest.fixture

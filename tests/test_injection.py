@@ -9,7 +9,6 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from conftest import TINY_MODEL
 from manet.cli import cli
 
 HOSTILE = [
@@ -23,13 +22,6 @@ HOSTILE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def populated(retriever, small_catalogue):
-    retriever.ingest("manifest", small_catalogue)
-    retriever.create_model("tiny", pooling="mac", **TINY_MODEL)
-    retriever.extract("tiny")
-    retriever.build_index("tiny")
-    return retriever
 
 
 def snapshot(retriever) -> dict[str, int]:
