@@ -222,11 +222,19 @@ class Retriever:
             results.append(self.evaluate(record.name, split=split, k=k, normaliser=normaliser))
         return results
 
-    def train(self, config: Any, *, resume: bool = False, say: Any = None) -> Any:
-        """Train MANet (:class:`manet.train.TrainConfig`) and store it as a model."""
-        from manet.train import train
+    def train(self, config: Any, *, resume: bool = False, restart: bool = False, say: Any = None) -> Any:
+        """Train MANet (:class:`manet.train.TrainConfig`) and store it as a model.
+
+        ``restart`` first deletes an earlier run of the same name (model row and checkpoints).
+        """
+        import shutil
+
+        from manet.train import checkpoint_dir, train
 
         if self._home is not None and not config.checkpoint_root:
             config.checkpoint_root = str(Path(self._home) / "checkpoints")
+        if restart:
+            self.delete_model(config.name)
+            shutil.rmtree(checkpoint_dir(config), ignore_errors=True)
         return train(self.db, self.registry, config, device=self.device, resume=resume,
                      progress=self.progress, say=say or (lambda _m: None))

@@ -62,8 +62,7 @@ def _uri(path: Path) -> str:
     return text
 
 
-def _inspect(record: Record, max_pixels: int | None) -> ImageInfo | ImageError:
-    uri = _uri(record.image)
+def _inspect(record: Record, uri: str, max_pixels: int | None) -> ImageInfo | ImageError:
     if uri != str(record.image):
         return ImageError(f"file name {uri} is not valid UTF-8; rename the file (e.g. with convmv) and ingest again")
     try:
@@ -145,15 +144,15 @@ def _store_batch(db: Database, batch: Sequence[Record], pool: ThreadPoolExecutor
     uris = [_uri(record.image) for record in batch]
     with db.begin() as conn:
         present = _existing_uris(conn, uris)
-        todo = [record for record in batch if _uri(record.image) not in present]
+        todo = [(record, uri) for record, uri in zip(batch, uris, strict=True) if uri not in present]
         delta.already_present += len(batch) - len(todo)
-        infos = list(pool.map(lambda r: _inspect(r, max_pixels), todo))
-        products = _product_ids(conn, todo, delta)
-        for record, info in zip(todo, infos, strict=True):
+        infos = list(pool.map(lambda item: _inspect(*item, max_pixels), todo))
+        products = _product_ids(conn, [record for record, _ in todo], delta)
+        for (record, uri), info in zip(todo, infos, strict=True):
             ok = isinstance(info, ImageInfo)
             params = {
                 "product_id": products.get(record.sku) if record.sku else None,
-                "uri": _uri(record.image),
+                "uri": uri,
                 "sha256": info.sha256 if ok else None,
                 "width": info.width if ok else None,
                 "height": info.height if ok else None,
@@ -165,7 +164,7 @@ def _store_batch(db: Database, batch: Sequence[Record], pool: ThreadPoolExecutor
             inserted = conn.execute(INSERT_IMAGE, params).scalar()
             if not ok:
                 delta.failed += 1
-                delta.failures.append((_uri(record.image), str(info)))
+                delta.failures.append((uri, str(info)))
             elif inserted is None:
                 delta.duplicates += 1
             else:

@@ -53,10 +53,8 @@ def choose_weights(retriever: Retriever, backbone: str, requested: str) -> tuple
 def _train_demo_manet(retriever: Retriever, name: str, backbone: str, weights: str, image_size: int,
                       epochs: int, seed: int, say: Callable[[str], None]) -> None:
     """Mine categories from the product texts, sample a training set, train a small MANet."""
-    import shutil
-
     from manet.categories import mine_categories
-    from manet.train import TrainConfig, checkpoint_dir
+    from manet.train import TrainConfig
     from manet.trainset import build_training_set
 
     categories = mine_categories(retriever.db, top=DEMO_CATEGORIES)
@@ -71,12 +69,8 @@ def _train_demo_manet(retriever: Retriever, name: str, backbone: str, weights: s
     # attention branch and the head only. Pre-trained weights are fine-tuned gently.
     cfg = TrainConfig(name=name, backbone=backbone, weights=weights, image_size=image_size, epochs=epochs,
                       batch_size=16, seed=seed, backbone_lr_scale=0.0 if weights == "none" else 0.1)
-    retriever.delete_model(name)
-    if retriever._home is not None:
-        cfg.checkpoint_root = str(Path(retriever._home) / "checkpoints")
-    shutil.rmtree(checkpoint_dir(cfg), ignore_errors=True)  # the demo's own run starts over
     started = time.perf_counter()
-    retriever.train(cfg, say=say)
+    retriever.train(cfg, restart=True, say=say)  # the demo's own run starts over
     say(f"trained {name} in {time.perf_counter() - started:.0f} s")
 
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from manet.db import Database, as_array
 from manet.errors import ManetError
-from manet.metrics import evaluate_rankings, ranked_relevance
+from manet.metrics import descending_order, evaluate_rankings
 from manet.models import ModelRecord
 
 QUERY_CHUNK = 1024
@@ -93,9 +93,9 @@ def evaluate(db: Database, model: ModelRecord, *, split: str | None = None, k: i
         chunk = usable[start : start + QUERY_CHUNK]
         similarity = _matrix(chunk, model.dim) @ gallery_matrix.T
         labels = np.array([row.product_id for row in chunk])
-        relevance_chunks.append(ranked_relevance(similarity, labels, gallery_labels))
-        order = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
-        top_ids.extend(gallery_ids[order].tolist())
+        order = descending_order(similarity)  # one sort gives both the relevance and the top k
+        relevance_chunks.append(gallery_labels[order] == labels[:, None])
+        top_ids.extend(gallery_ids[order[:, :k]].tolist())
     relevance = np.concatenate(relevance_chunks)
     n_relevant = np.array([relevant_counts[row.product_id] for row in usable])
     summary = evaluate_rankings(relevance, n_relevant, k=k, normaliser=normaliser)

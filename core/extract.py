@@ -20,7 +20,6 @@ from manet.db import Database
 from manet.errors import ImageError
 from manet.images import read_image_tensor
 from manet.models import ModelRecord
-from manet.pipeline import select_device
 
 PENDING = sa.text(
     """
@@ -197,6 +196,3 @@ def embed_files(pipeline: Any, paths: Sequence[Path], size: int, device: str,
 
     tensors = [read_image_tensor(Path(path), size, max_pixels) for path in paths]
     return run_pipeline(pipeline, torch.stack(tensors), device)
-
-
-__all__ = ["ExtractReport", "extract", "embed_files", "select_device"]

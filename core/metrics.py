@@ -127,6 +127,12 @@ def recall_at_k(relevance: BoolLike, k: int) -> float:
     return 1.0 if bool(rel[:k].any()) else 0.0
 
 
+def descending_order(similarity: npt.ArrayLike) -> npt.NDArray[np.intp]:
+    """Gallery indices of each row of a (Q, N) similarity by descending similarity; ties keep
+    ascending index (argsort of -x ascending with a stable sort == x descending)."""
+    return np.argsort(-np.asarray(similarity), axis=1, kind="stable")
+
+
 def ranked_relevance(
     similarity: npt.ArrayLike, query_labels: npt.ArrayLike, gallery_labels: npt.ArrayLike
 ) -> npt.NDArray[np.bool_]:
@@ -151,9 +157,7 @@ def ranked_relevance(
     step = max(1, (32 * 1024 * 1024) // max(n, 1))
     for start in range(0, q, step):
         stop = min(q, start + step)
-        # Negating keeps the stable order for ties (argsort of -x ascending == x descending).
-        order = np.argsort(-sim[start:stop], axis=1, kind="stable")
-        out[start:stop] = g_labels[order] == q_labels[start:stop, None]
+        out[start:stop] = g_labels[descending_order(sim[start:stop])] == q_labels[start:stop, None]
     return out
 
 

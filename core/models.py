@@ -53,25 +53,30 @@ def _record(row: Any) -> ModelRecord:
                        dict(row.metrics or {}))
 
 
-def create_model(db: Database, registry: Registry, name: str, config: PipelineConfig) -> ModelRecord:
-    """Validate ``config`` against the installed plugins and store it under ``name``."""
+def _insert_new(db: Database, name: str, config: PipelineConfig, dim: int, metrics: dict[str, Any]) -> ModelRecord:
+    """Store a pipeline under a new, valid ``name`` (an existing name is an error, never replaced)."""
     if not NAME_PATTERN.match(name):
         raise ManetError(
             f"model name {name!r} is not allowed; use letters, digits and _ . : - (max 63 characters)"
         )
-    dim = config.validate(registry)
     with db.begin() as conn:
-        exists = conn.execute(sa.text("SELECT 1 FROM models WHERE name = :n"), {"n": name}).first()
-        if exists:
-            raise ManetError(f"model '{name}' already exists; pick another name or use it as it is")
+        if conn.execute(sa.text("SELECT 1 FROM models WHERE name = :n"), {"n": name}).first():
+            raise ManetError(f"model '{name}' already exists; pick another name or delete it first")
         row = conn.execute(
             sa.text(
-                "INSERT INTO models (name, config, dim) VALUES (:n, CAST(:c AS jsonb), :d) "
+                "INSERT INTO models (name, config, dim, checkpoint, metrics) "
+                "VALUES (:n, CAST(:c AS jsonb), :d, :ck, CAST(:m AS jsonb)) "
                 "RETURNING id, name, config, dim, metrics"
             ),
-            {"n": name, "c": json.dumps(config.to_dict()), "d": dim},
+            {"n": name, "c": json.dumps(config.to_dict()), "d": dim, "ck": config.checkpoint,
+             "m": json.dumps(metrics)},
         ).one()
     return _record(row)
+
+
+def create_model(db: Database, registry: Registry, name: str, config: PipelineConfig) -> ModelRecord:
+    """Validate ``config`` against the installed plugins and store it under ``name``."""
+    return _insert_new(db, name, config, config.validate(registry), {})
 
 
 def get_model(db: Database, name: str) -> ModelRecord:
@@ -177,10 +182,4 @@ def derive_model(db: Database, registry: Registry, name: str, source: str, *, po
         learned_saliency=base.config.learned_saliency and learned_saliency,
         text_mask=base.config.text_mask and text_mask,
     )
-    if not NAME_PATTERN.match(name):
-        raise ManetError(f"model name {name!r} is not allowed; use letters, digits and _ . : -")
-    dim = config.validate(registry)
-    with db.begin() as conn:
-        if conn.execute(sa.text("SELECT 1 FROM models WHERE name = :n"), {"n": name}).first():
-            raise ManetError(f"model '{name}' already exists; pick another name or delete it first")
-    return _upsert(db, name, config, dim, config.checkpoint, {"derived_from": source})
+    return _insert_new(db, name, config, config.validate(registry), {"derived_from": source})
