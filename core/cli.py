@@ -12,6 +12,7 @@ import click
 
 from manet import __version__, config
 from manet.cli_common import JSON_OPTION, ManetGroup, State, _echo_json, _params, pass_state
+from manet.cli_bench import bench
 from manet.cli_training_data import categories, dataset
 from manet.errors import ManetError
 
@@ -575,6 +576,7 @@ def demo(state: State, products: int, photos_per_product: int, train_photos_per_
     click.echo(f"\ndone in {result.seconds:.1f} s ({backbone}, weights {result.weights}, {image_size}px)")
 
 
+cli.add_command(bench)
 cli.add_command(categories)
 cli.add_command(dataset)
 

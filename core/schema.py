@@ -90,6 +90,7 @@ models = Table(
     Column("dim", Integer, nullable=False),
     Column("metrics", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("index_options", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
 )
 
 descriptors = Table(
