@@ -7,7 +7,7 @@ depend on PIL's process-wide knobs (``Image.MAX_IMAGE_PIXELS``,
 its own pixel cap (``MANET_MAX_PIXELS``) from the header before any pixel is decoded, and
 truncated files are always rejected.
 
-torch is imported only by :func:`read_image_tensor`, so importing this module stays cheap.
+torch is imported only inside the functions that return tensors, so importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -164,6 +164,25 @@ def _open_checked(
         return _open_and_decode(path, data, max_pixels, draft_size)
 
 
+def _check_pixel_cap(path: Path, image: Image.Image, max_pixels: int) -> None:
+    """Raise (and close ``image``) when its header says it is over the pixel cap."""
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageError(
+            f"image {path} is {width}x{height} = {width * height} pixels, over the cap of "
+            f"{max_pixels} (decompression-bomb guard); set {MAX_PIXELS_ENV} to a larger value "
+            f"to accept it, or downscale the image"
+        )
+
+
+def _exif_orientation(image: Image.Image) -> int | None:
+    try:
+        return image.getexif().get(_EXIF_ORIENTATION)
+    except Exception:  # damaged EXIF must not reject otherwise good pixels
+        return None
+
+
 def _open_and_decode(
     path: Path, data: bytes, max_pixels: int, draft_size: tuple[int, int] | None
 ) -> tuple[Image.Image, ImageInfo]:
@@ -178,19 +197,10 @@ def _open_and_decode(
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise _describe_decode_error(path, exc) from exc
 
+    _check_pixel_cap(path, image, max_pixels)
     width, height = image.size
-    if width * height > max_pixels:
-        image.close()
-        raise ImageError(
-            f"image {path} is {width}x{height} = {width * height} pixels, over the cap of "
-            f"{max_pixels} (decompression-bomb guard); set {MAX_PIXELS_ENV} to a larger value "
-            f"to accept it, or downscale the image"
-        )
     mode, fmt = image.mode, image.format or "unknown"
-    try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION)
-    except Exception:  # damaged EXIF must not reject otherwise good pixels
-        orientation = None
+    orientation = _exif_orientation(image)
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width
 
@@ -287,3 +297,62 @@ def read_image_tensor(path: Path, size: int, max_pixels: int | None = None) -> "
     # more outside DataLoader workers; the result is a writable copy, so torch does not warn.
     array = np.array(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1), order="C")
     return torch.from_numpy(array)
+
+
+# -- batched JPEG decoding (torchvision.io.decode_jpeg; nvjpeg on CUDA) -----------------------
+
+_JPEG_START = b"\xff\xd8"
+_JPEG_END = b"\xff\xd9"
+_BATCH_DECODABLE_MODES = frozenset({"RGB", "L"})
+_TORCHVISION_DEPRECATION = "The image decoding and encoding capabilities of TorchVision"
+
+
+def jpeg_for_batch_decode(path: Path, max_pixels: int | None = None) -> bytes | None:
+    """The bytes of ``path`` when :func:`decode_jpeg_batch` gives the same image as
+    :func:`read_image_tensor` would, else None (decode that file with read_image_tensor).
+
+    Only the header is read: the file must be a JPEG that ends with its end-of-image marker
+    (a truncated file is left to PIL, which rejects it), stored as RGB or grayscale (CMYK is
+    not), with no EXIF orientation to apply (the batch decoder ignores it). A missing, empty or
+    over-the-cap file raises :class:`ImageError` with the same message as read_image_tensor.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    if not (data.startswith(_JPEG_START) and data.endswith(_JPEG_END)):
+        return None
+    with _manet_pil_settings():
+        try:
+            image = Image.open(io.BytesIO(data))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+            return None  # the PIL path reports it with its usual message
+        with image:
+            _check_pixel_cap(path, image, _cap(max_pixels))
+            plain = (image.format == "JPEG" and image.mode in _BATCH_DECODABLE_MODES
+                     and _exif_orientation(image) in (None, 1))
+    return data if plain else None
+
+
+def decode_jpeg_batch(jpegs: list["torch.Tensor"], size: int, device: str) -> "torch.Tensor":
+    """Decode JPEG files' bytes (1-D uint8 CPU tensors) together on ``device`` and resize each
+    to ``size`` x ``size``: uint8 (B, 3, size, size) on ``device``.
+
+    torchvision's ``decode_jpeg`` decodes the whole list in one call (nvjpeg on CUDA, libjpeg on
+    the CPU) and returns nothing partial: a single undecodable file raises RuntimeError for the
+    batch. The resize is bilinear with antialiasing, like PIL's in :func:`read_image_tensor`
+    (which also first decodes large JPEGs at a reduced DCT scale), so the two paths agree to a
+    few grey levels, not exactly.
+    """
+    import warnings
+
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.v2 import functional as F
+
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they still work.
+        warnings.filterwarnings("ignore", message=_TORCHVISION_DEPRECATION, category=DeprecationWarning)
+        decoded = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+    return torch.stack([
+        image if tuple(image.shape[-2:]) == (size, size) else F.resize(image, [size, size], antialias=True)
+        for image in decoded
+    ])

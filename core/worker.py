@@ -18,15 +18,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
 
 from manet.db import Database, with_reconnect
-from manet.errors import ImageError
-from manet.images import read_image_tensor
 from manet.models import ModelRecord
 
 ENQUEUE = sa.text(
@@ -185,16 +182,20 @@ def run_worker(
     poll_seconds: float = 2.0,
     max_pixels: int | None = None,
     max_outage: float = 600.0,
+    device_decode: str = "auto",
     say: Callable[[str], None] = lambda _m: None,
 ) -> WorkerReport:
     """Claim and process batches until the queue is empty (``until_empty``) or forever.
 
+    Decoding and the forward pass are extraction's own (:mod:`manet.batch_decode`,
+    :class:`manet.extract.Forward`): batched JPEG decoding on the device (``device_decode``,
+    auto = on CUDA), bf16 and channels_last on CUDA, a smaller chunk after running out of memory.
+
     A lost database connection is retried with backoff for up to ``max_outage`` seconds; a
     batch whose commit failed is committed again (the server rolled the failed one back).
     """
-    import torch
-
-    from manet.extract import run_pipeline
+    from manet.batch_decode import on_device, read_batch
+    from manet.extract import Forward, device_decode_enabled, prepare_pipeline, resolve_batch_size
 
     report = WorkerReport(worker_name())
 
@@ -209,25 +210,26 @@ def run_worker(
         with db.raw() as conn:
             return commit_batch(conn, *args)
 
+    size = model.config.image_size
+    batch_decode = device_decode_enabled(device_decode, device)
+    # The claim size sets database round trips; the forward pass runs in extraction's own chunks.
+    fast = prepare_pipeline(pipeline, device)
+    forward = Forward(fast, device, min(batch_size, resolve_batch_size(None, fast, size, device)), model.dim)
+
     def process(batch: list[tuple[int, str, bool, int]]) -> tuple[int, int, int]:
         """Decode, extract and commit one batch: (written, lost leases, failed)."""
-        good, tensors, failures = [], [], []
-        for image_id, uri, gallery, attempts in batch:
-            try:
-                tensors.append(read_image_tensor(Path(uri), model.config.image_size, max_pixels))
-                good.append((image_id, gallery, attempts))
-            except ImageError as exc:
-                failures.append((image_id, str(exc), attempts))
-        vectors = np.zeros((0, model.dim), dtype=np.float32)
-        if tensors:
-            try:
-                vectors = run_pipeline(pipeline, torch.stack(tensors), device)
-            except (RuntimeError, ValueError) as exc:  # the model failed on this batch
-                failures += [(image_id, f"model error: {exc}", attempts) for image_id, _, attempts in good]
-                good = []
-                vectors = np.zeros((0, model.dim), dtype=np.float32)
-        written, lost = retry(partial(commit, model, report.owner, [g[0] for g in good], [g[1] for g in good],
-                                      vectors, failures, max_attempts))
+        attempts = {image_id: tries for image_id, _, _, tries in batch}
+        images = on_device(read_batch([(image_id, gallery, uri) for image_id, uri, gallery, _ in batch],
+                                      size, max_pixels, batch_decode), size, device, max_pixels)
+        ids, gallery = images.ids, images.gallery
+        failures = [(image_id, error, attempts[image_id]) for image_id, error in images.failures]
+        try:
+            vectors = forward(images.pixels).result()
+        except (RuntimeError, ValueError) as exc:  # the model failed on this batch
+            failures += [(image_id, f"model error: {exc}", attempts[image_id]) for image_id in ids]
+            ids, gallery = [], []
+            vectors = np.zeros((0, model.dim), dtype=np.float32)
+        written, lost = retry(partial(commit, model, report.owner, ids, gallery, vectors, failures, max_attempts))
         return written, lost, len(failures)
 
     retry(lambda: enqueue(db, model))
