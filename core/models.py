@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,6 +21,8 @@ def index_name_for(model_id: int) -> str:
 
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
+#: The ``models`` columns a :class:`ModelRecord` is made of.
+RECORD_COLUMNS = "id, name, config, dim, metrics, index_options"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class ModelRecord:
     config: PipelineConfig
     dim: int
     metrics: dict[str, Any]
+    #: What ``manet index build`` made (quantize, rerank, m, ef_construction); search reads it
+    #: to write SQL that matches the index. Empty before the first build.
+    index_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def vector_type(self) -> str:
@@ -45,12 +50,12 @@ class ModelRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "dim": self.dim, "config": self.config.to_dict(),
-                "metrics": self.metrics}
+                "metrics": self.metrics, "index_options": self.index_options}
 
 
 def _record(row: Any) -> ModelRecord:
     return ModelRecord(row.id, row.name, PipelineConfig.from_dict(dict(row.config)), row.dim,
-                       dict(row.metrics or {}))
+                       dict(row.metrics or {}), dict(row.index_options or {}))
 
 
 def _insert_new(db: Database, name: str, config: PipelineConfig, dim: int, metrics: dict[str, Any]) -> ModelRecord:
@@ -66,7 +71,7 @@ def _insert_new(db: Database, name: str, config: PipelineConfig, dim: int, metri
             sa.text(
                 "INSERT INTO models (name, config, dim, checkpoint, metrics) "
                 "VALUES (:n, CAST(:c AS jsonb), :d, :ck, CAST(:m AS jsonb)) "
-                "RETURNING id, name, config, dim, metrics"
+                f"RETURNING {RECORD_COLUMNS}"
             ),
             {"n": name, "c": json.dumps(config.to_dict()), "d": dim, "ck": config.checkpoint,
              "m": json.dumps(metrics)},
@@ -79,10 +84,16 @@ def create_model(db: Database, registry: Registry, name: str, config: PipelineCo
     return _insert_new(db, name, config, config.validate(registry), {})
 
 
+def create_vector_model(db: Database, name: str, dim: int, metrics: dict[str, Any]) -> ModelRecord:
+    """A model for ``dim``-dimensional descriptors made outside manet's pipelines (benchmarks,
+    imported vectors): searchable and indexable; its pipeline config is only a placeholder."""
+    return _insert_new(db, name, PipelineConfig(weights="none"), int(dim), metrics)
+
+
 def get_model(db: Database, name: str) -> ModelRecord:
     with db.begin() as conn:
         row = conn.execute(
-            sa.text("SELECT id, name, config, dim, metrics FROM models WHERE name = :n"), {"n": name}
+            sa.text(f"SELECT {RECORD_COLUMNS} FROM models WHERE name = :n"), {"n": name}
         ).first()
         if row is None:
             known = [r[0] for r in conn.execute(sa.text("SELECT name FROM models ORDER BY name"))]
@@ -99,7 +110,7 @@ def list_models(db: Database) -> list[dict[str, Any]]:
         rows = conn.execute(
             sa.text(
                 """
-                SELECT m.id, m.name, m.config, m.dim, m.metrics,
+                SELECT m.id, m.name, m.config, m.dim, m.metrics, m.index_options,
                        (SELECT count(*) FROM descriptors d WHERE d.model_id = m.id) AS descriptors
                   FROM models m ORDER BY m.name
                 """
@@ -124,12 +135,12 @@ def _upsert(db: Database, name: str, config: PipelineConfig, dim: int, checkpoin
     with db.begin() as conn:
         row = conn.execute(
             sa.text(
-                """
+                f"""
                 INSERT INTO models (name, config, dim, checkpoint, metrics)
                 VALUES (:n, CAST(:c AS jsonb), :d, :ck, CAST(:m AS jsonb))
                 ON CONFLICT (name) DO UPDATE SET config = EXCLUDED.config, dim = EXCLUDED.dim,
                     checkpoint = EXCLUDED.checkpoint, metrics = EXCLUDED.metrics
-                RETURNING id, name, config, dim, metrics
+                RETURNING {RECORD_COLUMNS}
                 """
             ),
             {"n": name, "c": json.dumps(config.to_dict()), "d": dim, "ck": checkpoint, "m": json.dumps(metrics)},
@@ -175,6 +186,9 @@ def derive_model(db: Database, registry: Registry, name: str, source: str, *, po
     if base.config.manet is None:
         raise ManetError(f"model '{source}' is not a trained MANet (it has no checkpoint); train one with "
                          f"manet train, or create a plain pipeline without --from")
+    if base.config.projection is not None:
+        raise ManetError(f"model '{source}' is whitened; derive from its base "
+                         f"'{base.config.projection.get('base')}', then whiten the result with manet models whiten")
     config = replace(
         base.config,
         pooling=pooling or base.config.pooling,
@@ -183,3 +197,136 @@ def derive_model(db: Database, registry: Registry, name: str, source: str, *, po
         text_mask=base.config.text_mask and text_mask,
     )
     return _insert_new(db, name, config, config.validate(registry), {"derived_from": source})
+
+
+# -- derived catalogues: PCA-whitening and database-side augmentation ---------------------------
+#: Descriptor rows per streamed batch when a derived model is filled from its base.
+DERIVE_BATCH = 10_000
+
+
+def _stored_batches(conn: Any, model_id: int, gallery: bool | None = None,
+                    batch: int = DERIVE_BATCH) -> Any:
+    """Yield (image ids, gallery flags, float32 matrix) of a model's stored descriptors (all, or
+    only gallery / only query rows), through a server-side cursor: memory stays flat."""
+    import numpy as np
+
+    from manet.db import as_array
+
+    where = "" if gallery is None else (" AND gallery" if gallery else " AND NOT gallery")
+    with conn.cursor(name=f"manet_stored_{int(model_id)}", binary=True) as cur:
+        cur.execute(f"SELECT image_id, gallery, embedding FROM descriptors WHERE model_id = %s{where} "
+                    f"ORDER BY image_id", [int(model_id)])
+        while rows := cur.fetchmany(batch):
+            yield [r[0] for r in rows], [r[1] for r in rows], np.stack([as_array(r[2]) for r in rows])
+
+
+def _derive(db: Database, registry: Registry, name: str, config: PipelineConfig, metrics: dict[str, Any],
+            fill: Any) -> ModelRecord:
+    """Create model ``name`` and fill it with ``fill(psycopg connection, record)`` in one
+    transaction; on any failure the new model is deleted again, so nothing half-made stays."""
+    record = _insert_new(db, name, config, config.validate(registry), metrics)
+    try:
+        with db.raw() as conn:
+            fill(conn, record)
+    except BaseException:
+        delete_model(db, name)
+        raise
+    return record
+
+
+def _copy_projection(conn: Any, base: ModelRecord, record: ModelRecord) -> None:
+    """A copy of a whitened base's projection for a model that reuses its pipeline."""
+    if base.config.projection is not None:
+        conn.execute(
+            "INSERT INTO projections (model_id, source_model_id, input_dim, output_dim, mean, components, "
+            "explained_variance, fitted_rows) SELECT %s, source_model_id, input_dim, output_dim, mean, "
+            "components, explained_variance, fitted_rows FROM projections WHERE model_id = %s",
+            [record.id, base.id])
+
+
+def whiten_model(db: Database, registry: Registry, name: str, base_name: str, dims: int, *,
+                 max_rows: int = 20_000, seed: int = 0) -> ModelRecord:
+    """Model ``name``: ``base_name``'s pipeline followed by a PCA-whitening to ``dims``
+    dimensions (then L2), learned on up to ``max_rows`` of its catalogue descriptors.
+
+    Every descriptor the base already has is projected into the new model (no re-extraction);
+    images extracted later for ``name`` run the base pipeline and the projection on the device.
+    """
+    from dataclasses import replace
+
+    import numpy as np
+
+    from manet.db import as_array
+    from manet.extract import copy_descriptors
+    from manet.whitening import PCA_WHITEN, check_fit_size, fit_whitening, save_projection, whiten_array
+
+    base = get_model(db, base_name)
+    if base.config.projection is not None:
+        raise ManetError(f"model '{base_name}' is already whitened; whiten its base "
+                         f"'{base.config.projection.get('base')}' instead")
+    with db.begin() as conn:
+        ids = conn.execute(sa.text("SELECT image_id FROM descriptors WHERE model_id = :m AND gallery"),
+                           {"m": base.id}).scalars().all()
+    check_fit_size(len(ids), dims, base.dim, base_name)
+    if max_rows <= dims:
+        raise ManetError(f"--max-rows {max_rows} must be more than --dims {dims}; raise --max-rows")
+    if len(ids) > max_rows:  # a uniform sample bounds the fit's memory on a large catalogue
+        ids = np.random.default_rng(seed).choice(ids, size=max_rows, replace=False).tolist()
+    with db.raw() as conn:
+        rows = conn.execute("SELECT embedding FROM descriptors WHERE model_id = %s AND image_id = ANY(%s) "
+                            "ORDER BY image_id", [base.id, ids]).fetchall()
+    projection = fit_whitening(np.stack([as_array(row[0]) for row in rows]), dims, base=base_name)
+    config = replace(base.config, projection={"kind": PCA_WHITEN, "base": base_name, "input_dim": base.dim,
+                                              "output_dim": int(dims)})
+    metrics = {"derived_from": base_name, "whitening": {"dims": int(dims), "fitted_rows": projection.fitted_rows}}
+
+    def fill(conn: Any, record: ModelRecord) -> None:
+        save_projection(conn, record.id, base.id, projection)
+        with conn.cursor() as cur:
+            for image_ids, gallery, vectors in _stored_batches(conn, base.id):
+                copy_descriptors(cur, record.id, image_ids, gallery, whiten_array(vectors, projection))
+
+    return _derive(db, registry, name, config, metrics, fill)
+
+
+def augment_model(db: Database, registry: Registry, name: str, base_name: str, reranker: Any) -> ModelRecord:
+    """Model ``name``: ``base_name``'s pipeline and descriptors, its catalogue augmented by
+    ``reranker`` (one that augments a catalogue, e.g. ``dba``); query descriptors are copied.
+
+    The augmentation sees the whole catalogue at once: catalogue images extracted later for
+    ``name`` are not augmented, so run this again after the catalogue changes.
+    """
+    import time
+
+    import numpy as np
+
+    from manet.extract import copy_descriptors
+    from manet.reranking import augments_catalogue
+
+    if not augments_catalogue(reranker):
+        raise ManetError(f"reranker '{reranker.name}' re-scores a search shortlist and does not augment a "
+                         f"catalogue; use it with manet search/eval --rerank {reranker.name}, or augment with dba")
+    base = get_model(db, base_name)
+    with db.raw() as conn:
+        batches = list(_stored_batches(conn, base.id, gallery=True))
+    if not batches:
+        raise ManetError(f"model '{base_name}' has no catalogue descriptors to augment; "
+                         f"run: manet extract --model {base_name}")
+    ids = [image_id for batch in batches for image_id in batch[0]]
+    started = time.perf_counter()
+    augmented = reranker.augment(np.concatenate([batch[2] for batch in batches]))
+    seconds = time.perf_counter() - started
+    metrics = {"derived_from": base_name, "augmented": {"reranker": reranker.name, "params": reranker.params,
+                                                        "rows": len(ids), "seconds": round(seconds, 3)}}
+
+    def fill(conn: Any, record: ModelRecord) -> None:
+        _copy_projection(conn, base, record)
+        with conn.cursor() as cur:
+            for start in range(0, len(ids), DERIVE_BATCH):
+                end = start + DERIVE_BATCH
+                copy_descriptors(cur, record.id, ids[start:end], [True] * len(ids[start:end]),
+                                 augmented[start:end])
+            for image_ids, gallery, vectors in _stored_batches(conn, base.id, gallery=False):
+                copy_descriptors(cur, record.id, image_ids, gallery, vectors)
+
+    return _derive(db, registry, name, base.config, metrics, fill)

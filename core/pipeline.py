@@ -39,6 +39,9 @@ class PipelineConfig:
     #: Weight features with the text mask (Eq. 2-3) from ``text_detector``.
     text_mask: bool = False
     text_detector: str = ""
+    #: A PCA-whitening applied after the L2 (``manet models whiten``): its kind, base model and
+    #: input/output dims; the fitted arrays are in the ``projections`` table. None: no projection.
+    projection: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,7 +66,19 @@ class PipelineConfig:
         pooling = registry.create("pooling", self.pooling, **self.pooling_params)
         if pooling.uses_saliency:
             registry.create("saliency_estimator", self.saliency, **self.saliency_params)
+        if self.projection is not None:
+            return self._projection_dim(int(backbone.out_channels))
         return int(backbone.out_channels)
+
+    def _projection_dim(self, input_dim: int) -> int:
+        from manet.whitening import PCA_WHITEN
+
+        kind, dims = self.projection.get("kind"), self.projection.get("output_dim")
+        if kind != PCA_WHITEN or not isinstance(dims, int) or not 1 <= dims <= input_dim \
+                or self.projection.get("input_dim") != input_dim:
+            raise PluginError(f"invalid projection {self.projection!r}; make whitened models with "
+                              f"manet models whiten BASE --dims D --name NEW")
+        return dims
 
 
 def _network(config: PipelineConfig, registry: Registry):
@@ -108,11 +123,20 @@ def _network(config: PipelineConfig, registry: Registry):
     return Trained()
 
 
-def build_pipeline(config: PipelineConfig, registry: Registry):
-    """Build the :class:`DescriptorPipeline` module for ``config`` (loads weights)."""
+def build_pipeline(config: PipelineConfig, registry: Registry, projection: Any = None):
+    """Build the :class:`DescriptorPipeline` module for ``config`` (loads weights).
+
+    ``projection`` (a :class:`manet.whitening.Projection`) is required when ``config`` has one:
+    its arrays live in the database (:func:`manet.whitening.load_projection`).
+    """
     import torch
 
     from manet.manet_math import weight_features
+    from manet.whitening import whiten
+
+    if (config.projection is None) != (projection is None):
+        raise ManetError("a whitened pipeline needs its stored projection (and only a whitened one takes one); "
+                         "build it through manet.Retriever.pipeline")
 
     class DescriptorPipeline(torch.nn.Module):
         """uint8 images (B, 3, S, S) -> L2-normalised descriptors (B, D), all on one device.
@@ -144,6 +168,11 @@ def build_pipeline(config: PipelineConfig, registry: Registry):
                 self.text = registry.create("text_detector", config.text_detector or default_text_detector())
             self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
             self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+            self.whitened = projection is not None
+            if projection is not None:
+                self.dim = projection.output_dim
+                self.register_buffer("whiten_mean", torch.from_numpy(projection.mean), persistent=False)
+                self.register_buffer("whiten_matrix", torch.from_numpy(projection.matrix), persistent=False)
 
         def forward(self, images: torch.Tensor) -> torch.Tensor:
             unit = images.float().div_(255.0)
@@ -164,7 +193,12 @@ def build_pipeline(config: PipelineConfig, registry: Registry):
                 if saliency is None:  # branch switched off: uniform region weights
                     saliency = torch.ones_like(features[:, :1])
                 pooled = self.pool(features, saliency)
-            return torch.nn.functional.normalize(pooled.float(), p=2, dim=1, eps=1e-12)
+            descriptors = torch.nn.functional.normalize(pooled.float(), p=2, dim=1, eps=1e-12)
+            if not self.whitened:
+                return descriptors
+            # In float32 even under bf16 autocast: whitening divides by small variances.
+            with torch.autocast(descriptors.device.type, enabled=False):
+                return whiten(descriptors, self.whiten_mean, self.whiten_matrix)
 
     return DescriptorPipeline().eval()
 

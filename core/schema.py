@@ -9,6 +9,7 @@ from __future__ import annotations
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     ARRAY,
+    REAL,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -163,6 +164,23 @@ training_images = Table(
     Column("split", Text, nullable=False),
     PrimaryKeyConstraint("set_id", "image_id"),
     CheckConstraint("split IN ('train', 'val')", name="training_images_split_check"),
+)
+
+projections = Table(
+    "projections",
+    metadata,
+    # The whitened model; its descriptors are x -> (x - mean) @ components.T / sqrt(variance) -> L2
+    # applied to its base pipeline's (see manet.whitening).
+    Column("model_id", Integer, ForeignKey("models.id", ondelete="CASCADE"), primary_key=True),
+    # The model it was learned from (kept when that model is deleted: the pipeline is copied).
+    Column("source_model_id", Integer, ForeignKey("models.id", ondelete="SET NULL")),
+    Column("input_dim", Integer, nullable=False),
+    Column("output_dim", Integer, nullable=False),
+    Column("mean", ARRAY(REAL), nullable=False),
+    Column("components", ARRAY(REAL), nullable=False),
+    Column("explained_variance", ARRAY(REAL), nullable=False),
+    Column("fitted_rows", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
 #: Per-model HNSW indexes are made by `manet index build`, not by migrations.
