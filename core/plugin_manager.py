@@ -28,6 +28,7 @@ DEFAULT_PLUGINS = (
     "manet.plugins.saliency",
     "manet.plugins.datasets",
     "manet.plugins.text_detectors",
+    "manet.plugins.rerankers",
 )
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
