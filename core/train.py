@@ -5,6 +5,11 @@ masks (and text masks) are computed once per run on the un-augmented images and 
 transformed together with each augmented image, so no epoch recomputes them. A checkpoint
 is written after every epoch; ``resume`` continues after the last finished epoch. The result
 is a ``models`` row whose pipeline extracts SR-MAC with the learned saliency.
+
+Under torchrun the same function trains data-parallel (:mod:`manet.distributed`): each rank
+computes the masks of its shard of the images, trains on its DistributedSampler shard with
+DistributedDataParallel, evaluates its shard; metrics are summed over ranks, and only rank 0
+prints, writes checkpoints and the models row.
 """
 
 from __future__ import annotations
@@ -54,6 +59,10 @@ class TrainConfig:
     attention_branch: str = "saliency-fpn"
     seed: int = 0
     num_workers: int | None = None
+    #: How the learning rate grows with the global batch (processes x batch_size): sqrt | linear | none.
+    lr_scaling: str = "sqrt"
+    #: Processes of the run (set by :func:`train` from torchrun); the global batch is world_size x batch_size.
+    world_size: int = 1
     #: Folder for checkpoints; empty = $MANET_HOME/checkpoints.
     checkpoint_root: str = ""
 
@@ -81,10 +90,19 @@ class TrainReport:
     checkpoint: str
     epochs: list[EpochMetrics] = field(default_factory=list)
     resumed_from: int = 0
+    world_size: int = 1
+    global_batch_size: int = 0
+    learning_rate: float = 0.0
+    #: SHA-256 of each rank's final weights (rank order): all equal in a healthy run.
+    parameter_checksums: list[str] = field(default_factory=list)
+    #: This process's rank (only rank 0 prints the report).
+    rank: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "device": self.device, "checkpoint": self.checkpoint,
-                "resumed_from": self.resumed_from, "epochs": [asdict(e) for e in self.epochs]}
+                "resumed_from": self.resumed_from, "world_size": self.world_size,
+                "global_batch_size": self.global_batch_size, "learning_rate": self.learning_rate,
+                "parameter_checksums": self.parameter_checksums, "epochs": [asdict(e) for e in self.epochs]}
 
 
 def checkpoint_dir(cfg: TrainConfig) -> Path:
@@ -167,6 +185,17 @@ def compute_masks(items: Sequence[tuple[int, str, int]], estimator: Any, detecto
 
 
 # -- schedule ----------------------------------------------------------------------------------
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of the shuffle of ``epoch``: the same on every rank and in a resumed run."""
+    return seed * 100_003 + epoch
+
+
+def augmentation_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of the random augmentations (and dropout) of ``rank`` in ``epoch``: ranks differ,
+    a resumed run repeats them."""
+    return epoch_seed(seed, epoch) + 1_000_003 * (rank + 1)
+
+
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
     """LR factor: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
     if warmup > 0 and step < warmup:
@@ -176,13 +205,13 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 
 # -- the run -----------------------------------------------------------------------------------
-def _loader(dataset: TrainingImages, batch_size: int, shuffle: bool, workers: int, seed: int, device: str):
+def _loader(dataset: TrainingImages, batch_size: int, workers: int, device: str, sampler: Any = None):
+    """A training loader (``sampler`` given: drops the last partial batch) or an in-order one."""
     import torch
 
-    generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                                       drop_last=shuffle and len(dataset) > batch_size,
-                                       generator=generator, pin_memory=device.startswith("cuda"),
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                       drop_last=sampler is not None and len(sampler) > batch_size,
+                                       generator=torch.Generator(), pin_memory=device.startswith("cuda"),
                                        persistent_workers=workers > 0)
 
 
@@ -212,30 +241,29 @@ def _normalise(images: Any) -> Any:
     return (images.float() / 255 - mean) / std
 
 
-def _evaluate(model: Any, loader: Any, device: str, cfg: TrainConfig) -> tuple[float, Any, Any]:
-    """Accuracy plus SR-MAC descriptors (learned saliency) of a validation pass."""
+def _evaluate(model: Any, loader: Any, device: str, cfg: TrainConfig) -> tuple[int, list[Any]]:
+    """Correct predictions plus SR-MAC descriptors (learned saliency, one CPU tensor per batch)
+    of an evaluation pass over ``loader``."""
     import torch
 
     from manet.manet_math import resize_map
     from manet.pooling import srmac
 
     model.eval()
-    correct = total = 0
-    descriptors, labels = [], []
+    correct = 0
+    descriptors = []
     with torch.inference_mode():
         for images, masks, target in loader:
             images, masks, target = images.to(device), masks.to(device), target.to(device)
             out = model(_normalise(images), masks[:, 1:2].float() / 255 if cfg.text else None)
             correct += int((out["logits"].argmax(1) == target).sum())
-            total += len(target)
             features = out["weighted"].float()
             saliency = (resize_map(torch.sigmoid(out["saliency_logits"].float()), features.shape[-2:])
                         if out["saliency_logits"] is not None else torch.ones_like(features[:, :1]))
             pooled = srmac(features, saliency)
             descriptors.append(torch.nn.functional.normalize(pooled, dim=1).cpu())
-            labels.append(target.cpu())
     _train_mode(model, cfg)
-    return correct / max(1, total), torch.cat(descriptors), torch.cat(labels)
+    return correct, descriptors
 
 
 def _retrieval_map7(val_desc: Any, val_products: np.ndarray, gallery_desc: Any, gallery_products: np.ndarray) -> float:
@@ -260,19 +288,52 @@ def _products_of(db: Database, image_ids: list[int]) -> dict[int, int]:
         return {row.id: row.product_id if row.product_id is not None else -row.id for row in rows}
 
 
+def _starting_point(cfg: TrainConfig, last: Path, resume: bool) -> tuple[int, dict[str, Any] | None]:
+    """(finished epochs, checkpoint state) of the run to continue, or (0, None) for a new run."""
+    import torch
+
+    if not resume:
+        if last.exists():
+            raise ManetError(f"a training run named '{cfg.name}' exists ({last}); add --resume or pick another --name")
+        return 0, None
+    if not last.is_file():
+        raise ManetError(f"no checkpoint to resume at {last}; start without --resume")
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    saved = state["config"]
+    if saved["backbone"] != cfg.backbone or saved["saliency"] != cfg.saliency or saved["text"] != cfg.text:
+        raise ManetError(
+            f"checkpoint {last} is a {saved['backbone']} (saliency={saved['saliency']}, "
+            f"text={saved['text']}), not a {cfg.backbone} (saliency={cfg.saliency}, text={cfg.text}); "
+            f"resume with the same settings or train under another --name"
+        )
+    return int(state["epoch"]), state
+
+
+def _restore_schedule(optimizer: Any, scheduler: Any, base_lrs: Sequence[float], step: int) -> None:
+    """Continue the LR schedule at ``step`` with this run's base learning rates: a run resumed
+    with another number of processes has another global batch, steps per epoch and LR."""
+    scheduler.base_lrs = list(base_lrs)
+    scheduler.last_epoch = step
+    factor = scheduler.lr_lambdas[0](step)
+    for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+        group["initial_lr"] = base
+        group["lr"] = base * factor
+
+
 def train(db: Database, registry: Registry, cfg: TrainConfig, *, device: str, resume: bool = False,
           progress: bool = False, say: Callable[[str], None] = lambda _m: None) -> TrainReport:
-    """Train MANet (or the plain classifier with both branches off) and register the model."""
-    import torch
-    from tqdm import tqdm
+    """Train MANet (or the plain classifier with both branches off) and register the model.
 
-    from manet.manet_math import dice_loss
-    from manet.manet_model import MANetConfig, build_manet
-    from manet.models import save_trained_model
+    One process, or one rank of a torchrun job (see :mod:`manet.distributed`): then only
+    rank 0 calls ``say``, shows progress, writes the checkpoint and the models row; every rank
+    returns the same report.
+    """
+    from manet import distributed
     from manet.trainset import training_images
 
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ManetError("--epochs and --batch-size must be at least 1")
+    distributed.scaled_learning_rate(cfg.lr, 1, cfg.lr_scaling)  # an unknown rule fails before any work
     backbone = registry.create("backbone", cfg.backbone)
     if cfg.image_size < 2 * backbone.stride or cfg.image_size % backbone.stride:
         raise ManetError(
@@ -289,31 +350,46 @@ def train(db: Database, registry: Registry, cfg: TrainConfig, *, device: str, re
         empty = "train" if not train_rows else "val"
         raise ManetError(f"the {empty} split of training set '{cfg.training_set}' is empty; "
                          f"rebuild it with more images or another --val-fraction")
+    with distributed.session(device) as group:
+        main = group.info.is_main
+        return _fit(db, registry, cfg, group, classes, [(r[0], r[1], r[2]) for r in train_rows],
+                    [(r[0], r[1], r[2]) for r in val_rows], resume=resume, progress=progress and main,
+                    say=say if main else (lambda _m: None))
 
+
+def _fit(db: Database, registry: Registry, cfg: TrainConfig, group: Any, classes: list[str],
+         items_train: list[tuple[int, str, int]], items_val: list[tuple[int, str, int]], *, resume: bool,
+         progress: bool, say: Callable[[str], None]) -> TrainReport:
+    """The training loop of :func:`train` inside its (possibly single-process) session ``group``."""
+    import torch
+    from torch.utils.data.distributed import DistributedSampler
+    from tqdm import tqdm
+
+    from manet.distributed import (
+        default_loader_workers,
+        gathered_order,
+        scaled_learning_rate,
+        shard,
+        state_checksum,
+    )
+    from manet.manet_math import dice_loss
+    from manet.manet_model import MANetConfig, build_manet
+    from manet.models import save_trained_model
+
+    info, device = group.info, group.device
+    rank, world = info.rank, info.world_size
     directory = checkpoint_dir(cfg)
     last = directory / "last.pt"
-    start_epoch, state = 0, None
-    if resume:
-        if not last.is_file():
-            raise ManetError(f"no checkpoint to resume at {last}; start without --resume")
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        saved = state["config"]
-        if saved["backbone"] != cfg.backbone or saved["saliency"] != cfg.saliency or saved["text"] != cfg.text:
-            raise ManetError(
-                f"checkpoint {last} is a {saved['backbone']} (saliency={saved['saliency']}, "
-                f"text={saved['text']}), not a {cfg.backbone} (saliency={cfg.saliency}, text={cfg.text}); "
-                f"resume with the same settings or train under another --name"
-            )
-        start_epoch = int(state["epoch"])
-        cfg.epochs = max(cfg.epochs, start_epoch)
-    elif last.exists():
-        raise ManetError(f"a training run named '{cfg.name}' exists ({last}); add --resume or pick another --name")
+    # Rank 0 reads the checkpoint and hands the same state to every rank (no shared disk needed).
+    start_epoch, state = group.broadcast_from_main(lambda: _starting_point(cfg, last, resume))
+    cfg.epochs = max(cfg.epochs, start_epoch)
+    cfg.world_size = world
 
     torch.manual_seed(cfg.seed)
     manet_cfg = MANetConfig(**cfg.manet_config(len(classes)))
-    model = build_manet(manet_cfg, registry).to(device)
+    net = build_manet(manet_cfg, registry).to(device)
     if device.startswith("cuda"):
-        model = model.to(memory_format=torch.channels_last)
+        net = net.to(memory_format=torch.channels_last)
 
     estimator = registry.create("saliency_estimator", cfg.saliency_estimator)
     detector = None
@@ -322,28 +398,37 @@ def train(db: Database, registry: Registry, cfg: TrainConfig, *, device: str, re
 
         cfg.text_detector = cfg.text_detector or default_text_detector()
         detector = registry.create("text_detector", cfg.text_detector)
-    items_train = [(r[0], r[1], r[2]) for r in train_rows]
-    items_val = [(r[0], r[1], r[2]) for r in val_rows]
-    say(f"{len(items_train)} training / {len(items_val)} validation images, {len(classes)} categories")
-    masks = compute_masks(items_train + items_val, estimator, detector,
-                          round(cfg.image_size * BASE_SCALE), progress)
+    say(f"{len(items_train)} training / {len(items_val)} validation images, {len(classes)} categories"
+        + (f", {world} processes" if world > 1 else ""))
+    # Each rank computes the masks of its shard once; every rank then holds all of them.
+    masks: dict[int, Any] = {}
+    for part in group.all_gather(compute_masks(shard(items_train + items_val, rank, world), estimator, detector,
+                                               round(cfg.image_size * BASE_SCALE), progress)):
+        masks.update(part)
 
-    workers = cfg.num_workers if cfg.num_workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
-    train_loader = _loader(TrainingImages(items_train, masks, cfg.image_size, True), cfg.batch_size, True,
-                           workers, cfg.seed, device)
-    eval_train = _loader(TrainingImages(items_train, masks, cfg.image_size, False), cfg.batch_size, False,
-                         workers, cfg.seed, device)
-    eval_val = _loader(TrainingImages(items_val, masks, cfg.image_size, False), cfg.batch_size, False,
-                       workers, cfg.seed, device)
+    workers = (cfg.num_workers if cfg.num_workers is not None
+               else default_loader_workers(os.cpu_count() or 1, info.local_world_size))
+    train_set = TrainingImages(items_train, masks, cfg.image_size, True)
+    # The shuffle of epoch e is seeded with epoch_seed(seed, e) (DistributedSampler adds the epoch
+    # to its seed); every rank shuffles alike and takes its own slice of the permutation.
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
+                                 seed=epoch_seed(cfg.seed, 0))
+    train_loader = _loader(train_set, cfg.batch_size, workers, device, sampler)
+    # Evaluation: each rank its shard, descriptors gathered in gathered_order.
+    eval_train = _loader(TrainingImages(shard(items_train, rank, world), masks, cfg.image_size, False),
+                         cfg.batch_size, workers, device)
+    eval_val = _loader(TrainingImages(shard(items_val, rank, world), masks, cfg.image_size, False),
+                       cfg.batch_size, workers, device)
     product_of = _products_of(db, [i for i, _, _ in items_train + items_val])
-    gallery_products = np.array([product_of[i] for i, _, _ in items_train])
-    val_products = np.array([product_of[i] for i, _, _ in items_val])
+    gallery_products = np.array([product_of[i] for i, _, _ in gathered_order(items_train, world)])
+    val_products = np.array([product_of[i] for i, _, _ in gathered_order(items_val, world)])
 
-    backbone_params = list(model.stages.parameters())
+    lr = scaled_learning_rate(cfg.lr, world, cfg.lr_scaling)
+    backbone_params = list(net.stages.parameters())
     backbone_ids = {id(p) for p in backbone_params}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in backbone_ids], "lr": cfg.lr}]
+    groups = [{"params": [p for p in net.parameters() if id(p) not in backbone_ids], "lr": lr}]
     if cfg.backbone_lr_scale > 0:
-        groups.append({"params": backbone_params, "lr": cfg.lr * cfg.backbone_lr_scale})
+        groups.append({"params": backbone_params, "lr": lr * cfg.backbone_lr_scale})
     else:  # frozen backbone: only the attention branch and the head learn
         for param in backbone_params:
             param.requires_grad_(False)
@@ -352,21 +437,26 @@ def train(db: Database, registry: Registry, cfg: TrainConfig, *, device: str, re
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, cfg.epochs * steps_per_epoch,
                                               round(cfg.warmup_epochs * steps_per_epoch)))
-    report = TrainReport(cfg.name, device, str(last), resumed_from=start_epoch)
+    report = TrainReport(cfg.name, device, str(last), resumed_from=start_epoch, world_size=world,
+                         global_batch_size=world * cfg.batch_size, learning_rate=lr, rank=rank)
     history: list[dict[str, Any]] = []
     if state is not None:
-        model.load_state_dict(state["model"])
+        base_lrs = list(scheduler.base_lrs)  # this run's; loading the optimizer brings the saved run's
+        net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        _restore_schedule(optimizer, scheduler, base_lrs, start_epoch * steps_per_epoch)
         history = state.get("history", [])
         say(f"resuming '{cfg.name}' after epoch {start_epoch}")
+    model = group.wrap(net)  # DistributedDataParallel under torchrun: rank 0's weights, reduced gradients
 
-    directory.mkdir(parents=True, exist_ok=True)
-    _train_mode(model, cfg)
+    if info.is_main:
+        directory.mkdir(parents=True, exist_ok=True)
+    _train_mode(net, cfg)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         started = time.perf_counter()
-        # Shuffle order is a function of (seed, epoch), so a resumed run sees the same order.
-        train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
+        sampler.set_epoch(epoch)
+        torch.manual_seed(augmentation_seed(cfg.seed, epoch, rank))
+        train_loader.generator.manual_seed(augmentation_seed(cfg.seed, epoch, rank))
         totals = {"loss": 0.0, "ce": 0.0, "dice": 0.0, "correct": 0, "seen": 0}
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress)
         for images, masks_batch, target in bar:
@@ -391,23 +481,32 @@ def train(db: Database, registry: Registry, cfg: TrainConfig, *, device: str, re
             totals["seen"] += n
             bar.set_postfix(loss=f"{totals['loss'] / totals['seen']:.3f}",
                             acc=f"{totals['correct'] / totals['seen']:.3f}")
-        val_accuracy, val_desc, _ = _evaluate(model, eval_val, device, cfg)
-        _, gallery_desc, _ = _evaluate(model, eval_train, device, cfg)
-        seen = max(1, totals["seen"])
-        metrics = EpochMetrics(epoch, totals["loss"] / seen, totals["ce"] / seen, totals["dice"] / seen,
-                               totals["correct"] / seen, val_accuracy,
-                               _retrieval_map7(val_desc, val_products, gallery_desc, gallery_products),
+        loss_sum, ce_sum, dice_sum, correct, seen = group.sum(
+            [totals["loss"], totals["ce"], totals["dice"], totals["correct"], totals["seen"]])
+        group.sync_buffers(net)
+        val_correct, val_desc = _evaluate(net, eval_val, device, cfg)
+        _, gallery_desc = _evaluate(net, eval_train, device, cfg)
+        parts = group.all_gather((val_correct, val_desc, gallery_desc))
+        seen = max(1.0, seen)
+        metrics = EpochMetrics(epoch, loss_sum / seen, ce_sum / seen, dice_sum / seen, correct / seen,
+                               sum(p[0] for p in parts) / len(items_val),
+                               _retrieval_map7(torch.cat([t for p in parts for t in p[1]]), val_products,
+                                               torch.cat([t for p in parts for t in p[2]]), gallery_products),
                                time.perf_counter() - started)
         report.epochs.append(metrics)
         history.append(asdict(metrics))
-        payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                   "scheduler": scheduler.state_dict(), "epoch": epoch, "config": asdict(cfg),
-                   "manet": asdict(manet_cfg), "classes": classes, "history": history}
-        tmp = directory / "last.pt.tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, last)  # atomic: an interrupt never leaves a half-written checkpoint
-        save_trained_model(db, registry, cfg, asdict(manet_cfg), str(last), classes, history)
+        if info.is_main:
+            payload = {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                       "scheduler": scheduler.state_dict(), "epoch": epoch, "config": asdict(cfg),
+                       "manet": asdict(manet_cfg), "classes": classes, "history": history}
+            tmp = directory / "last.pt.tmp"
+            torch.save(payload, tmp)
+            os.replace(tmp, last)  # atomic: an interrupt never leaves a half-written checkpoint
+            save_trained_model(db, registry, cfg, asdict(manet_cfg), str(last), classes, history)
         say(f"epoch {epoch}: loss {metrics.loss:.4f} (ce {metrics.ce:.4f}, dice {metrics.dice:.4f}) "
             f"train acc {metrics.train_accuracy:.3f} val acc {metrics.val_accuracy:.3f} "
             f"val MAP@7 {metrics.val_map7:.4f} ({metrics.seconds:.0f} s)")
+    report.parameter_checksums = group.all_gather(state_checksum(net.state_dict()))
+    if len(set(report.parameter_checksums)) > 1:
+        say("warning: the training processes ended with different weights; the checkpoint holds rank 0's")
     return report

@@ -56,3 +56,17 @@ def populated(retriever, small_catalogue):
     retriever.extract("tiny")
     retriever.build_index("tiny")
     return retriever
+
+
+@pytest.fixture(scope="module")
+def training_catalogue(retriever, tmp_path_factory):
+    """8 products (96 px), each with a catalogue image, a shopper photo and 2 training photos,
+    ingested, with training set ``default`` built from the manifest's categories."""
+    from manet.synthetic import generate_catalogue
+    from manet.trainset import build_training_set
+
+    manifest = generate_catalogue(tmp_path_factory.mktemp("train-catalogue"), products=8, photos_per_product=1,
+                                  train_photos_per_product=2, size=96, seed=3)
+    retriever.ingest("manifest", manifest)
+    build_training_set(retriever.db, per_category=20, val_fraction=0.25, seed=0, source="manual")
+    return retriever

@@ -19,15 +19,8 @@ from manet.train import TrainConfig, warmup_cosine
 
 
 @pytest.fixture(scope="module")
-def prepared(retriever, tmp_path_factory):
-    from manet.synthetic import generate_catalogue
-    from manet.trainset import build_training_set
-
-    manifest = generate_catalogue(tmp_path_factory.mktemp("train-catalogue"), products=8, photos_per_product=1,
-                                  train_photos_per_product=2, size=96, seed=3)
-    retriever.ingest("manifest", manifest)
-    build_training_set(retriever.db, per_category=20, val_fraction=0.25, seed=0, source="manual")
-    return retriever
+def prepared(training_catalogue):
+    return training_catalogue
 
 
 @pytest.fixture(scope="module")
