@@ -1,0 +1,45 @@
+"""`manet bench extract` end to end on a tiny model: real generated JPEG files, the real
+embedded database (the module's empty one serves as the scratch database)."""
+
+from __future__ import annotations
+
+import json
+
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from manet.cli import cli
+
+KEYS = ("model_only_ips", "end_to_end_ips", "naive_ips", "peak_rss_mb", "device", "e2e_over_model",
+        "e2e_over_naive", "gpu_peak_memory_mb", "batch_size", "image_size", "images", "backbone", "pooling",
+        "torch", "threads", "decode_workers", "decode_worker_peak_rss_mb", "device_decode")
+
+
+def test_bench_extract_json(database_url, monkeypatch):
+    monkeypatch.delenv("MANET_DEVICE", raising=False)
+    result = CliRunner().invoke(cli, [
+        "--quiet", "--database-url", database_url, "bench", "extract", "--backbone", "resnet18",
+        "--image-size", "64", "--images", "12", "--source-size", "96", "--batch-size", "4",
+        "--naive-images", "3", "--device", "cpu", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert all(key in report for key in KEYS), sorted(set(KEYS) - set(report))
+    assert report["device"] == "cpu" and report["gpu_peak_memory_mb"] is None
+    assert (report["backbone"], report["pooling"], report["image_size"], report["batch_size"]) == \
+        ("resnet18", "srmac", 64, 4)
+    for key in ("model_only_ips", "end_to_end_ips", "naive_ips", "peak_rss_mb", "e2e_over_model", "e2e_over_naive"):
+        assert report[key] > 0, key
+    assert report["images"] == 12 and report["failed"] == 0 and report["naive_images"] == 3
+
+    engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        written = dict(conn.execute(sa.text(
+            "SELECT m.name, count(*) FROM descriptors d JOIN models m ON m.id = d.model_id GROUP BY m.name")).all())
+    engine.dispose()
+    assert written == {"bench": 12, "bench-naive": 4}  # the naive loop's warm-up image is stored too
+
+
+def test_bench_extract_rejects_a_bad_image_dir(database_url, tmp_path):
+    result = CliRunner().invoke(cli, ["--quiet", "--database-url", database_url, "bench", "extract",
+                                      "--image-dir", str(tmp_path / "missing"), "--device", "cpu"])
+    assert result.exit_code == 2 and "does not exist" in result.output  # before any database work
