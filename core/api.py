@@ -136,17 +136,45 @@ class Retriever:
         """The model's descriptor pipeline on this Retriever's device (built once)."""
         if name not in self._pipelines:
             record = self.model(name)
-            self._pipelines[name] = build_pipeline(record.config, self.registry).to(self.device)
+            projection = None
+            if record.config.projection is not None:  # a whitened model: its projection is stored
+                from manet.whitening import load_projection
+
+                projection = load_projection(self.db, record.id, record.name)
+            self._pipelines[name] = build_pipeline(record.config, self.registry, projection).to(self.device)
         return self._pipelines[name]
 
+    def whiten_model(self, name: str, base: str, dims: int, *, max_rows: int = 20_000) -> ModelRecord:
+        """Model ``name``: ``base`` followed by a PCA-whitening to ``dims`` learned on its catalogue;
+        every descriptor ``base`` has is projected into it (see :func:`manet.models.whiten_model`)."""
+        from manet.models import whiten_model
+
+        return whiten_model(self.db, self.registry, name, base, dims, max_rows=max_rows)
+
+    def augment_model(self, name: str, base: str, *, rerank: str = "dba",
+                      rerank_params: dict[str, Any] | None = None) -> ModelRecord:
+        """Model ``name``: ``base`` with its catalogue descriptors augmented by re-ranker ``rerank``
+        (DBA), for SQL search (see :func:`manet.models.augment_model`)."""
+        from manet.models import augment_model
+
+        reranker = self.reranker(rerank, rerank_params)
+        return augment_model(self.db, self.registry, name, base, reranker)
+
+    def reranker(self, name: str, params: dict[str, Any] | None = None) -> Any:
+        """Re-ranker plugin ``name`` with validated ``params``."""
+        return self.registry.create("reranker", name, **(params or {}))
+
     # -- extraction, index, search ----------------------------------------------------
-    def extract(self, model: str, *, batch_size: int = 32, num_workers: int | None = None,
-                max_pixels: int | None = None, split: str | None = None) -> ExtractReport:
+    def extract(self, model: str, *, batch_size: int | None = None, num_workers: int | None = None,
+                max_pixels: int | None = None, split: str | None = None, device_decode: str = "auto",
+                compile: bool = False) -> ExtractReport:
         """Descriptors for every image lacking one for ``model`` (resumable); with ``split``
-        only the catalogue and that split's queries."""
+        only the catalogue and that split's queries. ``batch_size=None`` picks it (measured on
+        CUDA); ``device_decode`` auto|on|off decodes JPEGs in batches on the device (auto: CUDA)."""
         record = self.model(model)
         return extract(self.db, record, self.pipeline(model), device=self.device, batch_size=batch_size,
-                       num_workers=num_workers, max_pixels=max_pixels, progress=self.progress, split=split)
+                       num_workers=num_workers, max_pixels=max_pixels, progress=self.progress, split=split,
+                       device_decode=device_decode, compile=compile)
 
     def work(self, model: str, *, batch_size: int = 32, lease_seconds: float = 300.0, max_attempts: int = 3,
              until_empty: bool = False, max_outage: float = 600.0, say: Any = None) -> Any:
@@ -175,8 +203,11 @@ class Retriever:
 
         return retry_failed(self.db, self.model(model) if model else None)
 
-    def build_index(self, model: str, *, m: int = 16, ef_construction: int = 64) -> IndexReport:
-        return build_index(self.db, self.model(model), m=m, ef_construction=ef_construction)
+    def build_index(self, model: str, *, m: int = 16, ef_construction: int = 64, quantize: str | None = None,
+                    rerank_factor: int | None = None, maintenance_work_mem: str | None = None) -> IndexReport:
+        """(Re)build the model's HNSW index (see :func:`manet.search.build_index`)."""
+        return build_index(self.db, self.model(model), m=m, ef_construction=ef_construction, quantize=quantize,
+                           rerank_factor=rerank_factor, maintenance_work_mem=maintenance_work_mem)
 
     def embed(self, model: str, paths: Sequence[str | Path]) -> np.ndarray:
         """Descriptors of image files under ``model`` (not stored)."""
@@ -195,22 +226,47 @@ class Retriever:
         category: str | None = None,
         brand: str | None = None,
         ef_search: int | None = None,
+        rerank: str | None = None,
+        rerank_params: dict[str, Any] | None = None,
+        shortlist: int = 50,
     ) -> list[Hit]:
-        """Top-k catalogue images for an image file, a stored image id, or a vector."""
+        """Top-k catalogue images for an image file, a stored image id, or a vector.
+
+        With ``rerank`` (a re-ranker plugin name), the index's top ``shortlist`` is re-ranked on
+        the candidates' stored descriptors and its top k returned.
+        """
         given = [x is not None for x in (image, image_id, vector)]
         if sum(given) != 1:
             raise ManetError("give exactly one of an image path, --image-id or a vector")
+        reranker = None
+        if rerank is not None:  # bad names and parameters fail before any work
+            from manet.search_rerank import check_query_reranker
+
+            reranker = self.reranker(rerank, rerank_params)
+            check_query_reranker(reranker, k, shortlist)
         record = self.model(model)
         if image is not None:
             vector = self.embed(model, [image])[0]
         elif image_id is not None:
             vector = stored_descriptor(self.db, record, image_id)
-        return search_vector(self.db, record, vector, k=k, category=category, brand=brand,
-                             ef_search=ef_search)
+        if reranker is None:
+            return search_vector(self.db, record, vector, k=k, category=category, brand=brand,
+                                 ef_search=ef_search)
+        # The HNSW candidate list is at least the shortlist, so the shortlist is the index's best.
+        hits = search_vector(self.db, record, vector, k=shortlist, category=category, brand=brand,
+                             ef_search=ef_search or max(shortlist, 40))
+        from manet.search_rerank import rerank_hits
 
-    def evaluate(self, model: str, *, split: str | None = None, k: int = 7,
-                 normaliser: str = "min") -> EvalResult:
-        return evaluate(self.db, self.model(model), split=split, k=k, normaliser=normaliser)
+        return rerank_hits(self.db, record, vector, hits, reranker, k)
+
+    def evaluate(self, model: str, *, split: str | None = None, k: int = 7, normaliser: str = "min",
+                 rerank: str | None = None, rerank_params: dict[str, Any] | None = None,
+                 shortlist: int = 50) -> EvalResult:
+        """Exact-ranking metrics of ``model``; with ``rerank``, each query's top ``shortlist`` is
+        re-ranked by that re-ranker plugin (DBA augments the catalogue instead)."""
+        reranker = None if rerank is None else self.reranker(rerank, rerank_params)
+        return evaluate(self.db, self.model(model), split=split, k=k, normaliser=normaliser, reranker=reranker,
+                        shortlist=shortlist)
 
     def compare(self, models: Sequence[str], *, split: str | None = None, k: int = 7,
                 normaliser: str = "min") -> list[EvalResult]:

@@ -11,9 +11,10 @@ from typing import Any
 import click
 
 from manet import __version__, config
-from manet.cli_common import JSON_OPTION, ManetGroup, State, _echo_json, _params, pass_state
 from manet.cli_bench import bench
+from manet.cli_common import BATCH_SIZE, JSON_OPTION, ManetGroup, State, _echo_json, _params, pass_state
 from manet.cli_training_data import categories, dataset
+from manet.distributed import LR_SCALING_RULES
 from manet.errors import ManetError
 
 
@@ -253,6 +254,52 @@ def models_list(state: State, as_json: bool) -> None:
                    f"{c['pooling']:<7} {row['dim']:>5} dims {row['descriptors']:>8} descriptors")
 
 
+#: The -r option of the commands taking --rerank, named in errors about its values.
+RERANK_PARAM = "-r/--rerank-param"
+
+
+@models.command("whiten")
+@click.argument("base")
+@click.option("--dims", required=True, type=int, help="Output dimensions (fewer than the catalogue's images).")
+@click.option("--name", required=True, help="Name of the new, whitened model.")
+@click.option("--max-rows", default=20_000, show_default=True,
+              help="Catalogue descriptors to fit on (a uniform sample above this).")
+@JSON_OPTION
+@pass_state
+def models_whiten(state: State, base: str, dims: int, name: str, max_rows: int, as_json: bool) -> None:
+    """Model NAME = BASE + PCA-whitening to --dims learned on BASE's catalogue (no re-extraction)."""
+    record = state.retriever.whiten_model(name, base, dims, max_rows=max_rows)
+    if as_json:
+        _echo_json(record.as_dict())
+    else:
+        click.echo(f"model '{record.name}' created: {base} whitened to {record.dim} dims "
+                   f"(fitted on {record.metrics['whitening']['fitted_rows']} catalogue descriptors)")
+
+
+@models.command("augment")
+@click.argument("base")
+@click.option("--name", required=True, help="Name of the new model with the augmented catalogue.")
+@click.option("--rerank", "rerank", default="dba", show_default=True, help="Re-ranker that augments a catalogue.")
+@click.option("-r", "--rerank-param", "rerank_params", multiple=True, metavar="KEY=VALUE",
+              help="Re-ranker parameter (repeatable), e.g. -r top_n=3 -r alpha=3.")
+@JSON_OPTION
+@pass_state
+def models_augment(state: State, base: str, name: str, rerank: str, rerank_params: tuple[str, ...],
+                   as_json: bool) -> None:
+    """Model NAME = BASE with its catalogue descriptors augmented (DBA), for SQL search.
+
+    Run it again after the catalogue changes: images extracted later are not augmented.
+    """
+    record = state.retriever.augment_model(name, base, rerank=rerank,
+                                           rerank_params=_params(rerank_params, RERANK_PARAM))
+    if as_json:
+        _echo_json(record.as_dict())
+    else:
+        info = record.metrics["augmented"]
+        click.echo(f"model '{record.name}' created: {base} with {info['rows']} catalogue descriptors augmented "
+                   f"by {info['reranker']} {info['params']} in {info['seconds']:.2f} s")
+
+
 @models.command("delete")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -269,29 +316,34 @@ def models_delete(state: State, name: str, yes: bool) -> None:
 # -- extract / index / search / eval ---------------------------------------------------------
 @cli.command()
 @click.option("--model", "model", required=True, help="Model name (see `manet models list`).")
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--batch-size", type=BATCH_SIZE, default="auto", show_default=True,
+              help="Images per forward pass, or auto (measured against free GPU memory on CUDA; 8 on the CPU).")
 @click.option("--workers", "processes", type=int, default=0,
               help="Run N `manet worker` processes here instead (shared queue, crash-safe).")
 @click.option("--decode-workers", "num_workers", type=int, default=None,
               help="DataLoader decoding processes (default: auto).")
+@click.option("--gpu-decode", "device_decode", type=click.Choice(["auto", "on", "off"]), default="auto",
+              show_default=True, help="Decode JPEGs in batches on the device (nvjpeg); auto = on CUDA only.")
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the pipeline first.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]),
               help="Only the catalogue and the query images of this split.")
 @JSON_OPTION
 @pass_state
-def extract(state: State, model: str, batch_size: int, processes: int, num_workers: int | None,
-            split: str | None, as_json: bool) -> None:
+def extract(state: State, model: str, batch_size: int | None, processes: int, num_workers: int | None,
+            device_decode: str, compile_model: bool, split: str | None, as_json: bool) -> None:
     """Compute descriptors for every image that lacks one (resumable)."""
     if processes > 0:
         if split is not None:
             raise click.UsageError("--split works with a single process; drop --workers")
-        totals = _run_local_workers(state, model, processes, batch_size)
+        totals = _run_local_workers(state, model, processes, batch_size or 32)
         if as_json:
             _echo_json(totals)
         else:
             click.echo(f"{totals['extracted']} descriptors written, {totals['failed']} failed "
                        f"by {processes} workers")
         return
-    report = state.retriever.extract(model, batch_size=batch_size, num_workers=num_workers, split=split)
+    report = state.retriever.extract(model, batch_size=batch_size, num_workers=num_workers, split=split,
+                                     device_decode=device_decode, compile=compile_model)
     if as_json:
         _echo_json(report.as_dict())
     else:
@@ -403,17 +455,26 @@ def index() -> None:
 @click.option("--model", "model", required=True)
 @click.option("--m", "m", default=16, show_default=True, help="HNSW graph degree.")
 @click.option("--ef-construction", default=64, show_default=True)
+@click.option("--quantize", type=click.Choice(["none", "halfvec", "binary"]),
+              help="Index vector (<= 2,000 dims), halfvec (<= 4,000) or binary (Hamming + exact re-rank); "
+                   "default: as last built, else by dimension.")
+@click.option("--rerank-factor", type=click.IntRange(1, 100),
+              help="Candidates per result re-ranked exactly (halfvec default 4, binary 10).")
+@click.option("--maintenance-work-mem", help="Build memory, e.g. 2GB (default: estimated from the rows, <= 4GB).")
 @JSON_OPTION
 @pass_state
-def index_build(state: State, model: str, m: int, ef_construction: int, as_json: bool) -> None:
+def index_build(state: State, model: str, m: int, ef_construction: int, quantize: str | None, rerank_factor: int | None,
+                maintenance_work_mem: str | None, as_json: bool) -> None:
     """Build the HNSW (inner product) index of a model's catalogue descriptors."""
-    report = state.retriever.build_index(model, m=m, ef_construction=ef_construction)
+    report = state.retriever.build_index(model, m=m, ef_construction=ef_construction, quantize=quantize,
+                                         rerank_factor=rerank_factor, maintenance_work_mem=maintenance_work_mem)
     if as_json:
         _echo_json(report.as_dict())
     else:
         click.echo(f"index {report.name}: {report.rows} rows in {report.seconds:.2f} s "
-                   f"(m={report.m}, ef_construction={report.ef_construction}, "
-                   f"parallel workers {report.parallel_workers})")
+                   f"({report.quantize}, rerank factor {report.rerank_factor}, m={report.m}, "
+                   f"ef_construction={report.ef_construction}, maintenance_work_mem {report.maintenance_work_mem}, "
+                   f"parallel workers {report.parallel_workers}: {report.parallel_reason})")
 
 
 @cli.command()
@@ -423,16 +484,25 @@ def index_build(state: State, model: str, m: int, ef_construction: int, as_json:
 @click.option("-k", "k", default=7, show_default=True)
 @click.option("--category")
 @click.option("--brand")
-@click.option("--ef-search", type=int, help="HNSW candidate list size for this query.")
+@click.option("--ef-search", type=int,
+              help="HNSW candidate list size for this query (default: the server's, 40; 400 with a filter).")
+@click.option("--rerank", "rerank", help="Re-rank the shortlist with this re-ranker (aqe, alpha-qe).")
+@click.option("-r", "--rerank-param", "rerank_params", multiple=True, metavar="KEY=VALUE",
+              help="Re-ranker parameter (repeatable), e.g. -r top_n=3.")
+@click.option("--shortlist", default=50, show_default=True, help="Candidates fetched for --rerank.")
 @JSON_OPTION
 @pass_state
 def search(state: State, image: Path | None, model: str, image_id: int | None, k: int, category: str | None,
-           brand: str | None, ef_search: int | None, as_json: bool) -> None:
+           brand: str | None, ef_search: int | None, rerank: str | None, rerank_params: tuple[str, ...],
+           shortlist: int, as_json: bool) -> None:
     """Top-k catalogue products for IMAGE (a file) or --image-id."""
     if (image is None) == (image_id is None):
         raise click.UsageError("give an IMAGE path or --image-id (one of them)")
+    if rerank_params and rerank is None:
+        raise click.UsageError("-r/--rerank-param sets a re-ranker's parameters: add --rerank NAME")
     hits = state.retriever.search(model, image=image, image_id=image_id, k=k, category=category,
-                                  brand=brand, ef_search=ef_search)
+                                  brand=brand, ef_search=ef_search, rerank=rerank,
+                                  rerank_params=_params(rerank_params, RERANK_PARAM), shortlist=shortlist)
     if as_json:
         _echo_json([hit.as_dict() for hit in hits])
         return
@@ -450,15 +520,23 @@ def search(state: State, image: Path | None, model: str, image_id: int | None, k
 @click.option("-k", "k", default=7, show_default=True)
 @click.option("--normaliser", type=click.Choice(["min", "hits"]), default="min", show_default=True,
               help="AP@k denominator: min(|G|,k) (challenge) or hits in the top k.")
+@click.option("--rerank", "rerank", help="Re-rank each query's shortlist with this re-ranker (aqe, alpha-qe, dba).")
+@click.option("-r", "--rerank-param", "rerank_params", multiple=True, metavar="KEY=VALUE",
+              help="Re-ranker parameter (repeatable), e.g. -r top_n=3.")
+@click.option("--shortlist", default=50, show_default=True,
+              help="Exact top-S re-ranked by --rerank (dba changes the whole catalogue instead).")
 @JSON_OPTION
 @pass_state
 def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models: tuple[str, ...],
-          split: str | None, k: int, normaliser: str, as_json: bool) -> None:
+          split: str | None, k: int, normaliser: str, rerank: str | None, rerank_params: tuple[str, ...],
+          shortlist: int, as_json: bool) -> None:
     """MAP@k, mAP and recall@1/5/7 of queries with a known product against the catalogue.
 
     `manet eval --compare A B C` extracts what is missing and prints one table for all.
     """
     if compare:
+        if rerank is not None:
+            raise click.UsageError("--rerank evaluates one model: use --model NAME")
         names = [*compare, *more_models]
         results = state.retriever.compare(names, split=split, k=k, normaliser=normaliser)
         if as_json:
@@ -473,7 +551,10 @@ def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models
         return
     if model is None or more_models:
         raise click.UsageError("give --model NAME, or --compare MODEL [MODEL ...]")
-    result = state.retriever.evaluate(model, split=split, k=k, normaliser=normaliser)
+    if rerank_params and rerank is None:
+        raise click.UsageError("-r/--rerank-param sets a re-ranker's parameters: add --rerank NAME")
+    result = state.retriever.evaluate(model, split=split, k=k, normaliser=normaliser, rerank=rerank,
+                                      rerank_params=_params(rerank_params, RERANK_PARAM), shortlist=shortlist)
     if as_json:
         _echo_json(result.as_dict())
         return
@@ -481,6 +562,11 @@ def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models
     click.echo(f"{model}: MAP@{k} {m[f'map@{k}']:.4f} (normaliser {normaliser})  mAP {m['map']:.4f}  "
                f"R@1 {m['recall@1']:.4f}  R@5 {m['recall@5']:.4f}  R@7 {m['recall@7']:.4f}  "
                f"queries {result.queries}")
+    if result.reranker is not None:
+        t = result.timing
+        click.echo(f"re-ranked by {result.reranker['name']} {result.reranker['params']} (shortlist "
+                   f"{shortlist}): {t['rerank_ms_per_query']:.3f} ms/query on top of {t['rank_ms_per_query']:.3f} "
+                   f"ms/query exact ranking; catalogue augmentation {t['augment_s']:.3f} s")
 
 
 @cli.command()
@@ -488,12 +574,16 @@ def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models
 @click.option("--backbone", default="resnet50", show_default=True)
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH.")
 @click.option("--epochs", default=10, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--batch-size", default=32, show_default=True,
+              help="Images per step and process (under torchrun the global batch is processes x this).")
 @click.option("--image-size", default=224, show_default=True)
 @click.option("--no-saliency", is_flag=True, help="No saliency branch (with --no-text: the plain classifier).")
 @click.option("--no-text", is_flag=True, help="No text branch.")
 @click.option("--lambda", "lambda_dice", default=1.0, show_default=True, help="Weight of the Dice loss.")
-@click.option("--lr", default=1e-3, show_default=True, help="Learning rate of the attention branch and head.")
+@click.option("--lr", default=1e-3, show_default=True,
+              help="Learning rate of the attention branch and head for one process.")
+@click.option("--lr-scaling", type=click.Choice(LR_SCALING_RULES), default="sqrt", show_default=True,
+              help="Under torchrun with N processes the learning rate is --lr x sqrt(N), x N, or unchanged.")
 @click.option("--backbone-lr-scale", default=0.1, show_default=True,
               help="Backbone learning rate relative to --lr; 0 freezes the backbone.")
 @click.option("--training-set", default="default", show_default=True)
@@ -505,10 +595,14 @@ def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models
 @JSON_OPTION
 @pass_state
 def train(state: State, name: str, backbone: str, weights: str, epochs: int, batch_size: int, image_size: int,
-          no_saliency: bool, no_text: bool, lambda_dice: float, lr: float, backbone_lr_scale: float,
-          training_set: str, text_detector: str,
+          no_saliency: bool, no_text: bool, lambda_dice: float, lr: float, lr_scaling: str,
+          backbone_lr_scale: float, training_set: str, text_detector: str,
           num_workers: int | None, seed: int, resume: bool, device: str | None, as_json: bool) -> None:
-    """Train MANet on the training set (manet dataset build) and store it as a model."""
+    """Train MANet on the training set (manet dataset build) and store it as a model.
+
+    Data-parallel on N GPUs or CPU processes: torchrun --nproc_per_node N --no-python manet train ...
+    (only rank 0 prints and writes; see docs/SCALING.md).
+    """
     from manet.train import TrainConfig
 
     if device:
@@ -516,10 +610,10 @@ def train(state: State, name: str, backbone: str, weights: str, epochs: int, bat
     cfg = TrainConfig(name=name, backbone=backbone, weights=weights, image_size=image_size, epochs=epochs,
                       batch_size=batch_size, saliency=not no_saliency, text=not no_text, lambda_dice=lambda_dice,
                       lr=lr, backbone_lr_scale=backbone_lr_scale, training_set=training_set, text_detector=text_detector, seed=seed,
-                      num_workers=num_workers)
+                      num_workers=num_workers, lr_scaling=lr_scaling)
     say = (lambda _m: None) if as_json else click.echo
     report = state.retriever.train(cfg, resume=resume, say=say)
-    if as_json:
+    if as_json and report.rank == 0:
         _echo_json(report.as_dict())
 
 

@@ -18,18 +18,19 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def _params(pairs: tuple[str, ...]) -> dict[str, str]:
+def _params(pairs: tuple[str, ...], option: str = "-o/--option") -> dict[str, str]:
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="-o/--option")
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint=option)
         out[key.strip()] = value
     return out
 
 
 class ManetGroup(click.Group):
-    """Turns :class:`ManetError` and database outages into one-line errors with exit 1."""
+    """Turns :class:`ManetError`, database outages and writes to a read-only replica into
+    one-line errors with exit 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         import psycopg
@@ -50,6 +51,15 @@ class ManetGroup(click.Group):
             raise click.ClickException(
                 f"lost the database connection to {url or 'PostgreSQL'}: {reason}; start the server "
                 f"and re-run: finished batches are kept"
+            ) from None
+        except (sqlalchemy.exc.InternalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
+            if not isinstance(getattr(exc, "orig", None) or exc, psycopg.errors.ReadOnlySqlTransaction):
+                raise
+            state = ctx.find_object(State)
+            url = state.connected_url() if state is not None else None
+            raise click.ClickException(
+                f"{url or 'the database'} is read-only (a standby replica) and this command writes; point "
+                f"MANET_DATABASE_URL at the primary server (replicas serve searches only)"
             ) from None
 
 
@@ -79,3 +89,21 @@ class State:
 pass_state = click.make_pass_decorator(State)
 
 
+class BatchSizeType(click.ParamType):
+    """A positive integer, or ``auto`` (returned as None: the extraction code chooses)."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            return None
+        try:
+            size = int(value)
+        except (TypeError, ValueError):
+            size = 0
+        if size < 1:
+            self.fail(f"{value!r} is neither a positive integer nor 'auto'", param, ctx)
+        return size
+
+
+BATCH_SIZE = BatchSizeType()
