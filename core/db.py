@@ -47,6 +47,19 @@ def as_array(value: Any) -> "np.ndarray":
     return np.asarray(value, dtype=np.float32)
 
 
+def vector_connection(pooled: Any) -> Any:
+    """The psycopg connection of a pooled connection, with pgvector's types registered once
+    (a catalogue lookup each time would cost a round trip). ``pooled.info`` lives exactly as
+    long as the underlying connection, so a reconnected one registers again."""
+    from pgvector.psycopg import register_vector
+
+    if not pooled.info.get("pgvector_registered"):
+        register_vector(pooled.driver_connection)
+        pooled.driver_connection.commit()
+        pooled.info["pgvector_registered"] = True
+    return pooled.driver_connection
+
+
 def redact(url: str) -> str:
     """The URL with any password hidden, for messages."""
     return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
@@ -131,12 +144,9 @@ class Database:
     @contextmanager
     def raw(self) -> Iterator[Any]:
         """A psycopg 3 connection with pgvector types registered (for binary COPY)."""
-        from pgvector.psycopg import register_vector
-
         pooled = self.engine.raw_connection()
         try:
-            conn = pooled.driver_connection
-            register_vector(conn)
+            conn = vector_connection(pooled)
             yield conn
             conn.commit()
         except BaseException:

@@ -95,8 +95,6 @@ def evaluate(db: Database, model: ModelRecord, *, split: str | None = None, k: i
     With ``reranker`` (a re-ranker plugin), each query's exact top ``shortlist`` is re-ranked
     before scoring; one that augments the catalogue (DBA) is applied to the gallery first.
     """
-    from manet.reranking import augments_catalogue
-
     if normaliser not in ("min", "hits"):
         raise ManetError(f"unknown normaliser '{normaliser}'; use min (the challenge's) or hits")
     if reranker is not None and not k <= shortlist <= 10_000:
@@ -117,7 +115,7 @@ def evaluate(db: Database, model: ModelRecord, *, split: str | None = None, k: i
         )
     gallery_matrix = _matrix(gallery, model.dim)
     timing = {"augment_s": 0.0, "rank_ms_per_query": 0.0, "rerank_ms_per_query": 0.0}
-    augmenting = reranker is not None and augments_catalogue(reranker)
+    augmenting = reranker is not None and reranker.augments_catalogue
     if augmenting:  # the catalogue changes, the query side is the plain ranking
         started = time.perf_counter()
         gallery_matrix = reranker.augment(gallery_matrix)

@@ -164,12 +164,23 @@ class AttentionBranch(Plugin):
 
 
 class Reranker(Plugin):
-    """Re-orders a top-k result using the descriptors of the query and the candidates."""
+    """Re-orders a top-k result using the descriptors of the query and the candidates.
+
+    A re-ranker that transforms the whole catalogue instead (database-side augmentation) sets
+    ``augments_catalogue`` and implements :meth:`augment`; evaluation applies it to the gallery,
+    and ``manet models augment`` stores the augmented catalogue for SQL search.
+    """
 
     kind = "reranker"
+    #: True when the plugin implements :meth:`augment` (the catalogue changes, not the query).
+    augments_catalogue: ClassVar[bool] = False
 
     def rerank(self, query: Any, candidates: Any, scores: Any) -> Any:
         """Return new scores for ``candidates`` (k, D) given ``query`` (D,) and ``scores`` (k,)."""
+        raise NotImplementedError
+
+    def augment(self, gallery: Any) -> Any:
+        """Return the augmented catalogue descriptors (N, D) for ``gallery`` (N, D), L2-normalised."""
         raise NotImplementedError
 
 

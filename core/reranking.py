@@ -81,9 +81,3 @@ def rerank_shortlist(reranker: Any, query: np.ndarray, candidates: np.ndarray,
                                             np.asarray(candidates, dtype=np.float32),
                                             np.asarray(scores, dtype=np.float32)), dtype=np.float32)
     return np.argsort(-new_scores, kind="stable"), new_scores
-
-
-def augments_catalogue(reranker: Any) -> bool:
-    """True for a re-ranker that transforms the whole catalogue (DBA) rather than a shortlist:
-    it has ``augment(gallery (N, D)) -> (N, D)``."""
-    return callable(getattr(reranker, "augment", None))

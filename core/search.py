@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from manet.db import Database, as_array
+from manet.db import Database, as_array, vector_connection
 from manet.errors import ManetError, NotFoundError
 from manet.models import ModelRecord
 
@@ -303,18 +303,6 @@ def execute_search(conn: Any, sql: str, params: dict[str, Any], settings: dict[s
     return conn.execute(driver_sql(sql), params).fetchall()
 
 
-def _registered(pooled: Any) -> Any:
-    """The psycopg connection of a pooled connection, with pgvector's types registered once
-    (so vectors travel in binary). ``pooled.info`` lives as long as the connection itself."""
-    from pgvector.psycopg import register_vector
-
-    if not pooled.info.get("pgvector_registered"):
-        register_vector(pooled.driver_connection)
-        pooled.driver_connection.commit()
-        pooled.info["pgvector_registered"] = True
-    return pooled.driver_connection
-
-
 def search_vector(
     db: Database,
     model: ModelRecord,
@@ -343,7 +331,7 @@ def search_vector(
                 "hnsw.ef_search": None if ef_search is None else str(int(ef_search))}
     with db.engine.connect() as sa_conn:
         pooled = sa_conn.connection
-        conn = _registered(pooled)
+        conn = vector_connection(pooled)
         # Autocommit: no BEGIN/COMMIT round trips for a read; the session settings persist on
         # this pooled connection (remembered in its info) and only changes are sent.
         conn.autocommit = True

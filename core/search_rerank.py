@@ -16,13 +16,13 @@ import numpy as np
 from manet.db import Database, as_array
 from manet.errors import ManetError
 from manet.models import ModelRecord
-from manet.reranking import augments_catalogue, rerank_shortlist
+from manet.reranking import rerank_shortlist
 from manet.search import Hit
 
 
 def check_query_reranker(reranker: Any, k: int, shortlist: int) -> None:
     """One-line errors for a re-ranker that cannot re-rank a search, or a shortlist shorter than k."""
-    if augments_catalogue(reranker):
+    if reranker.augments_catalogue:
         raise ManetError(
             f"reranker '{reranker.name}' augments the catalogue, not a query: make an augmented model with "
             f"manet models augment BASE --name NEW --rerank {reranker.name}, and search NEW"

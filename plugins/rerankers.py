@@ -54,6 +54,7 @@ class DatabaseSideAugmentation(_Validated):
     description = ("Database-side augmentation: each catalogue descriptor becomes L2(itself + its top_n "
                    "catalogue neighbours weighted by similarity**alpha).")
     defaults: ClassVar[dict[str, Any]] = {"top_n": 3, "alpha": 3.0}
+    augments_catalogue = True
 
     def augment(self, gallery: np.ndarray) -> np.ndarray:
         """The augmented catalogue (N, D) -> (N, D)."""
