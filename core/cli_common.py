@@ -28,6 +28,11 @@ def _params(pairs: tuple[str, ...], option: str = "-o/--option") -> dict[str, st
     return out
 
 
+def _connected_url(ctx: click.Context) -> str | None:
+    state = ctx.find_object(State)
+    return state.connected_url() if state is not None else None
+
+
 class ManetGroup(click.Group):
     """Turns :class:`ManetError`, database outages and writes to a read-only replica into
     one-line errors with exit 1."""
@@ -46,8 +51,7 @@ class ManetGroup(click.Group):
             raise click.ClickException(f"invalid input value: {reason}; check the option values") from None
         except sqlalchemy.exc.OperationalError as exc:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "connection failed"
-            state = ctx.find_object(State)
-            url = state.connected_url() if state is not None else None
+            url = _connected_url(ctx)
             raise click.ClickException(
                 f"lost the database connection to {url or 'PostgreSQL'}: {reason}; start the server "
                 f"and re-run: finished batches are kept"
@@ -55,8 +59,7 @@ class ManetGroup(click.Group):
         except (sqlalchemy.exc.InternalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
             if not isinstance(getattr(exc, "orig", None) or exc, psycopg.errors.ReadOnlySqlTransaction):
                 raise
-            state = ctx.find_object(State)
-            url = state.connected_url() if state is not None else None
+            url = _connected_url(ctx)
             raise click.ClickException(
                 f"{url or 'the database'} is read-only (a standby replica) and this command writes; point "
                 f"MANET_DATABASE_URL at the primary server (replicas serve searches only)"

@@ -70,3 +70,19 @@ def training_catalogue(retriever, tmp_path_factory):
     retriever.ingest("manifest", manifest)
     build_training_set(retriever.db, per_category=20, val_fraction=0.25, seed=0, source="manual")
     return retriever
+
+
+@pytest.fixture
+def run(database_url, monkeypatch):
+    """``run(*args)``: the ``manet`` CLI in-process against the module's database, on the CPU."""
+    from click.testing import CliRunner
+
+    from manet.cli import cli
+
+    monkeypatch.setenv("MANET_DATABASE_URL", database_url)
+    monkeypatch.setenv("MANET_DEVICE", "cpu")
+
+    def invoke(*args: str):
+        return CliRunner().invoke(cli, ["--quiet", *args], catch_exceptions=False)
+
+    return invoke

@@ -9,20 +9,6 @@ import sys
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
-
-from manet.cli import cli
-
-
-@pytest.fixture
-def run(database_url, monkeypatch):
-    monkeypatch.setenv("MANET_DATABASE_URL", database_url)
-    monkeypatch.setenv("MANET_DEVICE", "cpu")
-
-    def invoke(*args: str):
-        return CliRunner().invoke(cli, ["--quiet", *args], catch_exceptions=False)
-
-    return invoke
 
 
 def counts(retriever) -> dict[str, int]:

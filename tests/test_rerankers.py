@@ -7,9 +7,7 @@ import json
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
 
-from manet.cli import cli
 from manet.errors import PluginError
 from manet.plugin_manager import default_registry
 from manet.reranking import (
@@ -95,17 +93,6 @@ def test_bad_reranker_names_and_parameters(name, params, fragment):
 
 
 # -- eval --rerank and search --rerank on the generated catalogue -----------------------------------
-@pytest.fixture
-def run(database_url, monkeypatch):
-    monkeypatch.setenv("MANET_DATABASE_URL", database_url)
-    monkeypatch.setenv("MANET_DEVICE", "cpu")
-
-    def invoke(*args: str):
-        return CliRunner().invoke(cli, ["--quiet", *args], catch_exceptions=False)
-
-    return invoke
-
-
 def one_line_error(result, fragment: str) -> None:
     assert result.exit_code != 0, result.output
     lines = [line for line in result.output.strip().splitlines() if line.startswith("Error")]

@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 import torch
-from click.testing import CliRunner
 
-from manet.cli import cli
 from manet.errors import ManetError
 from manet.whitening import Projection, check_fit_size, fit_whitening, whiten, whiten_array, whitening_matrix
 
@@ -83,17 +81,6 @@ def test_a_whitened_pipeline_needs_its_projection():
 
 
 # -- through the CLI, on the generated catalogue ----------------------------------------------------
-@pytest.fixture
-def run(database_url, monkeypatch):
-    monkeypatch.setenv("MANET_DATABASE_URL", database_url)
-    monkeypatch.setenv("MANET_DEVICE", "cpu")
-
-    def invoke(*args: str):
-        return CliRunner().invoke(cli, ["--quiet", *args], catch_exceptions=False)
-
-    return invoke
-
-
 def stored(retriever, model: str) -> dict[int, np.ndarray]:
     from manet.db import as_array
 
