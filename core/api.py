@@ -37,6 +37,7 @@ class Retriever:
         home: Path | None = None,
         registry: Registry | None = None,
         device: str | None = None,
+        precision: str | None = None,
         progress: bool = False,
         auto_upgrade: bool | None = None,
     ) -> None:
@@ -44,6 +45,8 @@ class Retriever:
         self._home = home
         self._registry = registry
         self._device = device
+        #: auto | fp32 | bf16 for every forward pass (None: MANET_PRECISION, else auto).
+        self.precision = precision
         self.progress = progress
         # Migrate the embedded database automatically; an external one is the operator's call.
         self._auto_upgrade = (
@@ -174,7 +177,7 @@ class Retriever:
         record = self.model(model)
         return extract(self.db, record, self.pipeline(model), device=self.device, batch_size=batch_size,
                        num_workers=num_workers, max_pixels=max_pixels, progress=self.progress, split=split,
-                       device_decode=device_decode, compile=compile)
+                       device_decode=device_decode, compile=compile, precision=self.precision)
 
     def work(self, model: str, *, batch_size: int = 32, lease_seconds: float = 300.0, max_attempts: int = 3,
              until_empty: bool = False, max_outage: float = 600.0, say: Any = None) -> Any:
@@ -183,7 +186,8 @@ class Retriever:
 
         return run_worker(self.db, self.model(model), self.pipeline(model), device=self.device,
                           batch_size=batch_size, lease_seconds=lease_seconds, max_attempts=max_attempts,
-                          until_empty=until_empty, max_outage=max_outage, say=say or (lambda _m: None))
+                          until_empty=until_empty, max_outage=max_outage, precision=self.precision,
+                          say=say or (lambda _m: None))
 
     def status(self, model: str) -> dict[str, Any]:
         """Extraction progress of ``model``: done / pending / leased / failed."""
@@ -213,7 +217,7 @@ class Retriever:
         """Descriptors of image files under ``model`` (not stored)."""
         record = self.model(model)
         return embed_files(self.pipeline(model), [Path(p) for p in paths], record.config.image_size,
-                           self.device)
+                           self.device, precision=self.precision)
 
     def search(
         self,

@@ -46,6 +46,10 @@ BENCH_MODEL = "bench"
 NAIVE_MODEL = "bench-naive"
 
 
+#: Decoded images cycled by the model-only measurement (at least two batches).
+MODEL_ONLY_SAMPLE = 64
+
+
 @dataclass
 class ExtractBenchOptions:
     """What one ``manet bench extract`` run measures (see the CLI for each option)."""
@@ -65,6 +69,8 @@ class ExtractBenchOptions:
     min_model_seconds: float = 5.0
     naive_images: int = 32
     seed: int = 0
+    #: auto | fp32 | bf16 for the model-only and end-to-end phases (the naive loop is fp32).
+    precision: str | None = None
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -311,17 +317,20 @@ def run_extract_bench(db: Database, registry: Any, options: ExtractBenchOptions,
                                                _first_images(db, max(2, options.naive_images + 1)), size, device)
 
         fast = prepare_pipeline(pipeline, device, compile=options.compile)
-        batch_size = resolve_batch_size(options.batch_size, fast, size, device)
-        forward = Forward(fast, device, batch_size, model.dim)
+        batch_size = resolve_batch_size(options.batch_size, fast, size, device, options.precision)
+        forward = Forward(fast, device, batch_size, model.dim, options.precision)
         say(f"model only (batch {batch_size})")
-        sample = _first_images(db, 2 * batch_size)
+        # Several distinct batches: per-image costs that depend on the content (MSER text
+        # detection, saliency) must average out as they do over the end-to-end images.
+        sample = _first_images(db, max(2 * batch_size, MODEL_ONLY_SAMPLE))
         # Full batches only (a short last one would understate the model), unless there is no other.
         decoded = [read_batch(sample[i:i + batch_size], size, None, False).pixels
                    for i in range(0, max(1, len(sample) // batch_size) * batch_size, batch_size)]
         batches = [pixels.to(device) for pixels in decoded if pixels is not None]
         if not batches:
             raise ManetError("none of the first images could be decoded; check the image folder")
-        model_ips, model_count = measure_model_only(forward, batches, device, options.model_batches,
+        model_ips, model_count = measure_model_only(forward, batches, device,
+                                                    max(options.model_batches, len(batches)),
                                                     options.min_model_seconds)
         del batches, decoded
         batch_size = forward.chunk  # after any out-of-memory back-off
@@ -334,7 +343,8 @@ def run_extract_bench(db: Database, registry: Any, options: ExtractBenchOptions,
         with child_peak_rss() as workers_rss:
             started = time.perf_counter()
             report = extract(db, model, fast, device=device, batch_size=batch_size,
-                             num_workers=options.decode_workers, device_decode=options.device_decode)
+                             num_workers=options.decode_workers, device_decode=options.device_decode,
+                             precision=options.precision)
             e2e_seconds = time.perf_counter() - started
         e2e_peak = phase_peak_rss_mb()
         gpu_peak = (torch.cuda.max_memory_allocated(device) / 2**20) if device.startswith("cuda") else None
@@ -357,7 +367,7 @@ def run_extract_bench(db: Database, registry: Any, options: ExtractBenchOptions,
         "decode_workers": report.decode_workers,
         "device_decode": device_decode,
         "channels_last": True,
-        "autocast": "bf16" if device.startswith("cuda") else None,
+        "precision": report.precision,
         "compile": options.compile,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
@@ -386,7 +396,8 @@ def format_report(r: dict[str, Any]) -> str:
     workers = f"{r['decode_worker_peak_rss_mb']:.0f} MiB" if r["decode_worker_peak_rss_mb"] else "-"
     return "\n".join([
         f"extract benchmark: {model} on {device}; batch {r['batch_size']}, {r['threads']} torch threads, "
-        f"{r['decode_workers']} decode workers, device decode {'on' if r['device_decode'] else 'off'}",
+        f"{r['decode_workers']} decode workers, device decode {'on' if r['device_decode'] else 'off'}, "
+        f"{r['precision']} (naive loop: fp32)",
         f"  model only  {r['model_only_ips']:>9.2f} img/s  ({r['model_only_images']} images, decoded batches "
         f"already on the device)",
         f"  end to end  {r['end_to_end_ips']:>9.2f} img/s  ({r['images']} images: files -> decode -> model -> "

@@ -25,12 +25,17 @@ from manet.errors import ManetError
               help="Folder of the embedded database (default: the user data dir).")
 @click.option("--device", envvar=config.DEVICE_ENV, show_envvar=True,
               help="Torch device: cpu, cuda, cuda:1, mps (default: best available).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), envvar=config.PRECISION_ENV,
+              show_envvar=True,
+              help="Forward passes: auto = bf16 autocast on CUDA and on CPUs with native bf16 (AMX, "
+                   "AVX512-BF16), else fp32.  [default: auto]")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.version_option(__version__, prog_name="manet")
 @click.pass_context
-def cli(ctx: click.Context, database_url: str | None, home: Path | None, device: str | None, quiet: bool) -> None:
+def cli(ctx: click.Context, database_url: str | None, home: Path | None, device: str | None,
+        precision: str | None, quiet: bool) -> None:
     """Cross-domain product image retrieval on PyTorch and PostgreSQL/pgvector."""
-    ctx.obj = State(database_url, home.resolve() if home else None, device, quiet)
+    ctx.obj = State(database_url, home.resolve() if home else None, device, quiet, precision)
 
 
 # -- db ---------------------------------------------------------------------------------
@@ -360,6 +365,8 @@ def _run_local_workers(state: State, model: str, processes: int, batch_size: int
     env = {**os.environ, config.DATABASE_URL_ENV: config.libpq_url(state.retriever.db.url)}
     if state.device:
         env[config.DEVICE_ENV] = state.device
+    if state.precision:
+        env[config.PRECISION_ENV] = state.precision
     command = [sys.executable, "-m", "manet.cli", "-q", "worker", "--model", model, "--until-empty",
                "--batch-size", str(batch_size), "--json"]
     running = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE) for _ in range(processes)]
@@ -647,7 +654,8 @@ def demo(state: State, products: int, photos_per_product: int, train_photos_per_
     # The demo gets its own empty database so it never mixes with the user's catalogue.
     url = state.database_url or embedded.start(home, "manet_demo", recreate=True)
     say: Callable[[str], None] = (lambda _msg: None) if as_json else click.echo
-    with Retriever(url, home=home, device=state.device, progress=state.progress, auto_upgrade=True) as retriever:
+    with Retriever(url, home=home, device=state.device, precision=state.precision, progress=state.progress,
+                   auto_upgrade=True) as retriever:
         result = run_demo(retriever, home / "demo-data" / f"seed-{seed}", products=products,
                           photos_per_product=photos_per_product, train_photos_per_product=train_photos_per_product,
                           backbone=backbone, weights=weights, image_size=image_size, epochs=epochs, seed=seed,

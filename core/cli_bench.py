@@ -71,6 +71,9 @@ def _say(state: State):
 @click.option("--gpu-decode", "device_decode", type=click.Choice(["auto", "on", "off"]), default="auto",
               show_default=True, help="Decode JPEGs in batches on the device; auto = on CUDA only.")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the pipeline (not the naive loop).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
+              help="Forward passes of the pipeline (not the naive loop, which is fp32)  [default: the global "
+                   "--precision, else auto]")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads  [default: torch's, one per core]")
 @click.option("--naive-images", default=32, show_default=True, type=click.IntRange(min=1),
@@ -82,7 +85,8 @@ def _say(state: State):
 def bench_extract(state: State, model: str | None, backbone: str, pooling: str, image_size: int, weights: str,
                   manet: bool, n_images: int, image_dir: Path | None, bench_device: str | None,
                   batch_size: int | None, decode_workers: int | None, device_decode: str, compile_model: bool,
-                  threads: int | None, naive_images: int, source_size: int, as_json: bool) -> None:
+                  precision: str | None, threads: int | None, naive_images: int, source_size: int,
+                  as_json: bool) -> None:
     """Model-only forward vs end-to-end pipeline vs a naive one-image loop.
 
     \b
@@ -110,7 +114,8 @@ def bench_extract(state: State, model: str | None, backbone: str, pooling: str, 
     options = ExtractBenchOptions(
         config=config, device=device, images=n_images, image_dir=image_dir, batch_size=batch_size,
         decode_workers=decode_workers, device_decode=device_decode, compile=compile_model, manet=manet,
-        threads=threads, source_size=source_size, naive_images=naive_images)
+        threads=threads, source_size=source_size, naive_images=naive_images,
+        precision=precision or state.precision)
     report = run_extract_bench(_scratch_database(state), default_registry(), options, pipeline=pipeline,
                                say=_say(state))
     _emit(report, as_json, lambda r: click.echo(format_report(r)))

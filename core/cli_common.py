@@ -69,10 +69,12 @@ class ManetGroup(click.Group):
 class State:
     """Lazily built Retriever shared by the sub-commands of one invocation."""
 
-    def __init__(self, database_url: str | None, home: Path | None, device: str | None, quiet: bool) -> None:
+    def __init__(self, database_url: str | None, home: Path | None, device: str | None, quiet: bool,
+                 precision: str | None = None) -> None:
         self.database_url = database_url
         self.home = home
         self.device = device
+        self.precision = precision
         self.progress = not quiet and sys.stderr.isatty()
         self._retriever = None
 
@@ -85,7 +87,7 @@ class State:
             from manet.api import Retriever
 
             self._retriever = Retriever(self.database_url, home=self.home, device=self.device,
-                                        progress=self.progress)
+                                        precision=self.precision, progress=self.progress)
         return self._retriever
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 DATABASE_URL_ENV = "MANET_DATABASE_URL"
 HOME_ENV = "MANET_HOME"
 DEVICE_ENV = "MANET_DEVICE"
+PRECISION_ENV = "MANET_PRECISION"
 
 
 def manet_home() -> Path:

@@ -12,6 +12,7 @@ other.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from manet import config
 from manet.batch_decode import ImageReader, Item, collate, on_device
 from manet.db import Database
 from manet.errors import DatabaseError, ManetError
@@ -68,6 +70,9 @@ PAGE_SIZE = 1024
 #: Finished batches waiting for the writer thread; beyond this the model waits (bounded memory).
 WRITER_QUEUE = 2
 DEVICE_DECODE_MODES = ("auto", "on", "off")
+#: Forward-pass precisions: auto = bf16 autocast on CUDA and on CPUs with native bf16 (AMX or
+#: AVX512-BF16: ResNet-50 ran 2.3x faster than fp32 on such a CPU), fp32 elsewhere.
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -80,6 +85,7 @@ class ExtractReport:
     batch_size: int = 0
     decode_workers: int = 0
     device_decode: bool = False
+    precision: str = "fp32"
 
     @property
     def images_per_second(self) -> float:
@@ -89,7 +95,8 @@ class ExtractReport:
         return {"model": self.model, "device": self.device, "extracted": self.extracted,
                 "failed": self.failed, "seconds": round(self.seconds, 3),
                 "images_per_second": round(self.images_per_second, 2), "batch_size": self.batch_size,
-                "decode_workers": self.decode_workers, "device_decode": self.device_decode}
+                "decode_workers": self.decode_workers, "device_decode": self.device_decode,
+                "precision": self.precision}
 
 
 class PendingImages:
@@ -169,6 +176,42 @@ def oom_backoff(chunk: int) -> int:
     return chunk // 2
 
 
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The feature flags of the first CPU in a ``/proc/cpuinfo`` text."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+@functools.lru_cache(maxsize=1)
+def native_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16; Linux only, else False)."""
+    try:
+        flags = cpu_flags(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return False
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def use_bf16(device: str, precision: str | None = None, native_cpu: bool | None = None) -> bool:
+    """Whether the forward pass runs under bf16 autocast: ``precision`` (auto|fp32|bf16, default
+    ``MANET_PRECISION`` or auto); auto = on CUDA, and on CPUs with native bf16."""
+    precision = precision or os.environ.get(config.PRECISION_ENV) or "auto"
+    if precision not in PRECISIONS:
+        raise ManetError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    kind = device.split(":")[0]
+    if precision == "fp32":
+        return False
+    if precision == "bf16":
+        if kind not in ("cuda", "cpu"):
+            raise ManetError(f"bf16 autocast runs on cuda or cpu, not {device}; use --precision fp32")
+        return True
+    if kind == "cuda":
+        return True
+    return kind == "cpu" and (native_bf16_cpu() if native_cpu is None else native_cpu)
+
+
 def device_decode_enabled(mode: str, device: str) -> bool:
     """Whether JPEGs are decoded in batches on the device: ``auto`` means on CUDA only."""
     if mode not in DEVICE_DECODE_MODES:
@@ -176,7 +219,8 @@ def device_decode_enabled(mode: str, device: str) -> bool:
     return device.startswith("cuda") if mode == "auto" else mode == "on"
 
 
-def measure_image_bytes(pipeline: Any, image_size: int, device: str, probe: int = 4) -> int:
+def measure_image_bytes(pipeline: Any, image_size: int, device: str, probe: int = 4,
+                        precision: str | None = None) -> int:
     """Peak device memory per image of one forward pass on CUDA (a probe batch of ``probe``)."""
     import torch
 
@@ -184,12 +228,13 @@ def measure_image_bytes(pipeline: Any, image_size: int, device: str, probe: int 
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
     images = torch.zeros((probe, 3, image_size, image_size), dtype=torch.uint8, device=device)
-    start_pipeline(pipeline, images, device).result()
+    start_pipeline(pipeline, images, device, precision=precision).result()
     peak = torch.cuda.max_memory_allocated(device) - before
     return max(1, peak // probe)
 
 
-def resolve_batch_size(batch_size: int | None, pipeline: Any, image_size: int, device: str) -> int:
+def resolve_batch_size(batch_size: int | None, pipeline: Any, image_size: int, device: str,
+                       precision: str | None = None) -> int:
     """``batch_size``, or when None the automatic one: measured against free memory on CUDA
     (:func:`auto_batch_size`), :data:`CPU_BATCH_SIZE` elsewhere."""
     if batch_size is not None:
@@ -200,7 +245,7 @@ def resolve_batch_size(batch_size: int | None, pipeline: Any, image_size: int, d
         return CPU_BATCH_SIZE
     import torch
 
-    per_image = measure_image_bytes(pipeline, image_size, device)
+    per_image = measure_image_bytes(pipeline, image_size, device, precision=precision)
     free, _total = torch.cuda.mem_get_info(device)
     return auto_batch_size(free, per_image)
 
@@ -231,27 +276,28 @@ class PendingVectors:
         return np.concatenate([tensor.numpy() for tensor, _ in self.parts])
 
 
-def start_pipeline(pipeline: Any, images: Any, device: str, rows: int | None = None) -> PendingVectors:
-    """Start one forward pass on ``device`` (bf16 autocast on CUDA, channels_last input) and keep
-    the first ``rows`` descriptors (all by default); on CUDA they come back by an asynchronous
-    copy into page-locked memory."""
+def start_pipeline(pipeline: Any, images: Any, device: str, rows: int | None = None,
+                   precision: str | None = None) -> PendingVectors:
+    """Start one forward pass on ``device`` (channels_last input, bf16 autocast where
+    :func:`use_bf16` says) and keep the first ``rows`` descriptors (all by default); on CUDA
+    they come back by an asynchronous copy into page-locked memory."""
     import torch
 
+    bf16 = use_bf16(device, precision)
     images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        if device.startswith("cuda"):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = pipeline(images)[:rows]
-            host = out.float().to("cpu", non_blocking=True)  # page-locked, filled asynchronously
-            event = torch.cuda.Event()
-            event.record(torch.cuda.current_stream(images.device))  # the stream the copy is queued on
-            return PendingVectors([(host, event)])
-        return PendingVectors([(pipeline(images)[:rows].float().cpu(), None)])
+    with torch.inference_mode(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = pipeline(images)[:rows]
+    if device.startswith("cuda"):
+        host = out.float().to("cpu", non_blocking=True)  # page-locked, filled asynchronously
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(images.device))  # the stream the copy is queued on
+        return PendingVectors([(host, event)])
+    return PendingVectors([(out.float().cpu(), None)])
 
 
-def run_pipeline(pipeline: Any, images: Any, device: str) -> np.ndarray:
-    """One forward pass on ``device``; bf16 autocast on CUDA."""
-    return start_pipeline(pipeline, images, device).result()
+def run_pipeline(pipeline: Any, images: Any, device: str, precision: str | None = None) -> np.ndarray:
+    """One forward pass on ``device`` (see :func:`start_pipeline`)."""
+    return start_pipeline(pipeline, images, device, precision=precision).result()
 
 
 def is_compiled(pipeline: Any) -> bool:
@@ -267,11 +313,12 @@ class Forward:
     otherwise cost a recompilation that takes longer than the whole run of a small catalogue.
     """
 
-    def __init__(self, pipeline: Any, device: str, chunk: int, dim: int) -> None:
+    def __init__(self, pipeline: Any, device: str, chunk: int, dim: int, precision: str | None = None) -> None:
         self.pipeline = pipeline
         self.device = device
         self.chunk = chunk
         self.dim = dim
+        self.precision = precision
         self.pad = is_compiled(pipeline)
 
     def _start(self, part: Any) -> PendingVectors:
@@ -280,7 +327,7 @@ class Forward:
             padded = part.new_zeros((self.chunk, *part.shape[1:]))
             padded[:rows] = part
             part = padded
-        return start_pipeline(self.pipeline, part, self.device, rows)
+        return start_pipeline(self.pipeline, part, self.device, rows, self.precision)
 
     def __call__(self, images: Any) -> PendingVectors:
         import torch
@@ -402,6 +449,7 @@ def extract(
     device_decode: str = "auto",
     compile: bool = False,
     page_size: int = PAGE_SIZE,
+    precision: str | None = None,
 ) -> ExtractReport:
     """Compute descriptors for every image that lacks one for ``model``.
 
@@ -413,13 +461,14 @@ def extract(
     from tqdm import tqdm
 
     report = ExtractReport(model=model.name, device=device,
-                           device_decode=device_decode_enabled(device_decode, device))
+                           device_decode=device_decode_enabled(device_decode, device),
+                           precision="bf16" if use_bf16(device, precision) else "fp32")
     total = count_pending(db, model.id, split)
     if not total:
         return report
     size = model.config.image_size
     pipeline = prepare_pipeline(pipeline, device, compile=compile)
-    report.batch_size = resolve_batch_size(batch_size, pipeline, size, device)
+    report.batch_size = resolve_batch_size(batch_size, pipeline, size, device, precision)
     report.decode_workers = (default_workers(total, report.batch_size, device) if num_workers is None
                              else num_workers)
     loader = torch.utils.data.DataLoader(
@@ -429,7 +478,7 @@ def extract(
         collate_fn=collate,
         pin_memory=device.startswith("cuda"),
     )
-    forward = Forward(pipeline, device, report.batch_size, model.dim)
+    forward = Forward(pipeline, device, report.batch_size, model.dim, precision)
     started = time.perf_counter()
     batches = iter(loader)  # starts the decode workers before the writer thread exists (fork + threads)
     writer = BatchWriter(db, model.id)
@@ -448,9 +497,9 @@ def extract(
 
 
 def embed_files(pipeline: Any, paths: Sequence[Path], size: int, device: str,
-                max_pixels: int | None = None) -> np.ndarray:
+                max_pixels: int | None = None, precision: str | None = None) -> np.ndarray:
     """Descriptors for query files (not stored); an undecodable file raises ImageError."""
     import torch
 
     tensors = [read_image_tensor(Path(path), size, max_pixels) for path in paths]
-    return run_pipeline(pipeline, torch.stack(tensors), device)
+    return run_pipeline(pipeline, torch.stack(tensors), device, precision)

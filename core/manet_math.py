@@ -20,11 +20,12 @@ def resize_map(maps: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
 
     Anti-aliased, because shrinking a stride-8 saliency map to a stride-32 feature map with
     plain bilinear sampling would read only a quarter of its pixels (and pass gradients to
-    only those); when enlarging, anti-aliasing changes nothing.
+    only those); when enlarging, anti-aliasing changes nothing. Computed in float32: a map
+    from a bf16 forward pass would otherwise fail (no anti-aliased bf16 kernel on the CPU).
     """
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
-    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(maps.float(), size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:

@@ -176,9 +176,17 @@ def build_pipeline(config: PipelineConfig, registry: Registry, projection: Any =
 
         def forward(self, images: torch.Tensor) -> torch.Tensor:
             unit = images.float().div_(255.0)
-            features, learned = self.network((unit - self.mean) / self.std)
-            features = features.float()
-            learned = learned.float() if learned is not None and config.learned_saliency else None
+            features, learned = self.network((unit - self.mean) / self.std)  # bf16 under autocast
+            # Everything after the network in float32: the saliency estimate and masks are
+            # thresholded at their mean, and a bf16 map flips pixels near it (measured: one
+            # SR-MAC descriptor in 30 moved to cosine 0.91); whitening divides by small variances.
+            with torch.autocast(unit.device.type, enabled=False):
+                return self._describe(unit, features.float(),
+                                      learned.float() if learned is not None else None)
+
+        def _describe(self, unit: torch.Tensor, features: torch.Tensor,
+                      learned: torch.Tensor | None) -> torch.Tensor:
+            learned = learned if config.learned_saliency else None
             text = self.text.detect(unit, tuple(features.shape[-2:])) if self.text is not None else None
             if learned is not None or text is not None:
                 features = weight_features(features, learned, text)
@@ -196,9 +204,7 @@ def build_pipeline(config: PipelineConfig, registry: Registry, projection: Any =
             descriptors = torch.nn.functional.normalize(pooled.float(), p=2, dim=1, eps=1e-12)
             if not self.whitened:
                 return descriptors
-            # In float32 even under bf16 autocast: whitening divides by small variances.
-            with torch.autocast(descriptors.device.type, enabled=False):
-                return whiten(descriptors, self.whiten_mean, self.whiten_matrix)
+            return whiten(descriptors, self.whiten_mean, self.whiten_matrix)
 
     return DescriptorPipeline().eval()
 

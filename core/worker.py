@@ -183,6 +183,7 @@ def run_worker(
     max_pixels: int | None = None,
     max_outage: float = 600.0,
     device_decode: str = "auto",
+    precision: str | None = None,
     say: Callable[[str], None] = lambda _m: None,
 ) -> WorkerReport:
     """Claim and process batches until the queue is empty (``until_empty``) or forever.
@@ -214,7 +215,8 @@ def run_worker(
     batch_decode = device_decode_enabled(device_decode, device)
     # The claim size sets database round trips; the forward pass runs in extraction's own chunks.
     fast = prepare_pipeline(pipeline, device)
-    forward = Forward(fast, device, min(batch_size, resolve_batch_size(None, fast, size, device)), model.dim)
+    forward = Forward(fast, device, min(batch_size, resolve_batch_size(None, fast, size, device, precision)),
+                      model.dim, precision)
 
     def process(batch: list[tuple[int, str, bool, int]]) -> tuple[int, int, int]:
         """Decode, extract and commit one batch: (written, lost leases, failed)."""

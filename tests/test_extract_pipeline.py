@@ -18,10 +18,12 @@ from manet.batch_decode import on_device, read_batch
 from manet.errors import DatabaseError, ImageError, ManetError
 from manet.extract import (
     auto_batch_size,
+    cpu_flags,
     default_workers,
     device_decode_enabled,
     extract,
     oom_backoff,
+    use_bf16,
 )
 from manet.images import decode_jpeg_batch, jpeg_for_batch_decode, read_image_tensor
 
@@ -158,6 +160,26 @@ def test_a_corrupt_file_in_a_device_batch_fails_alone(tmp_path):
         assert (row.float() - read_image_tensor(Path(uri), SIZE).float()).abs().mean() < 1.0
 
 
+def test_precision_rule(monkeypatch):
+    monkeypatch.delenv("MANET_PRECISION", raising=False)
+    # auto: bf16 on CUDA, and on CPUs that multiply bf16 natively
+    assert use_bf16("cuda:1") and use_bf16("cpu", native_cpu=True) and not use_bf16("cpu", native_cpu=False)
+    assert not use_bf16("mps")
+    assert not use_bf16("cuda", "fp32") and use_bf16("cpu", "bf16", native_cpu=False)
+    monkeypatch.setenv("MANET_PRECISION", "fp32")
+    assert not use_bf16("cuda")  # the environment variable is the default
+    with pytest.raises(ManetError, match="unknown precision 'fp16'"):
+        use_bf16("cpu", "fp16")
+    with pytest.raises(ManetError, match="use --precision fp32"):
+        use_bf16("mps", "bf16")
+
+
+def test_cpu_flags_from_cpuinfo():
+    cpuinfo = "processor\t: 0\nflags\t\t: fpu sse2 avx512_bf16 amx_tile\nbugs\t\t: spectre\nflags\t: other\n"
+    assert cpu_flags(cpuinfo) == {"fpu", "sse2", "avx512_bf16", "amx_tile"}
+    assert cpu_flags("processor: 0\n") == set()
+
+
 # -- extraction on the database -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def catalogue(retriever, small_catalogue):
@@ -192,6 +214,20 @@ def test_device_decode_extracts_like_the_cpu_path(retriever, catalogue):
             "SELECT min(1 - (a.embedding <=> b.embedding)) FROM descriptors a JOIN descriptors b USING (image_id) "
             "WHERE a.model_id = (SELECT id FROM models WHERE name = 'cpu-decode') "
             "AND b.model_id = (SELECT id FROM models WHERE name = 'batch-decode')")).scalar()
+    assert similarity > 0.99
+
+
+def test_bf16_extracts_close_to_fp32(retriever, catalogue):
+    for name, precision in (("fp32", "fp32"), ("bf16", "bf16")):
+        record = retriever.create_model(name, pooling="srmac", **TINY_MODEL)
+        report = extract(retriever.db, record, retriever.pipeline(name), device="cpu", batch_size=8,
+                         precision=precision)
+        assert report.extracted == len(catalogue) and report.precision == precision
+    with retriever.db.begin() as conn:
+        similarity = conn.execute(sa.text(
+            "SELECT min(1 - (a.embedding <=> b.embedding)) FROM descriptors a JOIN descriptors b USING (image_id) "
+            "WHERE a.model_id = (SELECT id FROM models WHERE name = 'fp32') "
+            "AND b.model_id = (SELECT id FROM models WHERE name = 'bf16')")).scalar()
     assert similarity > 0.99
 
 
