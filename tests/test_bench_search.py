@@ -132,7 +132,7 @@ def test_bench_search_json(manet, database_url):
     report = json.loads(result.output)
     for key in ("n", "dim", "build_s", "p50_ms", "p99_ms", "qps", "recall_at_7", "sweep", "ef_at_recall_95",
                 "p50_ms_at_recall_95", "p99_ms_at_recall_95", "raw_p50_ms_at_recall_95", "exact_p50_ms",
-                "filtered_rows_min", "filtered_recall_at_7", "filtered_ef_at_recall_90", "data", "versions",
+                "filtered_rows_min", "filtered_recall_at_7", "filtered_ef_search", "filtered_ef_at_recall_90", "data", "versions",
                 "ratios", "warmup"):
         assert key in report, key
     assert report["n"] == 3000 and report["dim"] == 32 and report["ef_search"] == 40
