@@ -263,6 +263,29 @@ def models_list(state: State, as_json: bool) -> None:
 RERANK_PARAM = "-r/--rerank-param"
 
 
+def rerank_options(names: str, shortlist_help: str) -> Callable[[Any], Any]:
+    """--rerank NAME, -r KEY=VALUE and --shortlist S, as search and eval take them."""
+    options = [
+        click.option("--rerank", "rerank", help=f"Re-rank each query's shortlist with this re-ranker ({names})."),
+        click.option("-r", "--rerank-param", "rerank_params", multiple=True, metavar="KEY=VALUE",
+                     help="Re-ranker parameter (repeatable), e.g. -r top_n=3."),
+        click.option("--shortlist", default=50, show_default=True, help=shortlist_help),
+    ]
+
+    def decorate(command: Any) -> Any:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _rerank_params(rerank: str | None, pairs: tuple[str, ...]) -> dict[str, str]:
+    if pairs and rerank is None:
+        raise click.UsageError(f"{RERANK_PARAM} sets a re-ranker's parameters: add --rerank NAME")
+    return _params(pairs, RERANK_PARAM)
+
+
 @models.command("whiten")
 @click.argument("base")
 @click.option("--dims", required=True, type=int, help="Output dimensions (fewer than the catalogue's images).")
@@ -493,10 +516,7 @@ def index_build(state: State, model: str, m: int, ef_construction: int, quantize
 @click.option("--brand")
 @click.option("--ef-search", type=int,
               help="HNSW candidate list size for this query (default: the server's, 40; 400 with a filter).")
-@click.option("--rerank", "rerank", help="Re-rank the shortlist with this re-ranker (aqe, alpha-qe).")
-@click.option("-r", "--rerank-param", "rerank_params", multiple=True, metavar="KEY=VALUE",
-              help="Re-ranker parameter (repeatable), e.g. -r top_n=3.")
-@click.option("--shortlist", default=50, show_default=True, help="Candidates fetched for --rerank.")
+@rerank_options("aqe, alpha-qe", "Candidates fetched for --rerank.")
 @JSON_OPTION
 @pass_state
 def search(state: State, image: Path | None, model: str, image_id: int | None, k: int, category: str | None,
@@ -505,11 +525,9 @@ def search(state: State, image: Path | None, model: str, image_id: int | None, k
     """Top-k catalogue products for IMAGE (a file) or --image-id."""
     if (image is None) == (image_id is None):
         raise click.UsageError("give an IMAGE path or --image-id (one of them)")
-    if rerank_params and rerank is None:
-        raise click.UsageError("-r/--rerank-param sets a re-ranker's parameters: add --rerank NAME")
     hits = state.retriever.search(model, image=image, image_id=image_id, k=k, category=category,
                                   brand=brand, ef_search=ef_search, rerank=rerank,
-                                  rerank_params=_params(rerank_params, RERANK_PARAM), shortlist=shortlist)
+                                  rerank_params=_rerank_params(rerank, rerank_params), shortlist=shortlist)
     if as_json:
         _echo_json([hit.as_dict() for hit in hits])
         return
@@ -527,11 +545,7 @@ def search(state: State, image: Path | None, model: str, image_id: int | None, k
 @click.option("-k", "k", default=7, show_default=True)
 @click.option("--normaliser", type=click.Choice(["min", "hits"]), default="min", show_default=True,
               help="AP@k denominator: min(|G|,k) (challenge) or hits in the top k.")
-@click.option("--rerank", "rerank", help="Re-rank each query's shortlist with this re-ranker (aqe, alpha-qe, dba).")
-@click.option("-r", "--rerank-param", "rerank_params", multiple=True, metavar="KEY=VALUE",
-              help="Re-ranker parameter (repeatable), e.g. -r top_n=3.")
-@click.option("--shortlist", default=50, show_default=True,
-              help="Exact top-S re-ranked by --rerank (dba changes the whole catalogue instead).")
+@rerank_options("aqe, alpha-qe, dba", "Exact top-S re-ranked by --rerank (dba changes the whole catalogue instead).")
 @JSON_OPTION
 @pass_state
 def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models: tuple[str, ...],
@@ -558,10 +572,8 @@ def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models
         return
     if model is None or more_models:
         raise click.UsageError("give --model NAME, or --compare MODEL [MODEL ...]")
-    if rerank_params and rerank is None:
-        raise click.UsageError("-r/--rerank-param sets a re-ranker's parameters: add --rerank NAME")
     result = state.retriever.evaluate(model, split=split, k=k, normaliser=normaliser, rerank=rerank,
-                                      rerank_params=_params(rerank_params, RERANK_PARAM), shortlist=shortlist)
+                                      rerank_params=_rerank_params(rerank, rerank_params), shortlist=shortlist)
     if as_json:
         _echo_json(result.as_dict())
         return

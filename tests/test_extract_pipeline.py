@@ -195,6 +195,15 @@ def _described(retriever, model: str) -> list[int]:
             "WHERE m.name = :n ORDER BY d.image_id"), {"n": model}).scalars().all()
 
 
+def _min_cosine(retriever, first: str, second: str) -> float:
+    """The smallest cosine between two models' descriptors of the same image."""
+    with retriever.db.begin() as conn:
+        return conn.execute(sa.text(
+            "SELECT min(1 - (a.embedding <=> b.embedding)) FROM descriptors a JOIN descriptors b USING (image_id) "
+            "WHERE a.model_id = (SELECT id FROM models WHERE name = :a) "
+            "AND b.model_id = (SELECT id FROM models WHERE name = :b)"), {"a": first, "b": second}).scalar()
+
+
 def test_pages_smaller_than_the_run_extract_every_image_once(retriever, catalogue):
     record = retriever.create_model("paged", pooling="srmac", **TINY_MODEL)
     report = extract(retriever.db, record, retriever.pipeline("paged"), device="cpu", batch_size=4,
@@ -209,12 +218,7 @@ def test_device_decode_extracts_like_the_cpu_path(retriever, catalogue):
     for name, mode in (("cpu-decode", "off"), ("batch-decode", "on")):
         retriever.create_model(name, pooling="mac", **TINY_MODEL)
         assert retriever.extract(name, batch_size=8, device_decode=mode).extracted == len(catalogue)
-    with retriever.db.begin() as conn:
-        similarity = conn.execute(sa.text(
-            "SELECT min(1 - (a.embedding <=> b.embedding)) FROM descriptors a JOIN descriptors b USING (image_id) "
-            "WHERE a.model_id = (SELECT id FROM models WHERE name = 'cpu-decode') "
-            "AND b.model_id = (SELECT id FROM models WHERE name = 'batch-decode')")).scalar()
-    assert similarity > 0.99
+    assert _min_cosine(retriever, "cpu-decode", "batch-decode") > 0.99
 
 
 def test_bf16_extracts_close_to_fp32(retriever, catalogue):
@@ -223,12 +227,7 @@ def test_bf16_extracts_close_to_fp32(retriever, catalogue):
         report = extract(retriever.db, record, retriever.pipeline(name), device="cpu", batch_size=8,
                          precision=precision)
         assert report.extracted == len(catalogue) and report.precision == precision
-    with retriever.db.begin() as conn:
-        similarity = conn.execute(sa.text(
-            "SELECT min(1 - (a.embedding <=> b.embedding)) FROM descriptors a JOIN descriptors b USING (image_id) "
-            "WHERE a.model_id = (SELECT id FROM models WHERE name = 'fp32') "
-            "AND b.model_id = (SELECT id FROM models WHERE name = 'bf16')")).scalar()
-    assert similarity > 0.99
+    assert _min_cosine(retriever, "fp32", "bf16") > 0.99
 
 
 def test_a_writer_error_stops_the_run_and_keeps_earlier_batches(retriever, catalogue):
