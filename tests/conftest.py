@@ -86,3 +86,21 @@ def run(database_url, monkeypatch):
         return CliRunner().invoke(cli, ["--quiet", *args], catch_exceptions=False)
 
     return invoke
+
+
+def search_plan(retriever, model_name: str, **filters) -> str:
+    """EXPLAIN of the model's search SQL; asserts that it scans the model's HNSW index."""
+    import numpy as np
+    import sqlalchemy as sa
+
+    from manet.search import search_query
+
+    record = retriever.model(model_name)
+    sql, params = search_query(record, np.ones(record.dim, dtype=np.float32), k=7, **filters)
+    with retriever.db.begin() as conn:
+        # Tiny tables favour a sort; forbid it to see that the index matches the query.
+        conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+        conn.execute(sa.text("SET LOCAL enable_sort = off"))
+        plan = "\n".join(conn.execute(sa.text("EXPLAIN " + sql), params).scalars())
+    assert record.index_name in plan, plan
+    return plan

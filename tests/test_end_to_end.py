@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, search_plan
 from manet.db import as_array
 
 
@@ -98,13 +98,4 @@ def test_extract_is_resumable(indexed):
 
 @pytest.mark.parametrize("model, filters", [("tiny-mac", {}), ("tiny-r50", {}), ("tiny-mac", {"brand": "x"})])
 def test_search_sql_uses_the_models_hnsw_index(indexed, model, filters):
-    from manet.search import search_query
-
-    record = indexed.model(model)
-    sql, params = search_query(record, np.ones(record.dim, dtype=np.float32), k=7, **filters)
-    with indexed.db.begin() as conn:
-        # Tiny tables favour a sort; forbid it to see that the index matches the query.
-        conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
-        conn.execute(sa.text("SET LOCAL enable_sort = off"))
-        plan = "\n".join(conn.execute(sa.text("EXPLAIN " + sql), params).scalars())
-    assert record.index_name in plan, plan
+    search_plan(indexed, model, **filters)

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from conftest import search_plan
 from manet.bench_search import DescriptorGenerator, load_gallery
 from manet.errors import ManetError
 from manet.models import create_vector_model
@@ -33,25 +34,14 @@ def _brute_force(loaded, query) -> list[int]:
     return (np.argsort(-(loaded.vectors @ query), kind="stable")[:7] + 1).tolist()
 
 
-def _uses_index(retriever, model_name: str, **filters) -> str:
-    record = retriever.model(model_name)
-    sql, params = search_query(record, np.ones(record.dim, dtype=np.float32), k=7, **filters)
-    with retriever.db.begin() as conn:
-        conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
-        conn.execute(sa.text("SET LOCAL enable_sort = off"))
-        plan = "\n".join(conn.execute(sa.text("EXPLAIN " + sql), params).scalars())
-    assert record.index_name in plan, plan
-    return plan
-
-
 @pytest.mark.parametrize("quantize, factor", [("binary", 30), ("halfvec", 4), ("none", 1)])
 def test_quantized_search_returns_the_brute_force_top_7_through_the_index(retriever, vectors, quantize, factor):
     queries, loaded = vectors
     report = retriever.build_index("vec", quantize=quantize, rerank_factor=factor)
     assert (report.quantize, report.rerank_factor) == (quantize, factor)
-    plan = _uses_index(retriever, "vec")
+    plan = search_plan(retriever, "vec")
     assert ("binary_quantize" in plan) == (quantize == "binary") and ("halfvec" in plan) == (quantize == "halfvec")
-    _uses_index(retriever, "vec", category="bench-filter")
+    search_plan(retriever, "vec", category="bench-filter")
     for query in queries:
         hits = retriever.search("vec", vector=query, k=7)
         assert [h.image_id for h in hits] == _brute_force(loaded, query)
