@@ -301,6 +301,7 @@ def augment_model(db: Database, registry: Registry, name: str, base_name: str, r
     import numpy as np
 
     from manet.extract import copy_descriptors
+
     if not reranker.augments_catalogue:
         raise ManetError(f"reranker '{reranker.name}' re-scores a search shortlist and does not augment a "
                          f"catalogue; use it with manet search/eval --rerank {reranker.name}, or augment with dba")
