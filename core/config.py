@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 DATABASE_URL_ENV = "MANET_DATABASE_URL"
 HOME_ENV = "MANET_HOME"
 DEVICE_ENV = "MANET_DEVICE"
 PRECISION_ENV = "MANET_PRECISION"
+# Read by plugin_manager, plugins.text_detectors and images; set by the CLI's global options.
+LOAD_PLUGINS_ENV = "MANET_LOAD_PLUGINS"
+EAST_MODEL_ENV = "MANET_EAST_MODEL"
+MAX_PIXELS_ENV = "MANET_MAX_PIXELS"
 
 
 def manet_home() -> Path:
@@ -40,3 +46,24 @@ def libpq_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql://" + url[len(prefix):]
     return url
+
+
+@contextmanager
+def environ_overrides(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set the given environment variables (None: leave as is) for the block, then restore them.
+
+    Global CLI options that the plugin loader, the text detector and the image decoder read from
+    the environment go through here, so worker subprocesses inherit them and one in-process
+    invocation (a test's CliRunner) does not leak into the next.
+    """
+    changed = {key: value for key, value in values.items() if value is not None}
+    saved = {key: os.environ.get(key) for key in changed}
+    os.environ.update(changed)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

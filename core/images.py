@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from manet.config import MAX_PIXELS_ENV
 from manet.errors import ImageError, ManetError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,7 +32,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: PIL's own default cap (1024 * 1024 * 1024 // 4 // 3 pixels).
 DEFAULT_MAX_PIXELS = 89_478_485
-MAX_PIXELS_ENV = "MANET_MAX_PIXELS"
 
 _FIX = "re-export or remove the file"
 

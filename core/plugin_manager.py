@@ -17,6 +17,7 @@ from typing import Any
 import pluggy
 
 from manet import hookspecs
+from manet.config import LOAD_PLUGINS_ENV
 from manet.errors import PluginError
 from manet.plugin_base import BASE_CLASSES, KINDS, Plugin
 
@@ -32,7 +33,6 @@ DEFAULT_PLUGINS = (
 )
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
-LOAD_PLUGINS_ENV = "MANET_LOAD_PLUGINS"
 
 #: Registry hook name -> plugin kind it registers.
 REGISTRY_HOOKS = {

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from manet.config import EAST_MODEL_ENV
 from manet.errors import PluginError, WeightsError
 from manet.hookspecs import Register, hookimpl
 from manet.plugin_base import TextDetector
@@ -31,7 +32,6 @@ if TYPE_CHECKING:  # pragma: no cover
 FloatMap = npt.NDArray[np.float32]
 
 #: Environment variable with the path of ``frozen_east_text_detection.pb``.
-EAST_MODEL_ENV = "MANET_EAST_MODEL"
 #: EAST's per-pixel text score (sigmoid), at 1/4 of the input resolution.
 EAST_SCORE_LAYER = "feature_fusion/Conv_7/Sigmoid"
 #: Per-channel RGB means subtracted by EAST's training code (pixels in 0..255, no scaling).
