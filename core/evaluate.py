@@ -89,7 +89,7 @@ def _rerank(reranker: Any, queries: np.ndarray, gallery: np.ndarray, similarity:
 
 def evaluate(db: Database, model: ModelRecord, *, split: str | None = None, k: int = 7,
              normaliser: str = "min", store: bool = True, reranker: Any = None,
-             shortlist: int = 50) -> EvalResult:
+             shortlist: int = 50, progress: bool = False) -> EvalResult:
     """MAP@k (normaliser ``min``: min(|G|, k); ``hits``: hits in the top k), mAP, recall@1/5/7.
 
     With ``reranker`` (a re-ranker plugin), each query's exact top ``shortlist`` is re-ranked
@@ -120,21 +120,25 @@ def evaluate(db: Database, model: ModelRecord, *, split: str | None = None, k: i
         started = time.perf_counter()
         gallery_matrix = reranker.augment(gallery_matrix)
         timing["augment_s"] = time.perf_counter() - started
+    from tqdm import tqdm
+
     relevance_chunks, top_ids = [], []
-    for start in range(0, len(usable), QUERY_CHUNK):
-        chunk = usable[start : start + QUERY_CHUNK]
-        query_matrix = _matrix(chunk, model.dim)
-        started = time.perf_counter()
-        similarity = query_matrix @ gallery_matrix.T
-        order = descending_order(similarity)  # one sort gives both the relevance and the top k
-        timing["rank_ms_per_query"] += time.perf_counter() - started
-        if reranker is not None and not augmenting:
+    with tqdm(total=len(usable), desc=f"eval {model.name}", unit="query", disable=not progress) as bar:
+        for start in range(0, len(usable), QUERY_CHUNK):
+            chunk = usable[start : start + QUERY_CHUNK]
+            query_matrix = _matrix(chunk, model.dim)
             started = time.perf_counter()
-            _rerank(reranker, query_matrix, gallery_matrix, similarity, order, shortlist)
-            timing["rerank_ms_per_query"] += time.perf_counter() - started
-        labels = np.array([row.product_id for row in chunk])
-        relevance_chunks.append(gallery_labels[order] == labels[:, None])
-        top_ids.extend(gallery_ids[order[:, :k]].tolist())
+            similarity = query_matrix @ gallery_matrix.T
+            order = descending_order(similarity)  # one sort gives both the relevance and the top k
+            timing["rank_ms_per_query"] += time.perf_counter() - started
+            if reranker is not None and not augmenting:
+                started = time.perf_counter()
+                _rerank(reranker, query_matrix, gallery_matrix, similarity, order, shortlist)
+                timing["rerank_ms_per_query"] += time.perf_counter() - started
+            labels = np.array([row.product_id for row in chunk])
+            relevance_chunks.append(gallery_labels[order] == labels[:, None])
+            top_ids.extend(gallery_ids[order[:, :k]].tolist())
+            bar.update(len(chunk))
     relevance = np.concatenate(relevance_chunks)
     n_relevant = np.array([relevant_counts[row.product_id] for row in usable])
     summary = evaluate_rankings(relevance, n_relevant, k=k, normaliser=normaliser)

@@ -30,6 +30,7 @@ import sqlalchemy as sa
 
 from manet.db import Database, as_array, vector_connection
 from manet.errors import ManetError, NotFoundError
+from manet.index_progress import index_build_progress
 from manet.models import ModelRecord
 
 # pgvector releases before 0.8.2 overflow a buffer in parallel HNSW builds (CVE-2026-3172).
@@ -158,7 +159,8 @@ class IndexReport:
 
 def build_index(db: Database, model: ModelRecord, *, m: int = 16, ef_construction: int = 64,
                 quantize: str | None = None, rerank_factor: int | None = None,
-                maintenance_work_mem: str | None = None, parallel_workers: int = 2) -> IndexReport:
+                maintenance_work_mem: str | None = None, parallel_workers: int = 2,
+                progress: bool = False) -> IndexReport:
     """(Re)build the HNSW index over ``model``'s gallery descriptors and record its options.
 
     ``quantize`` is ``none``, ``halfvec`` or ``binary`` (default: the recorded one, else by
@@ -192,13 +194,15 @@ def build_index(db: Database, model: ModelRecord, *, m: int = 16, ef_constructio
         conn.execute(sa.text("SELECT set_config('maintenance_work_mem', :v, true)"), {"v": memory})
         conn.execute(sa.text("SELECT set_config('max_parallel_maintenance_workers', :v, true)"), {"v": str(workers)})
         conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
-        conn.execute(
-            sa.text(
-                f"CREATE INDEX {name} ON descriptors USING hnsw (({layout.stored('embedding')}) {layout.opclass}) "
-                f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)}) "
-                f"WHERE model_id = {int(model.id)} AND gallery"
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        with index_build_progress(db, pid, int(rows), model.name, progress):
+            conn.execute(
+                sa.text(
+                    f"CREATE INDEX {name} ON descriptors USING hnsw (({layout.stored('embedding')}) "
+                    f"{layout.opclass}) WITH (m = {int(m)}, ef_construction = {int(ef_construction)}) "
+                    f"WHERE model_id = {int(model.id)} AND gallery"
+                )
             )
-        )
         # Search and manet_search read these to query with the index's own expression.
         conn.execute(sa.text("UPDATE models SET index_options = CAST(:o AS jsonb) WHERE id = :m"),
                      {"o": json.dumps(options), "m": model.id})
