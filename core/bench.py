@@ -15,7 +15,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from manet import config, embedded
-from manet.errors import ManetError
+from manet.errors import ManetError, one_line
 
 BENCH_DATABASE = "manet_bench"
 
@@ -31,7 +31,7 @@ def scratch_database_url(database_url: str | None, home: Path | None) -> str:
             has_images = conn.execute(sa.text("SELECT to_regclass('images') IS NOT NULL")).scalar()
             rows = conn.execute(sa.text("SELECT count(*) FROM images")).scalar() if has_images else 0
     except sa.exc.OperationalError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        reason = one_line(exc)
         raise ManetError(f"cannot connect to the benchmark database: {reason}") from None
     finally:
         engine.dispose()

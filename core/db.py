@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from manet import config, embedded
-from manet.errors import DatabaseError
+from manet.errors import DatabaseError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -101,7 +101,7 @@ def with_reconnect(action: Callable[[], Any], *, max_outage: float, say: Callabl
             return action()
         except _outage_errors() as exc:
             started = started if started is not None else time.monotonic()
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            reason = one_line(exc)
             if time.monotonic() - started > max_outage:
                 raise DatabaseError(
                     f"database unreachable for {max_outage:.0f} s ({reason}); stopping, finished batches "
@@ -129,7 +129,7 @@ class Database:
             with self.engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
         except sa.exc.OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            reason = one_line(exc)
             raise DatabaseError(
                 f"cannot connect to PostgreSQL at {redact(self.url)}: {reason}; start the server, "
                 f"or unset MANET_DATABASE_URL to use the embedded one"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from manet.errors import ManetError
+from manet.errors import ManetError, one_line
 
 T = TypeVar("T")
 
@@ -168,7 +168,7 @@ class Session:
         self._objects = object_group
 
     def _failed(self, exc: BaseException) -> ManetError:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = one_line(exc)
         return ManetError(
             f"rank {self.info.rank}: another training process failed or did not answer within "
             f"{self.timeout:.0f} s ({TIMEOUT_ENV}): {reason}; see the other ranks' output, fix the cause and "
@@ -273,7 +273,7 @@ def session(device: str, environ: Mapping[str, str] | None = None) -> Iterator[S
                                     device_id=torch.device(device) if backend == "nccl" else None)
         objects = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout)) if backend != "gloo" else None
     except (RuntimeError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = one_line(exc)
         raise ManetError(
             f"rank {info.rank} could not join the {info.world_size} training processes "
             f"(MASTER_ADDR={os.environ.get('MASTER_ADDR')}, MASTER_PORT={os.environ.get('MASTER_PORT')}) within "

@@ -1,6 +1,13 @@
 """Errors a user can act on. Each message is one line: what was wrong and how to fix it."""
 
 
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (of the driver's error for SQLAlchemy's
+    wrappers), whitespace collapsed; the exception's type name when it has no message."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return " ".join(text.splitlines()[0].split()) if text else type(exc).__name__
+
+
 class ManetError(Exception):
     """Base class for errors reported to the user as a one-line message with a non-zero exit."""
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from manet.config import MAX_PIXELS_ENV
-from manet.errors import ImageError, ManetError
+from manet.errors import ImageError, ManetError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -123,11 +123,6 @@ def _cap(max_pixels: int | None) -> int:
     return max_pixels
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 def _read_bytes(path: Path) -> bytes:
     """The file's bytes, or an ImageError for a missing path, a directory or an empty file."""
     if not path.exists():
@@ -137,14 +132,14 @@ def _read_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ImageError(f"image {path} cannot be read: {exc.strerror or _one_line(exc)}") from exc
+        raise ImageError(f"image {path} cannot be read: {exc.strerror or one_line(exc)}") from exc
     if not data:
         raise ImageError(f"image {path} is empty (0 bytes); {_FIX}")
     return data
 
 
 def _describe_decode_error(path: Path, exc: BaseException) -> ImageError:
-    detail = _one_line(exc)
+    detail = one_line(exc)
     if "truncat" in detail.lower():
         return ImageError(f"image {path} is truncated (the file ends before the image data does); {_FIX}")
     return ImageError(f"image {path} has corrupt image data ({detail}); {_FIX}")
@@ -254,7 +249,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     try:
         return image.convert("RGB")  # L, 1, CMYK, YCbCr, F (clipped to 0..255), ...
     except ValueError as exc:
-        raise ImageError(f"image mode {mode} cannot be converted to RGB ({_one_line(exc)})") from exc
+        raise ImageError(f"image mode {mode} cannot be converted to RGB ({one_line(exc)})") from exc
 
 
 def _load(path: Path, max_pixels: int | None, draft_size: tuple[int, int] | None) -> Image.Image:
@@ -271,9 +266,13 @@ def _load(path: Path, max_pixels: int | None, draft_size: tuple[int, int] | None
         raise ImageError(f"image {path}: {exc}; {_FIX}") from exc
 
 
-def load_rgb(path: Path, max_pixels: int | None = None) -> Image.Image:
-    """Validate and decode an image at full size: EXIF orientation applied, 8-bit RGB."""
-    return _load(path, max_pixels, draft_size=None)
+def load_rgb(path: Path, max_pixels: int | None = None, *, at_least: int | None = None) -> Image.Image:
+    """Validate and decode an image: EXIF orientation applied, 8-bit RGB.
+
+    Full size by default; with ``at_least``, a JPEG may decode at a reduced scale whose sides are
+    still at least that many pixels (thumbnails of large photos at a fraction of the cost).
+    """
+    return _load(path, max_pixels, draft_size=None if at_least is None else (at_least, at_least))
 
 
 def read_image_tensor(path: Path, size: int, max_pixels: int | None = None) -> "torch.Tensor":
