@@ -9,9 +9,22 @@ from typing import Any
 
 import click
 
-from manet.errors import ManetError
+from manet.errors import ManetError, one_line
 
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+#: Every command that deletes or replaces stored data takes --yes and otherwise asks.
+YES_OPTION = click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+
+
+def confirm_destructive(yes: bool, question: str) -> None:
+    """Ask ``question`` unless ``yes``; a declined (or unanswerable) question exits 1 with nothing changed."""
+    if yes:
+        return
+    try:
+        click.confirm(f"{question} (--yes skips this question)", abort=True, err=True)
+    except click.Abort:  # "n", or no terminal to answer on (stdin closed or piped empty)
+        click.echo(err=True)  # end the prompt's line
+        raise ManetError("not confirmed, nothing was changed; answer y at the prompt or pass --yes") from None
 
 
 def _echo_json(data: Any) -> None:
@@ -46,11 +59,10 @@ class ManetGroup(click.Group):
         except ManetError as exc:
             raise click.ClickException(str(exc)) from None
         except (sqlalchemy.exc.DataError, psycopg.DataError) as exc:
-            orig = getattr(exc, "orig", None) or exc
-            reason = str(orig).strip().splitlines()[0]
+            reason = one_line(exc)
             raise click.ClickException(f"invalid input value: {reason}; check the option values") from None
         except sqlalchemy.exc.OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "connection failed"
+            reason = one_line(exc) if exc.orig else "connection failed"
             url = _connected_url(ctx)
             raise click.ClickException(
                 f"lost the database connection to {url or 'PostgreSQL'}: {reason}; start the server "

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from manet.cli_common import JSON_OPTION, State, _echo_json
+from manet.cli_common import JSON_OPTION, YES_OPTION, State, _echo_json, confirm_destructive
 
 SOURCE_CHOICE = click.Choice(["tfidf", "manual"])
 
@@ -73,15 +73,16 @@ def categories() -> None:
     metavar="COL",
     help="Manual categories from the manifest's category column or another product column.",
 )
+@YES_OPTION
 @JSON_OPTION
 def categories_mine(
-    top: int, min_images: int, keywords: tuple[str, ...], column: str | None, as_json: bool
+    top: int, min_images: int, keywords: tuple[str, ...], column: str | None, yes: bool, as_json: bool
 ) -> None:
     """Mine category keywords from product titles and descriptions and assign products.
 
     Replaces the previously mined (tfidf) categories; manual ones are kept.
     """
-    from manet.categories import categories_from_column, mine_categories
+    from manet.categories import categories_from_column, list_categories, mine_categories
 
     if column is not None and keywords:
         raise click.UsageError("give --from-column or --keyword, not both")
@@ -89,6 +90,10 @@ def categories_mine(
     if column is not None:
         rows = categories_from_column(db, column)
     else:
+        mined = list_categories(db, "tfidf")
+        if mined:
+            confirm_destructive(yes, f"Replace the {len(mined)} mined categories (training sets built on them "
+                                     f"change)?")
         rows = mine_categories(db, top, min_images, keywords=keywords or None)
     _echo(rows, as_json, _echo_categories)
 
@@ -142,6 +147,7 @@ def dataset() -> None:
 )
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--source", type=SOURCE_CHOICE, help="Category source (default: tfidf if mined, else manual).")
+@YES_OPTION
 @click.option(
     "--min-per-category",
     type=click.IntRange(min=1),
@@ -157,14 +163,17 @@ def dataset_build(
     seed: int,
     source: str | None,
     min_per_category: int,
+    yes: bool,
     as_json: bool,
 ) -> None:
     """Sample a balanced, reproducible training set from catalogue and train images.
 
     Photos that ingest marked val or test are evaluation queries and never enter it.
     """
-    from manet.trainset import build_training_set
+    from manet.trainset import build_training_set, training_set_exists
 
+    if training_set_exists(_db(), name):
+        confirm_destructive(yes, f"Replace training set '{name}'?")
     summary = build_training_set(
         _db(),
         name=name,

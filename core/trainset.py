@@ -184,6 +184,13 @@ def _summary(conn: sa.Connection, name: str) -> dict[str, Any]:
     }
 
 
+def training_set_exists(db: Database, name: str) -> bool:
+    """Whether a training set called ``name`` is stored (building it again replaces it)."""
+    with db.begin() as conn:
+        return conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM training_sets WHERE name = :name)"),
+                            {"name": name}).scalar_one()
+
+
 def show_training_set(db: Database, name: str = "default") -> dict[str, Any]:
     """Counts per split and per category of training set ``name``."""
     with db.begin() as conn:

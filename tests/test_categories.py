@@ -243,14 +243,14 @@ def test_categories_from_columns(db) -> None:
 
 def test_cli_mine_and_list(db, database_url: str) -> None:
     run = cli_runner(database_url)
-    result = run("categories", "mine", "--top", "3", "--json")
+    result = run("categories", "mine", "--top", "3", "--json", "--yes")
     assert result.exit_code == 0, result.output
     assert {row["name"] for row in json.loads(result.output)} == {"juice", "milk", "yoghurt"}
     result = run("categories", "list", "--source", "tfidf")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert len(lines) == 3 and lines[0].split()[:3] == ["juice", "juice", "2"]
-    result = run("categories", "mine", "--keyword", "caviar")
+    result = run("categories", "mine", "--keyword", "caviar", "--yes")
     assert result.exit_code == 1
     assert result.output.startswith("Error: category keywords caviar matched no product")
     assert len(result.output.strip().splitlines()) == 1

@@ -139,14 +139,14 @@ def test_missing_set(db) -> None:
 
 def test_cli_build_and_show(db, database_url: str) -> None:
     run = cli_runner(database_url)
-    result = run("dataset", "build", "--per-category", "5", "--seed", "0", "--json")
+    result = run("dataset", "build", "--per-category", "5", "--seed", "0", "--json", "--yes")
     assert result.exit_code == 0, result.output
     assert (json.loads(result.output)["train"], json.loads(result.output)["val"]) == (10, 3)
     result = run("dataset", "show")
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1].split() == ["total", "10", "3"]
     assert "yoghurt" in result.output
-    result = run("dataset", "build", "--val-fraction", "0")
+    result = run("dataset", "build", "--val-fraction", "0", "--yes")
     assert result.exit_code == 1 and result.output.startswith("Error: the val split would be empty")
     result = run("dataset", "show", "--name", "nope")
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
