@@ -123,6 +123,28 @@ def _network(config: PipelineConfig, registry: Registry):
     return Trained()
 
 
+#: ``saliency_source`` of :meth:`DescriptorPipeline.attention_maps`, besides "<estimator> estimate".
+LEARNED = "learned MANet branch"
+UNIFORM = "uniform: branch off"
+
+
+@dataclass(frozen=True)
+class Attention:
+    """The maps a pipeline weights X with (None: that factor of Eq. 3 is 1) and the saliency
+    map its pooling gets (None: the pooling takes none), all at X's size."""
+
+    learned: Any
+    text: Any
+    pool_saliency: Any
+    #: Where :attr:`saliency` comes from: LEARNED, UNIFORM, "<estimator> estimate"; None: no saliency.
+    source: str | None
+
+    @property
+    def saliency(self) -> Any:
+        """The saliency map the pipeline uses anywhere (Eq. 3 or its pooling), or None."""
+        return self.learned if self.learned is not None else self.pool_saliency
+
+
 def build_pipeline(config: PipelineConfig, registry: Registry, projection: Any = None):
     """Build the :class:`DescriptorPipeline` module for ``config`` (loads weights).
 
@@ -132,6 +154,7 @@ def build_pipeline(config: PipelineConfig, registry: Registry, projection: Any =
     import torch
 
     from manet.manet_math import weight_features
+    from manet.pooling import salient_cells, srmac, srmac_weights
     from manet.whitening import whiten
 
     if (config.projection is None) != (projection is None):
@@ -174,33 +197,67 @@ def build_pipeline(config: PipelineConfig, registry: Registry, projection: Any =
                 self.register_buffer("whiten_mean", torch.from_numpy(projection.mean), persistent=False)
                 self.register_buffer("whiten_matrix", torch.from_numpy(projection.matrix), persistent=False)
 
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
+        def _network_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+            """Images in [0, 1], then X and the learned saliency (or None) in float32."""
             unit = images.float().div_(255.0)
             features, learned = self.network((unit - self.mean) / self.std)  # bf16 under autocast
+            return unit, features.float(), learned.float() if learned is not None else None
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            unit, features, learned = self._network_maps(images)
             # Everything after the network in float32: the saliency estimate and masks are
             # thresholded at their mean, and a bf16 map flips pixels near it (measured: one
             # SR-MAC descriptor in 30 moved to cosine 0.91); whitening divides by small variances.
             with torch.autocast(unit.device.type, enabled=False):
-                return self._describe(unit, features.float(),
-                                      learned.float() if learned is not None else None)
+                return self._describe(unit, features, learned)
+
+        def attention_maps(self, images: torch.Tensor) -> dict[str, Any]:
+            """What the descriptor of uint8 images (B, 3, S, S) is made from, at X's size, float32.
+
+            ``features`` X (B, C, h, w) before Eq. 3; ``saliency`` (B, 1, h, w): the learned map
+            (Eq. 3 and SR-MAC), the estimator's (SR-MAC only) or ones (SR-MAC with the branch
+            off), None when the pipeline uses none, named by ``saliency_source``; ``text_mask``
+            T_m or None; with SR-MAC, its ``regions`` ((top, left, height, width) cells, the
+            global one first), their ``region_weights`` (B, R) and the salient cells S
+            (``salient``, bool), else None.
+            """
+            unit, features, learned = self._network_maps(images)
+            with torch.autocast(unit.device.type, enabled=False):
+                seen = self._attention(unit, features, learned)
+                regions = weights = salient = None
+                if self.pool.function is srmac:  # the pooling's own weights, from the same function
+                    height, width = features.shape[-2:]
+                    regions, weights = srmac_weights(seen.pool_saliency, height, width, **self.pool.fixed)
+                    salient = salient_cells(seen.pool_saliency, (height, width))
+            return {"features": features, "saliency": seen.saliency, "saliency_source": seen.source,
+                    "text_mask": seen.text, "regions": regions, "region_weights": weights, "salient": salient}
+
+        def _attention(self, unit: torch.Tensor, features: torch.Tensor,
+                       learned: torch.Tensor | None) -> Attention:
+            """The maps that weight X (Eq. 3) and the saliency that the pooling gets."""
+            learned = learned if config.learned_saliency else None
+            text = self.text.detect(unit, tuple(features.shape[-2:])) if self.text is not None else None
+            if not self.uses_saliency:
+                return Attention(learned, text, None, LEARNED if learned is not None else None)
+            if learned is not None:
+                return Attention(learned, text, learned, LEARNED)
+            if self.estimator is not None:
+                estimate = torch.nn.functional.interpolate(  # the estimator's map is smooth already
+                    self.estimator.estimate(unit).float(), size=features.shape[-2:], mode="bilinear",
+                    align_corners=False)
+                return Attention(None, text, estimate, f"{config.saliency} estimate")
+            # Branch switched off: uniform region weights.
+            return Attention(None, text, torch.ones_like(features[:, :1]), UNIFORM)
 
         def _describe(self, unit: torch.Tensor, features: torch.Tensor,
                       learned: torch.Tensor | None) -> torch.Tensor:
-            learned = learned if config.learned_saliency else None
-            text = self.text.detect(unit, tuple(features.shape[-2:])) if self.text is not None else None
-            if learned is not None or text is not None:
-                features = weight_features(features, learned, text)
-            if not self.uses_saliency:
-                pooled = self.pool(features)
+            seen = self._attention(unit, features, learned)
+            if seen.learned is not None or seen.text is not None:
+                features = weight_features(features, seen.learned, seen.text)
+            if self.uses_saliency:
+                pooled = self.pool(features, seen.pool_saliency)
             else:
-                saliency = learned
-                if saliency is None and self.estimator is not None:
-                    saliency = torch.nn.functional.interpolate(  # the estimator's map is smooth already
-                        self.estimator.estimate(unit).float(), size=features.shape[-2:], mode="bilinear",
-                        align_corners=False)
-                if saliency is None:  # branch switched off: uniform region weights
-                    saliency = torch.ones_like(features[:, :1])
-                pooled = self.pool(features, saliency)
+                pooled = self.pool(features)
             descriptors = torch.nn.functional.normalize(pooled.float(), p=2, dim=1, eps=1e-12)
             if not self.whitened:
                 return descriptors

@@ -19,14 +19,18 @@ from manet.regions import Region, rmac_regions
 
 __all__ = [
     "PoolingModule",
+    "all_regions",
     "amac",
     "gem",
     "l2_normalize",
     "mac",
     "ramac",
+    "region_fraction",
     "rmac",
+    "salient_cells",
     "spoc",
     "srmac",
+    "srmac_weights",
 ]
 
 
@@ -79,8 +83,8 @@ def amac(x: Tensor) -> Tensor:
     return x.masked_fill(~mask, float("-inf")).amax(dim=(2, 3))
 
 
-def _all_regions(height: int, width: int, levels: int, overlap: float) -> list[Region]:
-    """The global region followed by the R-MAC regions."""
+def all_regions(height: int, width: int, levels: int = 3, overlap: float = 0.4) -> list[Region]:
+    """The global region followed by the R-MAC regions: every region a regional pooling sums."""
     return [(0, 0, height, width), *rmac_regions(height, width, levels, overlap)]
 
 
@@ -98,20 +102,18 @@ def _normalised_region_max(x: Tensor, regions: list[Region]) -> Tensor:
     return l2_normalize(_region_reduce(x, regions, mac), dim=2)
 
 
-def _region_fraction(mask: Tensor, regions: list[Region]) -> Tensor:
-    """Fraction of each region's cells set in ``mask`` (B, 1, h, w): (B, R)."""
+def region_fraction(mask: Tensor, regions: list[Region]) -> Tensor:
+    """Fraction of each region's cells set in ``mask`` (B, 1, h, w): (B, R) float32."""
     return _region_reduce(mask.to(torch.float32), regions, spoc).squeeze(2)
 
 
-def _weighted_regions(x: Tensor, mask: Tensor | None, levels: int, overlap: float,
-                      floor: float = 0.0) -> Tensor:
-    """Sum over regions of the normalised region max, each weighted by the fraction of
-    the region inside ``mask`` (weights <= ``floor`` set to 0; no mask: weights 1)."""
-    regions = _all_regions(x.shape[2], x.shape[3], levels, overlap)
+def _pool_regions(x: Tensor, regions: list[Region], weights: Tensor | None, floor: float = 0.0) -> Tensor:
+    """Sum over ``regions`` of the normalised region max, each times its weight (B, R)
+    (weights <= ``floor`` set to 0; None: weights 1)."""
     vectors = _normalised_region_max(x, regions)
-    if mask is None:
+    if weights is None:
         return vectors.sum(dim=1)
-    weights = _region_fraction(mask, regions).to(vectors.dtype)
+    weights = weights.to(vectors.dtype)  # cast before the floor, as the floor compares in x's dtype
     if floor > 0:
         weights = weights.masked_fill(weights <= floor, 0.0)
     return (vectors * weights.unsqueeze(2)).sum(dim=1)
@@ -119,15 +121,34 @@ def _weighted_regions(x: Tensor, mask: Tensor | None, levels: int, overlap: floa
 
 def rmac(x: Tensor, levels: int = 3, overlap: float = 0.4) -> Tensor:
     """R-MAC: sum of the L2-normalised max of each region (R-MAC grid + global)."""
-    return _weighted_regions(x, None, levels, overlap)
+    return _pool_regions(x, all_regions(x.shape[2], x.shape[3], levels, overlap), None)
 
 
 def ramac(x: Tensor, levels: int = 3, overlap: float = 0.4) -> Tensor:
     """RA-MAC: R-MAC with each region weighted by its fraction of above-mean activations
     (channel sum vs. the whole map's mean); weights <= 1/3 are set to 0. A constant
     activation map (empty mask) falls back to weights 1 rather than a zero descriptor."""
+    regions = all_regions(x.shape[2], x.shape[3], levels, overlap)
     mask = _all_if_empty(_activation_mask(x))
-    return _weighted_regions(x, mask, levels, overlap, floor=1.0 / 3.0)
+    return _pool_regions(x, regions, region_fraction(mask, regions), floor=1.0 / 3.0)
+
+
+def salient_cells(saliency: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """SR-MAC's set S (B, 1, h, w) bool: ``saliency`` (B, 1, h', w') resized bilinearly to
+    ``size`` if needed (in float32), binarised at its per-image mean; an image whose S would
+    be empty (a constant map) gets every cell, i.e. uniform region weights."""
+    saliency = saliency.to(torch.float32)
+    if tuple(saliency.shape[2:]) != tuple(size):
+        saliency = F.interpolate(saliency, size=tuple(size), mode="bilinear", align_corners=False)
+    return _all_if_empty(above_mean(saliency))
+
+
+def srmac_weights(saliency: Tensor, height: int, width: int, levels: int = 3,
+                  overlap: float = 0.4) -> tuple[list[Region], Tensor]:
+    """SR-MAC's regions of an ``height`` x ``width`` feature map (:func:`all_regions`) and
+    their weights ``|R ∩ S| / |R|`` (B, R) float32, S = :func:`salient_cells`."""
+    regions = all_regions(height, width, levels, overlap)
+    return regions, region_fraction(salient_cells(saliency, (height, width)), regions)
 
 
 def srmac(x: Tensor, saliency: Tensor, levels: int = 3, overlap: float = 0.4) -> Tensor:
@@ -141,10 +162,8 @@ def srmac(x: Tensor, saliency: Tensor, levels: int = 3, overlap: float = 0.4) ->
         raise ValueError(
             f"saliency must be (B, 1, h, w) with B={x.shape[0]}, got {tuple(saliency.shape)}"
         )
-    saliency = saliency.to(device=x.device, dtype=torch.float32)
-    if saliency.shape[2:] != x.shape[2:]:
-        saliency = F.interpolate(saliency, size=x.shape[2:], mode="bilinear", align_corners=False)
-    return _weighted_regions(x, _all_if_empty(above_mean(saliency)), levels, overlap)
+    regions, weights = srmac_weights(saliency.to(x.device), x.shape[2], x.shape[3], levels, overlap)
+    return _pool_regions(x, regions, weights)
 
 
 class PoolingModule(nn.Module):
