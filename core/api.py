@@ -211,7 +211,8 @@ class Retriever:
                     rerank_factor: int | None = None, maintenance_work_mem: str | None = None) -> IndexReport:
         """(Re)build the model's HNSW index (see :func:`manet.search.build_index`)."""
         return build_index(self.db, self.model(model), m=m, ef_construction=ef_construction, quantize=quantize,
-                           rerank_factor=rerank_factor, maintenance_work_mem=maintenance_work_mem)
+                           rerank_factor=rerank_factor, maintenance_work_mem=maintenance_work_mem,
+                           progress=self.progress)
 
     def embed(self, model: str, paths: Sequence[str | Path]) -> np.ndarray:
         """Descriptors of image files under ``model`` (not stored)."""
@@ -270,7 +271,7 @@ class Retriever:
         re-ranked by that re-ranker plugin (DBA augments the catalogue instead)."""
         reranker = None if rerank is None else self.reranker(rerank, rerank_params)
         return evaluate(self.db, self.model(model), split=split, k=k, normaliser=normaliser, reranker=reranker,
-                        shortlist=shortlist)
+                        shortlist=shortlist, progress=self.progress)
 
     def compare(self, models: Sequence[str], *, split: str | None = None, k: int = 7,
                 normaliser: str = "min") -> list[EvalResult]:

@@ -12,7 +12,19 @@ import click
 
 from manet import __version__, config
 from manet.cli_bench import bench
-from manet.cli_common import BATCH_SIZE, JSON_OPTION, ManetGroup, State, _echo_json, _params, pass_state
+from manet.cli_common import (
+    BATCH_SIZE,
+    JSON_OPTION,
+    YES_OPTION,
+    ManetGroup,
+    State,
+    _echo_json,
+    _params,
+    confirm_destructive,
+    pass_state,
+)
+from manet.cli_doctor import doctor
+from manet.cli_explain import explain
 from manet.cli_training_data import categories, dataset
 from manet.distributed import LR_SCALING_RULES
 from manet.errors import ManetError
@@ -29,12 +41,41 @@ from manet.errors import ManetError
               show_envvar=True,
               help="Forward passes: auto = bf16 autocast on CUDA and on CPUs with native bf16 (AMX, "
                    "AVX512-BF16), else fp32.  [default: auto]")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("--load-plugins", envvar=config.LOAD_PLUGINS_ENV, show_envvar=True, metavar="NAMES",
+              help="Comma-separated third-party plugins (entry point or distribution names) to load; "
+                   "empty = built-ins only.  [default: all installed]")
+@click.option("--east-model", type=click.Path(dir_okay=False, path_type=Path), envvar=config.EAST_MODEL_ENV,
+              show_envvar=True,
+              help="Frozen EAST text detector graph (frozen_east_text_detection.pb); unset = the mser detector.")
+@click.option("--max-pixels", type=click.IntRange(min=1), envvar=config.MAX_PIXELS_ENV, show_envvar=True,
+              help="Refuse images larger than this many pixels (decompression bombs).  [default: 89478485]")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress bars (they are also off when stderr is not a terminal).")
 @click.version_option(__version__, prog_name="manet")
 @click.pass_context
 def cli(ctx: click.Context, database_url: str | None, home: Path | None, device: str | None,
-        precision: str | None, quiet: bool) -> None:
-    """Cross-domain product image retrieval on PyTorch and PostgreSQL/pgvector."""
+        precision: str | None, load_plugins: str | None, east_model: Path | None, max_pixels: int | None,
+        quiet: bool) -> None:
+    """Cross-domain product image retrieval on PyTorch and PostgreSQL/pgvector.
+
+    Every global option can also be set by its environment variable. Listing, search and eval
+    commands take --json; destructive ones ask first unless given --yes.
+
+    \b
+    Exit codes: 0 success; 1 error (one line on stderr says what was wrong and
+                how to fix it) or a declined confirmation; 2 wrong command line.
+    Shell completion (bash; zsh_source, fish_source for zsh, fish):
+      eval "$(_MANET_COMPLETE=bash_source manet)"
+    More: docs/cli.md
+    """
+    # These settings are read from the environment where they are used (plugin loading, the EAST
+    # detector, the image decoder, worker subprocesses); options given here are exported for the
+    # duration of this invocation only.
+    ctx.with_resource(config.environ_overrides({
+        config.LOAD_PLUGINS_ENV: load_plugins,
+        config.EAST_MODEL_ENV: str(east_model.resolve()) if east_model else None,
+        config.MAX_PIXELS_ENV: str(max_pixels) if max_pixels else None,
+    }))
     ctx.obj = State(database_url, home.resolve() if home else None, device, quiet, precision)
 
 
@@ -62,12 +103,11 @@ def db_upgrade(state: State, revision: str) -> None:
 
 @db.command("downgrade")
 @click.argument("revision")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@YES_OPTION
 @pass_state
 def db_downgrade(state: State, revision: str, yes: bool) -> None:
     """Revert migrations down to REVISION ('base' drops every table)."""
-    if not yes:
-        click.confirm(f"Downgrade the schema to {revision}? Tables above it are dropped", abort=True)
+    confirm_destructive(yes, f"Downgrade the schema to {revision}? Tables above it are dropped")
     database = _database(state)
     database.downgrade(revision)
     click.echo(f"database at {database.current_revision() or 'base'}")
@@ -330,13 +370,12 @@ def models_augment(state: State, base: str, name: str, rerank: str, rerank_param
 
 @models.command("delete")
 @click.argument("name")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@YES_OPTION
 @pass_state
 def models_delete(state: State, name: str, yes: bool) -> None:
     """Delete model NAME with its descriptors, index and evaluation runs."""
     state.retriever.model(name)  # a clear error for an unknown name
-    if not yes:
-        click.confirm(f"Delete model '{name}' and all its descriptors?", abort=True)
+    confirm_destructive(yes, f"Delete model '{name}' and all its descriptors?")
     state.retriever.delete_model(name)
     click.echo(f"model '{name}' deleted")
 
@@ -517,23 +556,37 @@ def index_build(state: State, model: str, m: int, ef_construction: int, quantize
 @click.option("--ef-search", type=int,
               help="HNSW candidate list size for this query (default: the server's, 40; 400 with a filter).")
 @rerank_options("aqe, alpha-qe", "Candidates fetched for --rerank.")
+@click.option("--html", "html", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the results as a self-contained HTML page (thumbnails embedded) to this file.")
 @JSON_OPTION
 @pass_state
 def search(state: State, image: Path | None, model: str, image_id: int | None, k: int, category: str | None,
            brand: str | None, ef_search: int | None, rerank: str | None, rerank_params: tuple[str, ...],
-           shortlist: int, as_json: bool) -> None:
+           shortlist: int, html: Path | None, as_json: bool) -> None:
     """Top-k catalogue products for IMAGE (a file) or --image-id."""
     if (image is None) == (image_id is None):
         raise click.UsageError("give an IMAGE path or --image-id (one of them)")
+    if html is not None:  # a bad path fails before the search runs
+        from manet.report import check_output_path
+
+        check_output_path(html)
     hits = state.retriever.search(model, image=image, image_id=image_id, k=k, category=category,
                                   brand=brand, ef_search=ef_search, rerank=rerank,
                                   rerank_params=_rerank_params(rerank, rerank_params), shortlist=shortlist)
     if as_json:
         _echo_json([hit.as_dict() for hit in hits])
-        return
-    for hit in hits:
-        click.echo(f"{hit.rank:>2}. {hit.score:.4f}  image {hit.image_id:<7} {hit.sku or '-':<24} "
-                   f"{hit.brand or '':<14} {hit.title or ''}")
+    else:
+        for hit in hits:
+            click.echo(f"{hit.rank:>2}. {hit.score:.4f}  image {hit.image_id:<7} {hit.sku or '-':<24} "
+                       f"{hit.brand or '':<14} {hit.title or ''}")
+    if html is not None:
+        from manet.report import search_report
+
+        reranker = None if rerank is None else {"name": rerank, "params": _rerank_params(rerank, rerank_params),
+                                                "shortlist": shortlist}
+        search_report(state.retriever.db, html, hits, model=model, k=k, image=image, image_id=image_id,
+                      filters={"category": category, "brand": brand}, reranker=reranker)
+        click.echo(f"wrote {html}", err=as_json)
 
 
 @cli.command("eval")
@@ -546,15 +599,27 @@ def search(state: State, image: Path | None, model: str, image_id: int | None, k
 @click.option("--normaliser", type=click.Choice(["min", "hits"]), default="min", show_default=True,
               help="AP@k denominator: min(|G|,k) (challenge) or hits in the top k.")
 @rerank_options("aqe, alpha-qe, dba", "Exact top-S re-ranked by --rerank (dba changes the whole catalogue instead).")
+@click.option("--report", "report", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the stored run as a self-contained HTML page (per-query top k, misses first).")
+@click.option("--report-limit", type=click.IntRange(min=0), default=None,
+              help="Query rows in the --report page, worst AP@k first.  [default: 200]")
 @JSON_OPTION
 @pass_state
 def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models: tuple[str, ...],
           split: str | None, k: int, normaliser: str, rerank: str | None, rerank_params: tuple[str, ...],
-          shortlist: int, as_json: bool) -> None:
+          shortlist: int, report: Path | None, report_limit: int | None, as_json: bool) -> None:
     """MAP@k, mAP and recall@1/5/7 of queries with a known product against the catalogue.
 
     `manet eval --compare A B C` extracts what is missing and prints one table for all.
     """
+    if report_limit is not None and report is None:
+        raise click.UsageError("--report-limit sets the rows of a report page: add --report FILE")
+    if report is not None:
+        if compare:
+            raise click.UsageError("--report shows one run: use --model NAME --report FILE for each model")
+        from manet.report import check_output_path
+
+        check_output_path(report)  # a bad path fails before the evaluation runs
     if compare:
         if rerank is not None:
             raise click.UsageError("--rerank evaluates one model: use --model NAME")
@@ -574,8 +639,15 @@ def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models
         raise click.UsageError("give --model NAME, or --compare MODEL [MODEL ...]")
     result = state.retriever.evaluate(model, split=split, k=k, normaliser=normaliser, rerank=rerank,
                                       rerank_params=_rerank_params(rerank, rerank_params), shortlist=shortlist)
+    if report is not None:
+        from manet.report import DEFAULT_REPORT_LIMIT, eval_report
+
+        eval_report(state.retriever.db, result.run_id, report,
+                    limit=DEFAULT_REPORT_LIMIT if report_limit is None else report_limit)
     if as_json:
         _echo_json(result.as_dict())
+        if report is not None:
+            click.echo(f"wrote {report}", err=True)
         return
     m = result.metrics
     click.echo(f"{model}: MAP@{k} {m[f'map@{k}']:.4f} (normaliser {normaliser})  mAP {m['map']:.4f}  "
@@ -586,6 +658,8 @@ def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models
         click.echo(f"re-ranked by {result.reranker['name']} {result.reranker['params']} (shortlist "
                    f"{shortlist}): {t['rerank_ms_per_query']:.3f} ms/query on top of {t['rank_ms_per_query']:.3f} "
                    f"ms/query exact ranking; catalogue augmentation {t['augment_s']:.3f} s")
+    if report is not None:
+        click.echo(f"wrote {report}")
 
 
 @cli.command()
@@ -693,6 +767,8 @@ def demo(state: State, products: int, photos_per_product: int, train_photos_per_
 cli.add_command(bench)
 cli.add_command(categories)
 cli.add_command(dataset)
+cli.add_command(doctor)
+cli.add_command(explain)
 
 
 def main() -> None:
