@@ -92,12 +92,6 @@ def _with_connect_timeout(url: str, seconds: int) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _version(text: str | None) -> tuple[int, ...]:
-    from manet.search import _version_tuple
-
-    return _version_tuple(text)
-
-
 def _dotted(version: tuple[int, ...]) -> str:
     return ".".join(map(str, version))
 
@@ -148,7 +142,7 @@ def check_pgvector(ctx: DoctorContext) -> Check:
     """The ``vector`` extension: installed, available, and whether the release is one to keep."""
     import sqlalchemy as sa
 
-    from manet.search import SAFE_PARALLEL_PGVECTOR
+    from manet.search import SAFE_PARALLEL_PGVECTOR, version_tuple
 
     with ctx.require_db().engine.connect() as conn:
         installed = conn.execute(sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
@@ -161,13 +155,13 @@ def check_pgvector(ctx: DoctorContext) -> Check:
     version = installed or available
     detail = (f"pgvector {installed} installed" if installed
               else f"pgvector {available} available, not yet created in this database (the first migration does)")
-    if installed and available and _version(available) > _version(installed):
+    if installed and available and version_tuple(available) > version_tuple(installed):
         detail += f"; {available} available"
-    if _version(version) < SAFE_PARALLEL_PGVECTOR:
+    if version_tuple(version) < SAFE_PARALLEL_PGVECTOR:
         detail += (f"; releases before {_dotted(SAFE_PARALLEL_PGVECTOR)} overflow a buffer in parallel HNSW "
                    f"builds (CVE-2026-3172), so manet builds indexes with max_parallel_maintenance_workers = 0 "
                    f"(slower builds)")
-    elif _version(version) < RECOMMENDED_PGVECTOR:
+    elif version_tuple(version) < RECOMMENDED_PGVECTOR:
         detail += f"; older than the recommended {_dotted(RECOMMENDED_PGVECTOR)}"
     else:
         return Check("pgvector", OK, detail)

@@ -65,7 +65,8 @@ class Hit:
         return asdict(self)
 
 
-def _version_tuple(version: str | None) -> tuple[int, ...]:
+def version_tuple(version: str | None) -> tuple[int, ...]:
+    """``"0.8.1"`` -> ``(0, 8, 1)``, for comparing server and extension versions (None -> (0,))."""
     parts = []
     for piece in (version or "0").split("."):
         digits = "".join(ch for ch in piece if ch.isdigit())
@@ -75,7 +76,7 @@ def _version_tuple(version: str | None) -> tuple[int, ...]:
 
 def parallel_build_allowed(pgvector_version: str | None) -> bool:
     """False on pgvector < 0.8.2, whose parallel HNSW build is unsafe (CVE-2026-3172)."""
-    return _version_tuple(pgvector_version) >= SAFE_PARALLEL_PGVECTOR
+    return version_tuple(pgvector_version) >= SAFE_PARALLEL_PGVECTOR
 
 
 @dataclass(frozen=True)
