@@ -117,11 +117,11 @@ class Retriever:
         return create_model(self.db, self.registry, name, PipelineConfig.from_dict(settings))
 
     def derive_model(self, name: str, source: str, *, pooling: str | None = None,
-                     learned_saliency: bool = True, text_mask: bool = True,
-                     image_size: int | None = None) -> ModelRecord:
-        """A pipeline from trained model ``source``: another pooling or input size, or
-        branches switched off."""
-        return derive_model(self.db, self.registry, name, source, pooling=pooling,
+                     pooling_params: dict[str, Any] | None = None, learned_saliency: bool = True,
+                     text_mask: bool = True, image_size: int | None = None) -> ModelRecord:
+        """A pipeline from trained model ``source``: another pooling (and its parameters) or
+        input size, or branches switched off."""
+        return derive_model(self.db, self.registry, name, source, pooling=pooling, pooling_params=pooling_params,
                             learned_saliency=learned_saliency, text_mask=text_mask, image_size=image_size)
 
     def model(self, name: str) -> ModelRecord:

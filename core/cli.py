@@ -267,8 +267,10 @@ def models_create(state: State, name: str, source: str | None, backbone: str, we
                   no_text: bool, as_json: bool) -> None:
     """Store a pipeline (backbone + weights + input size + pooling + L2) as model NAME."""
     if source is not None:
-        record = state.retriever.derive_model(name, source, pooling=pooling, learned_saliency=not no_saliency,
-                                              text_mask=not no_text, image_size=image_size)
+        record = state.retriever.derive_model(name, source, pooling=pooling,
+                                              pooling_params=_params(pooling_params) if pooling_params else None,
+                                              learned_saliency=not no_saliency, text_mask=not no_text,
+                                              image_size=image_size)
     else:
         if no_saliency or no_text:
             raise click.UsageError("--no-saliency/--no-text switch branches of a trained model: add --from TRAINED")

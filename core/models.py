@@ -176,10 +176,11 @@ def save_trained_model(db: Database, registry: Registry, train_config: Any, mane
 
 
 def derive_model(db: Database, registry: Registry, name: str, source: str, *, pooling: str | None = None,
-                 learned_saliency: bool = True, text_mask: bool = True,
-                 image_size: int | None = None) -> ModelRecord:
-    """A new pipeline from a trained model's network: another pooling, branches switched off,
-    or another input size (the network is fully convolutional up to the pooling)."""
+                 pooling_params: dict[str, Any] | None = None, learned_saliency: bool = True,
+                 text_mask: bool = True, image_size: int | None = None) -> ModelRecord:
+    """A new pipeline from a trained model's network: another pooling (with ``pooling_params``;
+    another pooling without them starts from its defaults), branches switched off, or another
+    input size (the network is fully convolutional up to the pooling)."""
     from dataclasses import replace
 
     base = get_model(db, source)
@@ -189,9 +190,13 @@ def derive_model(db: Database, registry: Registry, name: str, source: str, *, po
     if base.config.projection is not None:
         raise ManetError(f"model '{source}' is whitened; derive from its base "
                          f"'{base.config.projection.get('base')}', then whiten the result with manet models whiten")
+    new_pooling = pooling or base.config.pooling
+    if pooling_params is None:
+        pooling_params = dict(base.config.pooling_params) if new_pooling == base.config.pooling else {}
     config = replace(
         base.config,
-        pooling=pooling or base.config.pooling,
+        pooling=new_pooling,
+        pooling_params=pooling_params,
         image_size=image_size or base.config.image_size,
         learned_saliency=base.config.learned_saliency and learned_saliency,
         text_mask=base.config.text_mask and text_mask,

@@ -160,3 +160,13 @@ def test_derive_at_another_input_size(prepared, run):
     assert derived.config.image_size == 96 and derived.config.checkpoint == base.config.checkpoint
     one_line = run("models", "create", "x", "--from", "does-not-exist")
     assert one_line.exit_code == 1 and "does not exist" in one_line.output
+
+
+def test_derive_with_pooling_parameters(prepared, run):
+    result = run("models", "create", "m1-gem4", "--from", "m1", "--pooling", "gem", "-p", "p=4", "--json")
+    assert result.exit_code == 0, result.output
+    assert prepared.model("m1-gem4").config.pooling_params == {"p": "4"}  # as given; validated on use
+    assert run("models", "create", "m1-gem", "--from", "m1", "--pooling", "gem").exit_code == 0
+    assert prepared.model("m1-gem").config.pooling_params == {}  # another pooling starts from its defaults
+    bad = run("models", "create", "m1-bad", "--from", "m1", "-p", "nope=1")
+    assert bad.exit_code == 1 and "nope" in bad.output
