@@ -13,7 +13,6 @@ the image files); :func:`search_report` and :func:`eval_report` read the databas
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,6 +29,7 @@ from PIL import Image
 
 from manet.db import Database, as_array
 from manet.errors import ManetError, NotFoundError, one_line
+from manet.images import inspect_image, load_rgb
 
 #: Long side of an embedded thumbnail, pixels.
 THUMB_SIZE = 128
@@ -103,8 +103,6 @@ class EvalRun:
 # -- thumbnails ------------------------------------------------------------------------------
 def _thumbnail(path: Path, size: int, quality: int) -> str:
     """Base64 JPEG of ``path`` at most ``size`` px on its long side (manet's safe decoder)."""
-    from manet.images import load_rgb
-
     image = load_rgb(path, at_least=size)  # a large JPEG decodes at a reduced DCT scale
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
@@ -486,8 +484,9 @@ def check_output_path(path: Path) -> Path:
 
 
 def write_page(path: Path, page: str) -> Path:
-    """Write ``page`` to ``path`` (checked first); OS errors become one-line :class:`ManetError`."""
-    path = check_output_path(path)
+    """Write ``page`` to ``path`` (checked with :func:`check_output_path` before the page was
+    built); OS errors become one-line :class:`ManetError`."""
+    path = Path(path)
     try:
         path.write_text(page, encoding="utf-8")
     except OSError as exc:
@@ -505,8 +504,8 @@ def _file_item(conn: sa.Connection, image: Path) -> tuple[Item, str]:
     """The query file as an item: a stored image with the same bytes lends it its product."""
     label = f"file {image}"
     try:
-        digest = hashlib.sha256(image.read_bytes()).hexdigest()
-    except OSError:  # the search itself reported a bad file; the page shows the placeholder
+        digest = inspect_image(image).sha256  # the content hash ingest stored
+    except ManetError:  # the search itself reported a bad file; the page shows the placeholder
         return Item(None, str(image)), label
     row = conn.execute(sa.text(_ITEMS_SQL + " WHERE i.sha256 = :h"), {"h": digest}).first()
     if row is None:
