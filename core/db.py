@@ -233,16 +233,23 @@ class Database:
             for statement in statements:
                 conn.execute(sql.SQL(statement).format(db=sql.Identifier(database), role=ident))
 
-    def server_versions(self) -> dict[str, str | None]:
+    def vector_extension(self) -> tuple[str | None, str | None]:
+        """pgvector's version installed in this database and the one the server offers (None: none)."""
         with self.engine.connect() as conn:
-            pg = conn.execute(sa.text("SHOW server_version")).scalar()
-            vec = conn.execute(
+            installed = conn.execute(
                 sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
             ).scalar()
             available = conn.execute(
                 sa.text("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
             ).scalar()
-        return {"postgresql": pg, "pgvector": vec or available}
+        return installed, available
+
+    def server_versions(self) -> dict[str, str | None]:
+        """PostgreSQL's version and pgvector's (installed, else the one the first migration installs)."""
+        with self.engine.connect() as conn:
+            pg = conn.execute(sa.text("SHOW server_version")).scalar()
+        installed, available = self.vector_extension()
+        return {"postgresql": pg, "pgvector": installed or available}
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -131,23 +131,14 @@ def check_database(ctx: DoctorContext) -> Check:
 
 def check_postgresql(ctx: DoctorContext) -> Check:
     """The server's version (migrations/README.md states no minimum: reported only)."""
-    import sqlalchemy as sa
-
-    with ctx.require_db().engine.connect() as conn:
-        version = conn.execute(sa.text("SHOW server_version")).scalar()
-    return Check("postgresql", OK, f"PostgreSQL {version}")
+    return Check("postgresql", OK, f"PostgreSQL {ctx.require_db().server_versions()['postgresql']}")
 
 
 def check_pgvector(ctx: DoctorContext) -> Check:
     """The ``vector`` extension: installed, available, and whether the release is one to keep."""
-    import sqlalchemy as sa
-
     from manet.search import SAFE_PARALLEL_PGVECTOR, version_tuple
 
-    with ctx.require_db().engine.connect() as conn:
-        installed = conn.execute(sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
-        available = conn.execute(
-            sa.text("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")).scalar()
+    installed, available = ctx.require_db().vector_extension()
     if installed is None and available is None:
         return Check("pgvector", FAIL, "the vector extension is not available on this server",
                      f"install pgvector >= {_dotted(RECOMMENDED_PGVECTOR)} on the server (e.g. the "
@@ -277,11 +268,16 @@ def _builtin_backbones() -> list[Any]:
     return classes
 
 
-def _writable(path: Path) -> bool:
-    """Whether ``path``, or the nearest folder above it that exists, may be written."""
+def _existing(path: Path) -> Path:
+    """``path``, or the nearest folder above it that exists."""
     while not path.exists() and path != path.parent:
         path = path.parent
-    return os.access(path, os.W_OK)
+    return path
+
+
+def _writable(path: Path) -> bool:
+    """Whether ``path``, or the nearest folder above it that exists, may be written."""
+    return os.access(_existing(path), os.W_OK)
 
 
 def check_weights(ctx: DoctorContext) -> Check:
@@ -361,10 +357,7 @@ def check_home(ctx: DoctorContext) -> Check:
     from manet import embedded
 
     home = ctx.home_dir
-    probe = home
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    free = shutil.disk_usage(_existing(home)).free
     writable = _writable(home)
     detail = f"{home}{'' if home.exists() else ' (not created yet)'}: {free / 2**30:.1f} GiB free"
     if ctx.embedded:
