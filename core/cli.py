@@ -572,9 +572,10 @@ def search(state: State, image: Path | None, model: str, image_id: int | None, k
         from manet.report import check_output_path
 
         check_output_path(html)
+    params = _rerank_params(rerank, rerank_params)
     hits = state.retriever.search(model, image=image, image_id=image_id, k=k, category=category,
-                                  brand=brand, ef_search=ef_search, rerank=rerank,
-                                  rerank_params=_rerank_params(rerank, rerank_params), shortlist=shortlist)
+                                  brand=brand, ef_search=ef_search, rerank=rerank, rerank_params=params,
+                                  shortlist=shortlist)
     if as_json:
         _echo_json([hit.as_dict() for hit in hits])
     else:
@@ -584,8 +585,7 @@ def search(state: State, image: Path | None, model: str, image_id: int | None, k
     if html is not None:
         from manet.report import search_report
 
-        reranker = None if rerank is None else {"name": rerank, "params": _rerank_params(rerank, rerank_params),
-                                                "shortlist": shortlist}
+        reranker = None if rerank is None else {"name": rerank, "params": params, "shortlist": shortlist}
         search_report(state.retriever.db, html, hits, model=model, k=k, image=image, image_id=image_id,
                       filters={"category": category, "brand": brand}, reranker=reranker)
         click.echo(f"wrote {html}", err=as_json)

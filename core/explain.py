@@ -113,9 +113,7 @@ def explain_image(retriever: Any, model: str, image_path: str | Path, out_path: 
     ``text_detector`` names a text detector run for display when the model has no text branch
     (a model with one always shows its own mask).
     """
-    import torch
-
-    from manet.extract import use_bf16
+    from manet.extract import forward_pass
     from manet.images import inspect_image, read_image_tensor
 
     image_path, out_path = Path(image_path), Path(out_path)
@@ -127,8 +125,7 @@ def explain_image(retriever: Any, model: str, image_path: str | Path, out_path: 
     pipeline = retriever.pipeline(model)
     device = retriever.device
     batch = image.unsqueeze(0).to(device)
-    bf16 = use_bf16(device, retriever.precision)  # the same forward pass as `manet search IMAGE`
-    with torch.inference_mode(), torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=bf16):
+    with forward_pass(device, retriever.precision):  # the same forward pass as `manet search IMAGE`
         maps = pipeline.attention_maps(batch)
         feature_size = tuple(int(v) for v in maps["features"].shape[-2:])
         text, text_source = _text_mask(retriever, pipeline, maps, batch, feature_size, text_detector)

@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,6 +277,17 @@ class PendingVectors:
         return np.concatenate([tensor.numpy() for tensor, _ in self.parts])
 
 
+@contextmanager
+def forward_pass(device: str, precision: str | None = None) -> Iterator[None]:
+    """The context of every forward pass on ``device``: inference mode, and bf16 autocast
+    where :func:`use_bf16` says."""
+    import torch
+
+    bf16 = use_bf16(device, precision)
+    with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+        yield
+
+
 def start_pipeline(pipeline: Any, images: Any, device: str, rows: int | None = None,
                    precision: str | None = None) -> PendingVectors:
     """Start one forward pass on ``device`` (channels_last input, bf16 autocast where
@@ -283,9 +295,8 @@ def start_pipeline(pipeline: Any, images: Any, device: str, rows: int | None = N
     they come back by an asynchronous copy into page-locked memory."""
     import torch
 
-    bf16 = use_bf16(device, precision)
     images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+    with forward_pass(device, precision):
         out = pipeline(images)[:rows]
     if device.startswith("cuda"):
         host = out.float().to("cpu", non_blocking=True)  # page-locked, filled asynchronously
