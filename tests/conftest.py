@@ -4,6 +4,8 @@ per test module, and small generated catalogues."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,70 @@ def search_plan(retriever, model_name: str, **filters) -> str:
         plan = "\n".join(conn.execute(sa.text("EXPLAIN " + sql), params).scalars())
     assert record.index_name in plan, plan
     return plan
+
+
+# -- HTML pages (manet.report), as written and as Chromium renders them ----------------------
+VOID = {"meta", "br", "img", "link", "input", "hr"}
+
+
+@dataclass
+class Node:
+    tag: str
+    attrs: dict[str, str]
+    #: Child elements and text, in document order.
+    parts: list[Node | str] = field(default_factory=list)
+
+    @property
+    def classes(self) -> set[str]:
+        return set(self.attrs.get("class", "").split())
+
+    def walk(self):
+        yield self
+        for part in self.parts:
+            if isinstance(part, Node):
+                yield from part.walk()
+
+    def find(self, tag: str | None = None, cls: str | None = None, **attrs: str) -> list[Node]:
+        return [n for n in self.walk() if (tag is None or n.tag == tag) and (cls is None or cls in n.classes)
+                and all(n.attrs.get(key.replace("_", "-")) == value for key, value in attrs.items())]
+
+    def one(self, *args, **kwargs) -> Node:
+        found = self.find(*args, **kwargs)
+        assert len(found) == 1, (args, kwargs, len(found))
+        return found[0]
+
+    def content(self) -> str:
+        """All text under this node in document order, whitespace-joined."""
+        pieces = [part if isinstance(part, str) else part.content() for part in self.parts]
+        return " ".join(" ".join(pieces).split())
+
+
+class TreeBuilder(HTMLParser):
+    """A minimal DOM of a page (the pages are well-formed; this checks it as it goes)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = Node("#root", {})
+        self.stack = [self.root]
+
+    def handle_starttag(self, tag, attrs):
+        node = Node(tag, {key: value or "" for key, value in attrs})
+        self.stack[-1].parts.append(node)
+        if tag not in VOID:
+            self.stack.append(node)
+
+    def handle_endtag(self, tag):
+        assert self.stack[-1].tag == tag, f"</{tag}> closes <{self.stack[-1].tag}>"
+        self.stack.pop()
+
+    def handle_data(self, data):
+        self.stack[-1].parts.append(data)
+
+
+def parse_html(page: str) -> Node:
+    """The element tree of a well-formed page (asserts that every element is closed)."""
+    builder = TreeBuilder()
+    builder.feed(page)
+    builder.close()
+    assert builder.stack == [builder.root], "unclosed elements"
+    return builder.root

@@ -12,11 +12,12 @@ import shutil
 import subprocess
 import tempfile
 from datetime import UTC, datetime
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from conftest import parse_html
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH (apt-get install chromium)")
@@ -130,35 +131,17 @@ def test_search_screenshot(search_page, tmp_path):
     assert pixels_near(image, MISS_RED) > 100  # the unreadable image's placeholder
 
 
-class Rows(HTMLParser):
-    """The query rows of a rendered evaluation page: (image id, miss?, cards in the row)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rows: list[list] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        values = dict(attrs)
-        classes = (values.get("class") or "").split()
-        if tag == "section" and "q" in classes:
-            self.rows.append([int(values["data-image-id"]), "miss" in classes, 0])
-        elif tag == "div" and "card" in classes and self.rows:
-            self.rows[-1][2] += 1
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
 def test_rendered_dom_has_the_query_rows(eval_page, tmp_path):
     page, run = eval_page
     dom = chromium(tmp_path, "--dump-dom", page.resolve().as_uri()).stdout
-    parser = Rows()
-    parser.feed(dom)
-    assert [row[0] for row in parser.rows] == [row.query.image_id for row in run.rows]
-    assert sum(row[1] for row in parser.rows) == 10
-    assert all(row[2] == 8 for row in parser.rows)  # the query and its top 7
-    text = " ".join(" ".join(parser.text).split())
+    root = parse_html(dom)
+    # (image id, miss?, cards in the row) of each query row
+    rows = [(int(q.attrs["data-image-id"]), "miss" in q.classes, len(q.find("div", "card")))
+            for q in root.find("section", "q")]
+    assert [row[0] for row in rows] == [row.query.image_id for row in run.rows]
+    assert sum(row[1] for row in rows) == 10
+    assert all(row[2] == 8 for row in rows)  # the query and its top 7
+    text = root.content()
     assert "MAP@7 0.3333" in text and "20 of 20 queries shown" in text
     assert "model tiny <model> · run 7" in text  # escaped in the file, shown as text
     assert "<script" not in dom

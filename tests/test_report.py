@@ -8,79 +8,20 @@ import io
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-VOID = {"meta", "br", "img", "link", "input", "hr"}
+from conftest import Node, parse_html
+
 THUMB_RULE = re.compile(r"\.(i\w+)\{background-image:url\(data:image/jpeg;base64,([A-Za-z0-9+/=]+)\)\}")
-
-
-@dataclass
-class Node:
-    tag: str
-    attrs: dict[str, str]
-    #: Child elements and text, in document order.
-    parts: list[Node | str] = field(default_factory=list)
-
-    @property
-    def classes(self) -> set[str]:
-        return set(self.attrs.get("class", "").split())
-
-    def walk(self):
-        yield self
-        for part in self.parts:
-            if isinstance(part, Node):
-                yield from part.walk()
-
-    def find(self, tag: str | None = None, cls: str | None = None, **attrs: str) -> list[Node]:
-        return [n for n in self.walk() if (tag is None or n.tag == tag) and (cls is None or cls in n.classes)
-                and all(n.attrs.get(key.replace("_", "-")) == value for key, value in attrs.items())]
-
-    def one(self, *args, **kwargs) -> Node:
-        found = self.find(*args, **kwargs)
-        assert len(found) == 1, (args, kwargs, len(found))
-        return found[0]
-
-    def content(self) -> str:
-        """All text under this node in document order, whitespace-joined."""
-        pieces = [part if isinstance(part, str) else part.content() for part in self.parts]
-        return " ".join(" ".join(pieces).split())
-
-
-class TreeBuilder(HTMLParser):
-    """A minimal DOM of a page (the pages are well-formed; this checks it as it goes)."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.root = Node("#root", {})
-        self.stack = [self.root]
-
-    def handle_starttag(self, tag, attrs):
-        node = Node(tag, {key: value or "" for key, value in attrs})
-        self.stack[-1].parts.append(node)
-        if tag not in VOID:
-            self.stack.append(node)
-
-    def handle_endtag(self, tag):
-        assert self.stack[-1].tag == tag, f"</{tag}> closes <{self.stack[-1].tag}>"
-        self.stack.pop()
-
-    def handle_data(self, data):
-        self.stack[-1].parts.append(data)
 
 
 def parse(path: Path) -> tuple[Node, str]:
     page = path.read_text(encoding="utf-8")
-    builder = TreeBuilder()
-    builder.feed(page)
-    builder.close()
-    assert builder.stack == [builder.root], "unclosed elements"
-    return builder.root, page
+    return parse_html(page), page
 
 
 def check_self_contained(root: Node, page: str) -> dict[str, bytes]:
