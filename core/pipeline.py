@@ -10,12 +10,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from manet.config import DEFAULT_BACKBONE
 from manet.errors import ManetError, PluginError, WeightsError
 from manet.plugin_manager import Registry
 
-# torchvision's ImageNet statistics, used by every torchvision backbone.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 POSTPROCESSING = ("l2",)
 
 
@@ -23,7 +21,7 @@ POSTPROCESSING = ("l2",)
 class PipelineConfig:
     """Everything needed to rebuild a descriptor extractor."""
 
-    backbone: str = "resnet50"
+    backbone: str = DEFAULT_BACKBONE
     weights: str = "imagenet"
     image_size: int = 224
     pooling: str = "srmac"
@@ -81,8 +79,11 @@ class PipelineConfig:
         return dims
 
 
-def _network(config: PipelineConfig, registry: Registry):
-    """A module mapping normalised images to (X, learned saliency at X's size or None)."""
+def _network(config: PipelineConfig, registry: Registry, manet: Any = None):
+    """A module mapping normalised images to (X, learned saliency at X's size or None).
+
+    ``manet``: a MANet already in memory (a training run's) instead of the checkpoint's.
+    """
     import torch
 
     if config.manet is None:
@@ -98,6 +99,23 @@ def _network(config: PipelineConfig, registry: Registry):
 
         return Plain()
 
+    model = manet if manet is not None else _load_manet(config, registry)
+
+    class Trained(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.manet = model
+
+        def forward(self, images: torch.Tensor):
+            return self.manet.attend(images)
+
+    return Trained()
+
+
+def _load_manet(config: PipelineConfig, registry: Registry):
+    """The trained MANet of ``config``, from its checkpoint."""
+    import torch
+
     from manet.manet_model import MANetConfig, build_manet
 
     checkpoint = Path(config.checkpoint or "")
@@ -111,16 +129,7 @@ def _network(config: PipelineConfig, registry: Registry):
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, OSError) as exc:
         raise WeightsError(f"cannot load trained checkpoint {checkpoint}: {str(exc).splitlines()[0]}") from None
-
-    class Trained(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.manet = model
-
-        def forward(self, images: torch.Tensor):
-            return self.manet.attend(images)
-
-    return Trained()
+    return model
 
 
 #: ``saliency_source`` of :meth:`DescriptorPipeline.attention_maps`, besides "<estimator> estimate".
@@ -145,11 +154,13 @@ class Attention:
         return self.learned if self.learned is not None else self.pool_saliency
 
 
-def build_pipeline(config: PipelineConfig, registry: Registry, projection: Any = None):
+def build_pipeline(config: PipelineConfig, registry: Registry, projection: Any = None, manet: Any = None):
     """Build the :class:`DescriptorPipeline` module for ``config`` (loads weights).
 
     ``projection`` (a :class:`manet.whitening.Projection`) is required when ``config`` has one:
-    its arrays live in the database (:func:`manet.whitening.load_projection`).
+    its arrays live in the database (:func:`manet.whitening.load_projection`). ``manet``: the
+    network of a trained ``config`` already in memory (training evaluates its epochs with it),
+    instead of loading its checkpoint.
     """
     import torch
 
@@ -174,7 +185,8 @@ def build_pipeline(config: PipelineConfig, registry: Registry, projection: Any =
             backbone = registry.create("backbone", config.backbone)
             pooling = registry.create("pooling", config.pooling, **config.pooling_params)
             self.dim = int(backbone.out_channels)
-            self.network = _network(config, registry)
+            self.backbone = backbone  # its input normalisation
+            self.network = _network(config, registry, manet)
             self.pool = pooling.module()
             self.uses_saliency = pooling.uses_saliency
             # Pseudo-saliency serves untrained pipelines; a trained one uses its learned
@@ -189,8 +201,6 @@ def build_pipeline(config: PipelineConfig, registry: Registry, projection: Any =
                 from manet.plugins.text_detectors import default_text_detector
 
                 self.text = registry.create("text_detector", config.text_detector or default_text_detector())
-            self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-            self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
             self.whitened = projection is not None
             if projection is not None:
                 self.dim = projection.output_dim
@@ -200,16 +210,18 @@ def build_pipeline(config: PipelineConfig, registry: Registry, projection: Any =
         def _network_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
             """Images in [0, 1], then X and the learned saliency (or None) in float32."""
             unit = images.float().div_(255.0)
-            features, learned = self.network((unit - self.mean) / self.std)  # bf16 under autocast
+            features, learned = self.network(self.backbone.normalise(unit))  # bf16 under autocast
             return unit, features.float(), learned.float() if learned is not None else None
 
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
+        def forward(self, images: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+            """``text_mask``: T_m (B, 1, h, w) computed already (training caches it per image);
+            None runs the pipeline's text detector when it uses one."""
             unit, features, learned = self._network_maps(images)
             # Everything after the network in float32: the saliency estimate and masks are
             # thresholded at their mean, and a bf16 map flips pixels near it (measured: one
             # SR-MAC descriptor in 30 moved to cosine 0.91); whitening divides by small variances.
             with torch.autocast(unit.device.type, enabled=False):
-                return self._describe(unit, features, learned)
+                return self._describe(unit, features, learned, text_mask)
 
         def attention_maps(self, images: torch.Tensor) -> dict[str, Any]:
             """What the descriptor of uint8 images (B, 3, S, S) is made from, at X's size, float32.
@@ -233,10 +245,13 @@ def build_pipeline(config: PipelineConfig, registry: Registry, projection: Any =
                     "text_mask": seen.text, "regions": regions, "region_weights": weights, "salient": salient}
 
         def _attention(self, unit: torch.Tensor, features: torch.Tensor,
-                       learned: torch.Tensor | None) -> Attention:
+                       learned: torch.Tensor | None, text: torch.Tensor | None = None) -> Attention:
             """The maps that weight X (Eq. 3) and the saliency that the pooling gets."""
             learned = learned if config.learned_saliency else None
-            text = self.text.detect(unit, tuple(features.shape[-2:])) if self.text is not None else None
+            if self.text is None:
+                text = None
+            elif text is None:
+                text = self.text.detect(unit, tuple(features.shape[-2:]))
             if not self.uses_saliency:
                 return Attention(learned, text, None, LEARNED if learned is not None else None)
             if learned is not None:
@@ -250,8 +265,8 @@ def build_pipeline(config: PipelineConfig, registry: Registry, projection: Any =
             return Attention(None, text, torch.ones_like(features[:, :1]), UNIFORM)
 
         def _describe(self, unit: torch.Tensor, features: torch.Tensor,
-                      learned: torch.Tensor | None) -> torch.Tensor:
-            seen = self._attention(unit, features, learned)
+                      learned: torch.Tensor | None, text: torch.Tensor | None) -> torch.Tensor:
+            seen = self._attention(unit, features, learned, text)
             if seen.learned is not None or seen.text is not None:
                 features = weight_features(features, seen.learned, seen.text)
             if self.uses_saliency:

@@ -170,3 +170,46 @@ def test_derive_with_pooling_parameters(prepared, run):
     assert prepared.model("m1-gem").config.pooling_params == {}  # another pooling starts from its defaults
     bad = run("models", "create", "m1-bad", "--from", "m1", "-p", "nope=1")
     assert bad.exit_code == 1 and "nope" in bad.output
+
+
+def test_sku_labels_frozen_stages_and_the_extraction_descriptors(prepared, run):
+    """--labels sku learns products; --frozen-stages keeps the first stages as built; the val
+    MAP@7 printed in training is the one extraction's stored descriptors give."""
+    import numpy as np
+    import sqlalchemy as sa
+
+    from manet.train import _retrieval_map7
+    from manet.trainset import training_images
+
+    result = run("train", "--name", "sku1", "--epochs", "1", *TINY, "--no-text", "--labels", "sku",
+                 "--frozen-stages", "2", "--json")
+    assert result.exit_code == 0, result.output
+    reported = json.loads(result.output)["epochs"][0]["val_map7"]
+    record = prepared.model("sku1")
+    train_rows, val_rows = (training_images(prepared.db, "default", split) for split in ("train", "val"))
+    with prepared.db.begin() as conn:
+        sku_of = dict(conn.execute(sa.text("SELECT i.id, p.sku FROM images i JOIN products p ON p.id = i.product_id"))
+                      .all())
+    assert record.metrics["classes"] == sorted({sku_of[r[0]] for r in train_rows + val_rows})
+
+    state = torch.load(record.config.checkpoint, weights_only=True)["model"]
+    built = prepared.registry.create("backbone", "resnet18").build_stages("none").state_dict()
+    for key, value in built.items():
+        if key.split(".")[0] in ("0", "1") and value.is_floating_point():
+            assert torch.equal(state[f"stages.{key}"], value), key  # frozen: as built
+    assert not all(torch.equal(state[f"stages.{k}"], v) for k, v in built.items() if k.startswith("3."))
+
+    prepared.extract("sku1")
+    with prepared.db.begin() as conn:
+        vectors = {row.image_id: np.asarray(row.embedding, dtype=np.float32) for row in conn.execute(sa.text(
+                       "SELECT image_id, embedding::real[] AS embedding FROM descriptors WHERE model_id = :m"),
+                       {"m": record.id})}
+
+    def stacked(rows):
+        return torch.from_numpy(np.stack([vectors[r[0]] for r in rows]))
+
+    with prepared.db.begin() as conn:
+        product_of = dict(conn.execute(sa.text("SELECT id, product_id FROM images")).all())
+    recomputed = _retrieval_map7(stacked(val_rows), np.array([product_of[r[0]] for r in val_rows]),
+                                 stacked(train_rows), np.array([product_of[r[0]] for r in train_rows]))
+    assert recomputed == pytest.approx(reported, abs=1e-6)
