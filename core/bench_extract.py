@@ -4,6 +4,9 @@ One run, in the scratch database (:mod:`manet.bench`), on real JPEG files, measu
 
 - **model only**: the same pipeline module on uint8 batches already decoded and on the device
   (two real batches, cycled), i.e. what the model alone can do;
+- **text detection**, when the pipeline has a text branch (MANet's text mask): its detector
+  alone on the same batches, called as the forward pass calls it; ``text_detection_share`` is
+  its time per image over the model-only time per image, the part of extraction it costs;
 - **end to end**: :func:`manet.extract.extract` from files to committed descriptor rows
   (DataLoader decoding, the forward pass, the writer thread's binary COPY); ingest is not part
   of it;
@@ -215,8 +218,10 @@ def _sync(device: str) -> None:
 
 def measure_model_only(forward: Any, batches: list[Any], device: str, min_batches: int,
                        min_seconds: float) -> tuple[float, int]:
-    """Images/s of ``forward`` cycling over ``batches`` (uint8, on the device) after one warm-up
-    pass over each: at least ``min_batches`` passes and ``min_seconds``. Returns (images/s, images)."""
+    """Images/s of ``forward`` cycling over ``batches`` (on the device) after one warm-up pass
+    over each: at least ``min_batches`` passes and ``min_seconds``. ``forward`` returns what it
+    started, waited for by its ``result()`` (:class:`manet.extract.PendingVectors`), so that a
+    CUDA pipeline queues the next batch meanwhile. Returns (images/s, images)."""
     for batch in batches:
         forward(batch).result()
     _sync(device)
@@ -229,6 +234,36 @@ def measure_model_only(forward: Any, batches: list[Any], device: str, min_batche
         result.result()
     _sync(device)
     return images / (time.perf_counter() - started), images
+
+
+class _Finished:
+    """A result computed already, waited for as :func:`measure_model_only` waits for a forward's."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
+def text_detection(pipeline: Any, batches: list[Any]) -> tuple[Callable[[Any], _Finished], list[Any]]:
+    """``pipeline``'s text detector alone as :func:`measure_model_only` times a forward, and its
+    inputs for ``batches`` (uint8, on the device): the call of the pipeline's forward pass,
+    ``detect(unit, size)``, on the images in [0, 1] (float32, channels_last as
+    :func:`manet.extract.start_pipeline` feeds them) at the size of the feature map. That size
+    comes from one real forward pass: a size that is not a multiple of the backbone's stride
+    rounds up or down depending on the network."""
+    import torch
+
+    units = [batch.contiguous(memory_format=torch.channels_last).float().div_(255.0) for batch in batches]
+    with torch.inference_mode():
+        size = tuple(pipeline.attention_maps(batches[0][:1])["features"].shape[-2:])
+
+    def detect(unit: Any) -> _Finished:
+        with torch.inference_mode():  # as in every forward pass (manet.extract.forward_pass)
+            return _Finished(pipeline.text.detect(unit, size))
+
+    return detect, units
 
 
 def measure_naive(db: Database, model_id: int, pipeline: Any, items: list[tuple[int, bool, str]], size: int,
@@ -332,6 +367,13 @@ def run_extract_bench(db: Database, registry: Any, options: ExtractBenchOptions,
         model_ips, model_count = measure_model_only(forward, batches, device,
                                                     max(options.model_batches, len(batches)),
                                                     options.min_model_seconds)
+        text_ips = None
+        if pipeline.text is not None:
+            say(f"text detection alone ({pipeline.text.name})")
+            detect, units = text_detection(pipeline, batches)
+            text_ips, _ = measure_model_only(detect, units, device, max(options.model_batches, len(units)),
+                                             options.min_model_seconds)
+            del units
         del batches, decoded
         batch_size = forward.chunk  # after any out-of-memory back-off
 
@@ -374,6 +416,10 @@ def run_extract_bench(db: Database, registry: Any, options: ExtractBenchOptions,
         "torch": torch.__version__,
         "model_only_ips": round(model_ips, 2),
         "model_only_images": model_count,
+        "text_detector": pipeline.text.name if pipeline.text is not None else None,
+        "text_detection_ips": round(text_ips, 2) if text_ips is not None else None,
+        # (1 / text_ips) / (1 / model_ips): the share of the model-only time per image.
+        "text_detection_share": _ratio(model_ips, text_ips) if text_ips is not None else None,
         "end_to_end_ips": round(e2e_ips, 2),
         "end_to_end_seconds": round(e2e_seconds, 3),
         "naive_ips": round(naive_ips, 2),
@@ -394,12 +440,16 @@ def format_report(r: dict[str, Any]) -> str:
     device = r["device"] + (f" ({r['gpu_name']})" if r["gpu_name"] else "")
     gpu = f"{r['gpu_peak_memory_mb']:.0f} MiB" if r["gpu_peak_memory_mb"] is not None else "-"
     workers = f"{r['decode_worker_peak_rss_mb']:.0f} MiB" if r["decode_worker_peak_rss_mb"] else "-"
+    text = ([f"  text detection  {r['text_detection_ips']:.2f} img/s alone: "
+             f"{100 * r['text_detection_share']:.0f} % of the model-only time ({r['text_detector']})"]
+            if r["text_detection_ips"] is not None else [])
     return "\n".join([
         f"extract benchmark: {model} on {device}; batch {r['batch_size']}, {r['threads']} torch threads, "
         f"{r['decode_workers']} decode workers, device decode {'on' if r['device_decode'] else 'off'}, "
         f"{r['precision']} (naive loop: fp32)",
         f"  model only  {r['model_only_ips']:>9.2f} img/s  ({r['model_only_images']} images, decoded batches "
         f"already on the device)",
+        *text,
         f"  end to end  {r['end_to_end_ips']:>9.2f} img/s  ({r['images']} images: files -> decode -> model -> "
         f"rows in PostgreSQL) = {r['e2e_over_model']} x model only",
         f"  naive loop  {r['naive_ips']:>9.2f} img/s  ({r['naive_images']} images: PIL, one image per forward, "

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from manet.cli_common import BATCH_SIZE, JSON_OPTION, State, _echo_json, pass_state
+from manet.config import DEFAULT_BACKBONE
 
 
 @click.group()
@@ -50,14 +51,18 @@ def _say(state: State):
 @bench.command("extract")
 @click.option("--model", "model", default=None,
               help="A stored model of your database to measure (its config is recreated in the scratch database).")
-@click.option("--backbone", default="resnet50", show_default=True, help="Without --model: the backbone.")
+@click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True, help="Without --model: the backbone.")
 @click.option("--pooling", default="srmac", show_default=True, help="Without --model: the pooling.")
 @click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 4096),
               help="Without --model: input size in pixels.")
+# none, also with --manet: no figure depends on the weights (the same tensor operations run
+# whatever their values, and the text detector sees the images), while imagenet is installed
+# offline for the default backbone only: another --backbone would need a download to be measured.
 @click.option("--weights", default="none", show_default=True,
               help="Without --model: imagenet, none (random) or a checkpoint path; speed does not depend on it.")
 @click.option("--manet", "manet", is_flag=True,
-              help="An untrained MANet on --backbone (saliency + text branches, SR-MAC): MANet's own cost.")
+              help="An untrained MANet on --backbone (saliency + text branches with the default text "
+                   "detector, SR-MAC): MANet's own cost, with its text detection's share.")
 @click.option("--images", "n_images", default=500, show_default=True, type=click.IntRange(min=2),
               help="Images to extract end to end (generated, or the first N of --image-dir).")
 @click.option("--image-dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
@@ -91,6 +96,9 @@ def bench_extract(state: State, model: str | None, backbone: str, pooling: str, 
 
     \b
     model_only_ips   the pipeline on decoded batches already on the device
+    text_detection_ips, text_detection_share
+                     its text detector alone on the same batches, and its share
+                     of the model-only time (null without a text branch)
     end_to_end_ips   files -> decode -> model -> pooling -> committed rows (manet extract)
     naive_ips        PIL decode, one image per forward, one INSERT per row
     peak_rss_mb      peak resident memory of this process during the end-to-end phase

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from manet import embedded
+from manet.bench_extract import format_report
 from manet.cli import cli
+from manet.plugins.text_detectors import default_text_detector
 
 KEYS = ("model_only_ips", "end_to_end_ips", "naive_ips", "peak_rss_mb", "device", "e2e_over_model",
         "e2e_over_naive", "gpu_peak_memory_mb", "batch_size", "image_size", "images", "backbone", "pooling",
-        "torch", "threads", "decode_workers", "decode_worker_peak_rss_mb", "device_decode")
+        "torch", "threads", "decode_workers", "decode_worker_peak_rss_mb", "device_decode", "text_detector",
+        "text_detection_ips", "text_detection_share")
 
 
 def test_bench_extract_json(database_url, monkeypatch):
@@ -30,6 +35,9 @@ def test_bench_extract_json(database_url, monkeypatch):
     for key in ("model_only_ips", "end_to_end_ips", "naive_ips", "peak_rss_mb", "e2e_over_model", "e2e_over_naive"):
         assert report[key] > 0, key
     assert report["images"] == 12 and report["failed"] == 0 and report["naive_images"] == 3
+    # No text branch, so nothing to time.
+    assert report["text_detector"] is report["text_detection_ips"] is report["text_detection_share"] is None
+    assert "text detection" not in format_report(report)
 
     engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.connect() as conn:
@@ -37,6 +45,29 @@ def test_bench_extract_json(database_url, monkeypatch):
             "SELECT m.name, count(*) FROM descriptors d JOIN models m ON m.id = d.model_id GROUP BY m.name")).all())
     engine.dispose()
     assert written == {"bench": 12, "bench-naive": 4}  # the naive loop's warm-up image is stored too
+
+
+@pytest.fixture
+def manet_database(pg_home) -> str:
+    """An empty database of its own: the benchmark refuses one that holds images already."""
+    return embedded.start(pg_home, "t_bench_extract_manet", recreate=True)
+
+
+def test_bench_extract_manet_times_its_text_detection(manet_database, monkeypatch):
+    """--manet: the default text detector inside the pipeline, also timed alone on the same batches."""
+    monkeypatch.delenv("MANET_DEVICE", raising=False)
+    result = CliRunner().invoke(cli, [
+        "--quiet", "--database-url", manet_database, "bench", "extract", "--manet", "--image-size", "64",
+        "--images", "6", "--source-size", "96", "--batch-size", "2", "--naive-images", "1", "--device", "cpu",
+        "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["manet"] and report["images"] == 6 and report["failed"] == 0
+    assert report["text_detector"] == default_text_detector()
+    assert report["text_detection_ips"] > 0
+    # The detector runs inside every model-only forward pass: alone it takes less time, up to timing noise.
+    assert 0 < report["text_detection_share"] < 1.5
+    assert f"% of the model-only time ({report['text_detector']})" in format_report(report)
 
 
 def test_bench_extract_rejects_a_bad_image_dir(database_url, tmp_path):
