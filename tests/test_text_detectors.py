@@ -53,8 +53,8 @@ SCENES = {
     ]),
 }  # fmt: skip
 #: Measured IoU of the mask (>= 0.5) with the text boxes, dark-on-light and light-on-dark:
-#: ppocr 0.788 and 0.775 (default input_size 320), mser 0.814 and 0.887.
-MIN_IOU = 0.7
+#: ppocr 0.644 and 0.599 (default input_size 128; 0.788 and 0.775 at 320), mser 0.814 and 0.887.
+MIN_IOU = {PPOCR_DETECTOR: 0.55, FALLBACK_DETECTOR: 0.7}
 DETECTORS = {PPOCR_DETECTOR: PPOCRTextDetector, FALLBACK_DETECTOR: MserTextDetector}
 
 
@@ -150,7 +150,7 @@ def test_covers_the_text(detector: str, name: str, record_property: pytest.Recor
     iou = (found & truth).sum() / (found | truth).sum()
     record_property("iou", round(float(iou), 3))
     print(f"{detector} {name}: IoU {iou:.3f}")
-    assert iou >= MIN_IOU
+    assert iou >= MIN_IOU[detector]
 
 
 # ----------------------------------------------------------------------------- ppocr
@@ -186,7 +186,8 @@ def test_ppocr_shape_range_batch_and_loading(ppocr: PPOCRTextDetector) -> None:
     big = ppocr.detect(first.double(), (300, 320))
     assert big.shape == (1, 1, 300, 320) and big.dtype == torch.float32
     wide = torch.nn.functional.interpolate(first, size=(160, 256), mode="bilinear")
-    assert ppocr.probability_maps(wide).shape == (1, 192, 320)  # long side 320, multiples of 32
+    assert PPOCRTextDetector(input_size=320).probability_maps(wide).shape == (1, 192, 320)  # multiples of 32
+    assert ppocr.probability_maps(wide).shape == (1, 64, 128)  # the default input_size, 128
     assert ppocr.detect(wide, (5, 8)).shape == (1, 1, 5, 8)
 
 
@@ -200,12 +201,12 @@ def test_ppocr_mask_on_the_images_device(ppocr: PPOCRTextDetector) -> None:
 
 def test_ppocr_threshold_and_unclip() -> None:
     image, truth = text_scene("light-on-dark")
-    bare = PPOCRTextDetector(unclip=0.0).detect(image, (SIZE, SIZE))[0, 0].numpy() >= 0.5
+    bare = PPOCRTextDetector(unclip=0.0, input_size=320).detect(image, (SIZE, SIZE))[0, 0].numpy() >= 0.5
     # DB marks the text shrunk: without growing its boxes the mask covers about half of it.
     assert (bare & truth).sum() / (bare | truth).sum() < 0.6 and not (bare & ~truth).any()
     # At the model's own resolution (256 -> input 320) the mask is not resampled.
-    soft = PPOCRTextDetector().detect(image, (320, 320))
-    hard = PPOCRTextDetector(threshold=0.5).detect(image, (320, 320))
+    soft = PPOCRTextDetector(input_size=320).detect(image, (320, 320))
+    hard = PPOCRTextDetector(input_size=320, threshold=0.5).detect(image, (320, 320))
     assert ((soft > 0) & (soft < 0.5)).any()  # DB leaves ~1e-6 on the background
     assert ((hard == 0) | (hard >= 0.5)).all() and (hard > 0).any()
     torch.testing.assert_close(hard, torch.where(soft >= 0.5, soft, 0.0))
@@ -340,7 +341,7 @@ def test_fallback_shrinks_large_images() -> None:
     image, truth = text_scene("light-on-dark")
     large = torch.nn.functional.interpolate(image, scale_factor=3, mode="nearest")
     mask = MserTextDetector(max_side=SIZE).detect(large, (SIZE, SIZE))[0, 0].numpy() >= 0.5
-    assert (mask & truth).sum() / (mask | truth).sum() >= MIN_IOU
+    assert (mask & truth).sum() / (mask | truth).sum() >= MIN_IOU[FALLBACK_DETECTOR]
 
 
 def test_bad_parameters_and_inputs() -> None:
