@@ -180,8 +180,17 @@ def test_imagenet_weights_offline(populated, run, tmp_path, monkeypatch):
                "--image-size", "64", "--pooling", "mac").exit_code == 0
     before = counts(populated)
     result = run("extract", "--model", "offline")
-    one_line_error(result, "ImageNet weights for resnet18", "--weights PATH", "--weights none")
+    one_line_error(result, "ImageNet weights for resnet18", "--backbone efficientnet-lite0", "--weights none")
     assert counts(populated) == before
+
+    # The default model is pretrained offline: EfficientNet-Lite0's weights came with manet.
+    assert run("models", "create", "x").exit_code == 0
+    record = populated.model("x")
+    assert (record.config.backbone, record.config.weights, record.dim) == ("efficientnet-lite0", "imagenet", 1280)
+    result = run("extract", "--model", "x")
+    assert result.exit_code == 0, result.output
+    assert "random" not in result.output.lower()
+    assert counts(populated)["descriptors"] > before["descriptors"]
 
 
 def test_database_unreachable(tmp_path):
