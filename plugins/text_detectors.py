@@ -309,6 +309,21 @@ def _forward(net: Any, blob: npt.NDArray[np.float32], what: str, layer: str | No
     return np.concatenate(maps)
 
 
+def _read_net(reader: Any, path: Path, engine: str, not_a_model: str) -> Any:
+    """``reader(path)`` with OpenCV's dnn ``engine`` where this OpenCV has the choice; a file it
+    cannot read (an error or an empty net) is the one-line ``not_a_model`` WeightsError."""
+    import cv2
+
+    chosen = getattr(cv2.dnn, engine, None)
+    try:
+        net = reader(str(path), **({} if chosen is None else {"engine": chosen}))
+    except (cv2.error, SystemError):
+        raise WeightsError(not_a_model) from None
+    if net.empty():
+        raise WeightsError(not_a_model)
+    return net
+
+
 class PPOCRTextDetector(TextDetector):
     """PaddleOCR's PP-OCRv5 DB text detector; its text boxes become the mask.
 
@@ -362,14 +377,7 @@ class PPOCRTextDetector(TextDetector):
         # corrupt files (2 of 24 randomly damaged copies of ppocrv5_det.onnx); the new engine
         # reported all of them as cv2.error or an empty net, and runs this model ~3x faster on
         # CPU (57 vs 185 ms at 320x320). So read with it where the choice exists.
-        engine = getattr(cv2.dnn, "ENGINE_NEW", None)
-        kwargs = {} if engine is None else {"engine": engine}
-        try:
-            net = cv2.dnn.readNetFromONNX(str(path), **kwargs)
-        except (cv2.error, SystemError):
-            raise WeightsError(not_db) from None
-        if net.empty():
-            raise WeightsError(not_db)
+        net = _read_net(cv2.dnn.readNetFromONNX, path, "ENGINE_NEW", not_db)
         self._net, self._path = net, path
         return net
 
@@ -430,14 +438,7 @@ class EastTextDetector(TextDetector):
         # readNet, kills the process with SIGSEGV on a file that is not a TensorFlow graph.
         # The classic importer (OpenCV 4's) reads the official EAST graph and reports a bad
         # file as an empty net or cv2.error, so read with it where the choice exists.
-        engine = getattr(cv2.dnn, "ENGINE_CLASSIC", None)
-        kwargs = {} if engine is None else {"engine": engine}
-        try:
-            net = cv2.dnn.readNetFromTensorflow(str(path), **kwargs)
-        except (cv2.error, SystemError):
-            raise WeightsError(not_east) from None
-        if net.empty():
-            raise WeightsError(not_east)
+        net = _read_net(cv2.dnn.readNetFromTensorflow, path, "ENGINE_CLASSIC", not_east)
         if net.getLayerId(EAST_SCORE_LAYER) < 0:
             raise WeightsError(f"{not_east}: it has no layer {EAST_SCORE_LAYER}")
         self._net = net

