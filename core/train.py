@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from manet import config as manet_config
-from manet.config import DEFAULT_BACKBONE
 from manet.db import Database
 from manet.errors import ManetError
 from manet.plugin_manager import Registry
@@ -43,7 +42,7 @@ class TrainConfig:
     """Everything a training run needs; stored with the checkpoint and the model row."""
 
     name: str
-    backbone: str = DEFAULT_BACKBONE
+    backbone: str = manet_config.DEFAULT_BACKBONE
     weights: str = "imagenet"
     image_size: int = 224
     epochs: int = 10
