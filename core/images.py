@@ -7,6 +7,10 @@ depend on PIL's process-wide knobs (``Image.MAX_IMAGE_PIXELS``,
 its own pixel cap (``MANET_MAX_PIXELS``) from the header before any pixel is decoded, and
 truncated files are always rejected.
 
+Files are opened by :mod:`manet.safe_files` only: regular files, never a pipe or device, read in
+chunks under a byte cap and a per-file time budget (:class:`~manet.safe_files.ReadLimits`) that
+also cover decoding; hashing streams too, so no file is ever held in memory whole.
+
 torch is imported only inside the functions that return tensors, so importing this module stays cheap.
 """
 
@@ -26,6 +30,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from manet.config import MAX_PIXELS_ENV
 from manet.errors import ImageError, ManetError, one_line
+from manet.safe_files import CHUNK_BYTES, LimitedReader, ReadLimits, open_limited, read_limited
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -123,19 +128,29 @@ def _cap(max_pixels: int | None) -> int:
     return max_pixels
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, or an ImageError for a missing path, a directory or an empty file."""
-    if not path.exists():
-        raise ImageError(f"image {path} does not exist; check the path or remove it from the dataset")
-    if path.is_dir():
-        raise ImageError(f"image {path} is a directory, not an image file")
+def _open(path: Path, limits: ReadLimits | None) -> tuple[LimitedReader, bytes]:
+    """The file opened under ``limits`` and its first bytes (for messages); refuses what is not
+    a regular file, and an empty file."""
+    reader = open_limited(path, limits)
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImageError(f"image {path} cannot be read: {exc.strerror or one_line(exc)}") from exc
-    if not data:
-        raise ImageError(f"image {path} is empty (0 bytes); {_FIX}")
-    return data
+        head = reader.read(16)
+        if not head:
+            raise ImageError(f"image {path} is empty (0 bytes); {_FIX}")
+        reader.seek(0)
+    except BaseException:
+        reader.close()
+        raise
+    return reader, head
+
+
+def _sha256(reader: LimitedReader) -> str:
+    """SHA-256 of the whole file, read in chunks (under the reader's caps), then rewound."""
+    digest = hashlib.sha256()
+    reader.seek(0)
+    while chunk := reader.read(CHUNK_BYTES):
+        digest.update(chunk)
+    reader.seek(0)
+    return digest.hexdigest()
 
 
 def _describe_decode_error(path: Path, exc: BaseException) -> ImageError:
@@ -146,9 +161,9 @@ def _describe_decode_error(path: Path, exc: BaseException) -> ImageError:
 
 
 def _open_checked(
-    path: Path, data: bytes, max_pixels: int, draft_size: tuple[int, int] | None
+    path: Path, reader: LimitedReader, head: bytes, max_pixels: int, draft_size: tuple[int, int] | None
 ) -> tuple[Image.Image, ImageInfo]:
-    """Open ``data``, enforce the pixel cap from the header, then decode all of it.
+    """Open the file behind ``reader``, enforce the pixel cap from the header, then decode all of it.
 
     ``draft_size`` lets JPEG decode at 1/2, 1/4 or 1/8 scale (DCT scaling) while staying at
     least that size; all entropy-coded data is still read, so truncation is still caught.
@@ -156,7 +171,8 @@ def _open_checked(
     filled by the caller that needs it.
     """
     with _manet_pil_settings():
-        return _open_and_decode(path, data, max_pixels, draft_size)
+        # Buffered in chunks: PIL reads small pieces, and each reader call checks the caps.
+        return _open_and_decode(path, io.BufferedReader(reader, CHUNK_BYTES), head, max_pixels, draft_size)
 
 
 def _check_pixel_cap(path: Path, image: Image.Image, max_pixels: int) -> None:
@@ -179,15 +195,15 @@ def _exif_orientation(image: Image.Image) -> int | None:
 
 
 def _open_and_decode(
-    path: Path, data: bytes, max_pixels: int, draft_size: tuple[int, int] | None
+    path: Path, fp: io.BufferedReader, head: bytes, max_pixels: int, draft_size: tuple[int, int] | None
 ) -> tuple[Image.Image, ImageInfo]:
     try:
-        # From bytes, not the path: the format is detected by content, whatever the extension.
-        image = Image.open(io.BytesIO(data))
+        # From the open file, not the path: the format is detected by content, whatever the extension.
+        image = Image.open(fp)
     except UnidentifiedImageError as exc:
         raise ImageError(
             f"image {path} is not an image file that can be read (unknown format or damaged "
-            f"header, starts with {data[:8]!r}); {_FIX}"
+            f"header, starts with {head[:8]!r}); {_FIX}"
         ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise _describe_decode_error(path, exc) from exc
@@ -208,17 +224,20 @@ def _open_and_decode(
     return image, ImageInfo(width, height, mode, fmt, "")
 
 
-def inspect_image(path: Path, max_pixels: int | None = None) -> ImageInfo:
+def inspect_image(path: Path, max_pixels: int | None = None, limits: ReadLimits | None = None) -> ImageInfo:
     """Validate an image file and describe it; raises :class:`ImageError` if it is unusable.
 
     The whole file is decoded (JPEG at 1/8 scale, which still reads every byte), so a
     truncated or corrupt file is rejected here rather than later in a DataLoader worker.
+    ``limits`` caps the bytes read and the seconds reading, hashing and decoding may take.
     """
     path = Path(path)
-    data = _read_bytes(path)
-    image, info = _open_checked(path, data, _cap(max_pixels), draft_size=(1, 1))
-    image.close()
-    return ImageInfo(info.width, info.height, info.mode, info.format, hashlib.sha256(data).hexdigest())
+    reader, head = _open(path, limits)
+    with reader:
+        digest = _sha256(reader)
+        image, info = _open_checked(path, reader, head, _cap(max_pixels), draft_size=(1, 1))
+        image.close()
+    return ImageInfo(info.width, info.height, info.mode, info.format, digest)
 
 
 def _white(size: tuple[int, int]) -> Image.Image:
@@ -252,10 +271,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
         raise ImageError(f"image mode {mode} cannot be converted to RGB ({one_line(exc)})") from exc
 
 
-def _load(path: Path, max_pixels: int | None, draft_size: tuple[int, int] | None) -> Image.Image:
+def _load(path: Path, max_pixels: int | None, draft_size: tuple[int, int] | None,
+          limits: ReadLimits | None) -> Image.Image:
     path = Path(path)
-    data = _read_bytes(path)
-    image, _ = _open_checked(path, data, _cap(max_pixels), draft_size)
+    reader, head = _open(path, limits)
+    with reader:
+        image, _ = _open_checked(path, reader, head, _cap(max_pixels), draft_size)
     try:
         oriented = ImageOps.exif_transpose(image)
     except Exception:  # damaged EXIF: keep the stored orientation rather than reject the image
@@ -266,16 +287,18 @@ def _load(path: Path, max_pixels: int | None, draft_size: tuple[int, int] | None
         raise ImageError(f"image {path}: {exc}; {_FIX}") from exc
 
 
-def load_rgb(path: Path, max_pixels: int | None = None, *, at_least: int | None = None) -> Image.Image:
+def load_rgb(path: Path, max_pixels: int | None = None, *, at_least: int | None = None,
+             limits: ReadLimits | None = None) -> Image.Image:
     """Validate and decode an image: EXIF orientation applied, 8-bit RGB.
 
     Full size by default; with ``at_least``, a JPEG may decode at a reduced scale whose sides are
     still at least that many pixels (thumbnails of large photos at a fraction of the cost).
     """
-    return _load(path, max_pixels, draft_size=None if at_least is None else (at_least, at_least))
+    return _load(path, max_pixels, None if at_least is None else (at_least, at_least), limits)
 
 
-def read_image_tensor(path: Path, size: int, max_pixels: int | None = None) -> "torch.Tensor":
+def read_image_tensor(path: Path, size: int, max_pixels: int | None = None,
+                      limits: ReadLimits | None = None) -> "torch.Tensor":
     """Decode an image to a uint8 tensor (3, size, size); safe to call in DataLoader workers.
 
     The image is squashed (aspect ratio not kept) with PIL's bilinear resize, which is
@@ -289,7 +312,7 @@ def read_image_tensor(path: Path, size: int, max_pixels: int | None = None) -> "
     import numpy as np
     import torch
 
-    image = _load(path, max_pixels, draft_size=(size, size))
+    image = _load(path, max_pixels, (size, size), limits)
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     # Transpose to CHW in numpy: torch's multi-threaded copy of a tiny uint8 tensor costs ~20x
@@ -306,7 +329,8 @@ _BATCH_DECODABLE_MODES = frozenset({"RGB", "L"})
 _TORCHVISION_DEPRECATION = "The image decoding and encoding capabilities of TorchVision"
 
 
-def jpeg_for_batch_decode(path: Path, max_pixels: int | None = None) -> bytes | None:
+def jpeg_for_batch_decode(path: Path, max_pixels: int | None = None,
+                          limits: ReadLimits | None = None) -> bytes | None:
     """The bytes of ``path`` when :func:`decode_jpeg_batch` gives the same image as
     :func:`read_image_tensor` would, else None (decode that file with read_image_tensor).
 
@@ -316,7 +340,9 @@ def jpeg_for_batch_decode(path: Path, max_pixels: int | None = None) -> bytes | 
     over-the-cap file raises :class:`ImageError` with the same message as read_image_tensor.
     """
     path = Path(path)
-    data = _read_bytes(path)
+    reader, _head = _open(path, limits)
+    with reader:
+        data = read_limited(reader)  # the device decoder takes whole files (capped by ``limits``)
     if not (data.startswith(_JPEG_START) and data.endswith(_JPEG_END)):
         return None
     with _manet_pil_settings():

@@ -30,6 +30,7 @@ from PIL import Image
 from manet.db import Database, as_array
 from manet.errors import ManetError, NotFoundError, one_line
 from manet.images import inspect_image, load_rgb
+from manet.safe_files import ReadLimits, describe_mode
 
 #: Long side of an embedded thumbnail, pixels.
 THUMB_SIZE = 128
@@ -101,36 +102,38 @@ class EvalRun:
 
 
 # -- thumbnails ------------------------------------------------------------------------------
-def _thumbnail(path: Path, size: int, quality: int) -> str:
+def _thumbnail(path: Path, size: int, quality: int, limits: ReadLimits | None = None) -> str:
     """Base64 JPEG of ``path`` at most ``size`` px on its long side (manet's safe decoder)."""
-    image = load_rgb(path, at_least=size)  # a large JPEG decodes at a reduced DCT scale
+    image = load_rgb(path, at_least=size, limits=limits)  # a large JPEG decodes at a reduced DCT scale
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality, optimize=True)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _encode(uri: str | None, size: int, quality: int) -> tuple[str | None, str | None]:
+def _encode(uri: str | None, size: int, quality: int, limits: ReadLimits | None = None
+            ) -> tuple[str | None, str | None]:
     """(base64 JPEG, None) or (None, the reason the image cannot be shown)."""
     if uri is None:
         return None, "image no longer in the database"
     try:
-        return _thumbnail(Path(uri), size, quality), None
+        return _thumbnail(Path(uri), size, quality, limits), None
     # A page must not fail on one bad file: whatever goes wrong becomes its placeholder's text.
     except Exception as exc:  # noqa: BLE001
         return None, one_line(exc)
 
 
-def encode_thumbnails(items: Iterable[Item], size: int = THUMB_SIZE, quality: int = THUMB_QUALITY
-                      ) -> dict[str, tuple[str | None, str | None]]:
-    """Thumbnail (or the error) of each distinct image in ``items``, keyed by :attr:`Item.key`."""
+def encode_thumbnails(items: Iterable[Item], size: int = THUMB_SIZE, quality: int = THUMB_QUALITY,
+                      limits: ReadLimits | None = None) -> dict[str, tuple[str | None, str | None]]:
+    """Thumbnail (or the error) of each distinct image in ``items``, keyed by :attr:`Item.key`;
+    each file is read under ``limits`` (a pipe, a device or a stuck file becomes its error)."""
     uris: dict[str, str | None] = {}
     for item in items:
         uris.setdefault(item.key, item.uri)
     # PIL releases the GIL while decoding and encoding, so threads decode in parallel.
     workers = max(1, min(8, os.cpu_count() or 1, len(uris)))
     with ThreadPoolExecutor(workers) as pool:
-        encoded = pool.map(lambda uri: _encode(uri, size, quality), uris.values())
+        encoded = pool.map(lambda uri: _encode(uri, size, quality, limits), uris.values())
         return dict(zip(uris, encoded, strict=True))
 
 
@@ -280,10 +283,10 @@ def _date(value: datetime | None) -> str:
 # -- search page -----------------------------------------------------------------------------
 def render_search(query: Item, results: Sequence[Result], *, model: str, query_label: str, k: int,
                   filters: Mapping[str, Any] | None = None, reranker: Mapping[str, Any] | None = None,
-                  created_at: datetime | None = None) -> str:
+                  created_at: datetime | None = None, limits: ReadLimits | None = None) -> str:
     """The page of one search: the query, the settings and the top-k cards (hits marked when
     the query's product is known)."""
-    thumbs = encode_thumbnails([query, *(result.item for result in results)])
+    thumbs = encode_thumbnails([query, *(result.item for result in results)], limits=limits)
     active = {name: value for name, value in (filters or {}).items() if value is not None}
     filter_text = ", ".join(f"{name} = {value}" for name, value in active.items()) or "none"
     if query.product_id is None:
@@ -339,11 +342,11 @@ def _query_row(row: QueryRow, k: int, thumbs: Mapping[str, tuple[str | None, str
     )
 
 
-def render_eval(run: EvalRun) -> str:
+def render_eval(run: EvalRun, limits: ReadLimits | None = None) -> str:
     """The page of an evaluation run: its metrics, a summary, then one row per shown query
     (misses first, being the worst AP@k) with its top k, hits marked."""
     items = [item for row in run.rows for item in (row.query, *(result.item for result in row.results))]
-    thumbs = encode_thumbnails(items)
+    thumbs = encode_thumbnails(items, limits=limits)
     m, k = run.metrics, run.k
     tiles = [(f"MAP@{k}", f"map@{k}", True), ("mAP", "map", False), ("R@1", "recall@1", False),
              ("R@5", "recall@5", False), ("R@7", "recall@7", False)]
@@ -480,6 +483,9 @@ def check_output_path(path: Path) -> Path:
         raise ManetError(f"{folder} is not a folder; choose a report path inside a folder")
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ManetError(f"cannot write {path} (permission denied); choose a writable folder")
+    if path.exists() and not path.is_file():  # writing to a pipe would wait for a reader forever
+        raise ManetError(f"report path {path} is {describe_mode(path.stat().st_mode)}, not a regular file; "
+                         f"give a file name to write the page to")
     return path
 
 
@@ -494,17 +500,19 @@ def write_page(path: Path, page: str) -> Path:
     return path
 
 
-def eval_report(db: Database, run_id: int, path: Path, limit: int = DEFAULT_REPORT_LIMIT) -> Path:
-    """Write the page of stored evaluation run ``run_id`` (its ``limit`` worst queries) to ``path``."""
+def eval_report(db: Database, run_id: int, path: Path, limit: int = DEFAULT_REPORT_LIMIT,
+                limits: ReadLimits | None = None) -> Path:
+    """Write the page of stored evaluation run ``run_id`` (its ``limit`` worst queries) to ``path``;
+    thumbnails are read under ``limits``."""
     check_output_path(path)
-    return write_page(path, render_eval(load_eval_run(db, run_id, limit)))
+    return write_page(path, render_eval(load_eval_run(db, run_id, limit), limits))
 
 
-def _file_item(conn: sa.Connection, image: Path) -> tuple[Item, str]:
+def _file_item(conn: sa.Connection, image: Path, limits: ReadLimits | None = None) -> tuple[Item, str]:
     """The query file as an item: a stored image with the same bytes lends it its product."""
     label = f"file {image}"
     try:
-        digest = inspect_image(image).sha256  # the content hash ingest stored
+        digest = inspect_image(image, limits=limits).sha256  # the content hash ingest stored
     except ManetError:  # the search itself reported a bad file; the page shows the placeholder
         return Item(None, str(image)), label
     row = conn.execute(sa.text(_ITEMS_SQL + " WHERE i.sha256 = :h"), {"h": digest}).first()
@@ -517,15 +525,16 @@ def _file_item(conn: sa.Connection, image: Path) -> tuple[Item, str]:
 
 def search_report(db: Database, path: Path, hits: Sequence[Any], *, model: str, k: int,
                   image: Path | None = None, image_id: int | None = None,
-                  filters: Mapping[str, Any] | None = None, reranker: Mapping[str, Any] | None = None) -> Path:
+                  filters: Mapping[str, Any] | None = None, reranker: Mapping[str, Any] | None = None,
+                  limits: ReadLimits | None = None) -> Path:
     """Write the page of a search's ``hits`` (:class:`manet.search.Hit`) for ``image`` (a file)
-    or stored ``image_id`` to ``path``."""
+    or stored ``image_id`` to ``path``; every file is read under ``limits``."""
     if (image is None) == (image_id is None):
         raise ManetError("give an image path or an image id (one of them)")
     check_output_path(path)
     with db.begin() as conn:
         if image is not None:
-            query, label = _file_item(conn, Path(image))
+            query, label = _file_item(conn, Path(image), limits)
         else:
             found = _items(conn, [int(image_id)])  # type: ignore[arg-type]
             query = found.get(int(image_id), Item(int(image_id), None))  # type: ignore[arg-type]
@@ -537,5 +546,6 @@ def search_report(db: Database, path: Path, hits: Sequence[Any], *, model: str, 
                                                      hit.brand)
         marked = None if query.product_id is None else hit.product_id == query.product_id
         results.append(Result(int(hit.rank), item, float(hit.score), marked))
-    page = render_search(query, results, model=model, query_label=label, k=k, filters=filters, reranker=reranker)
+    page = render_search(query, results, model=model, query_label=label, k=k, filters=filters, reranker=reranker,
+                         limits=limits)
     return write_page(path, page)

@@ -11,6 +11,7 @@ large manifests are still read lazily, row by row.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from typing import Any
 from manet.errors import DatasetError
 from manet.hookspecs import Register, hookimpl
 from manet.plugin_base import DOMAINS, SPLITS, Dataset, Record
+from manet.safe_files import check_regular, open_regular
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 PRODUCT_FIELDS = ("title", "brand", "description", "category")
@@ -39,7 +41,16 @@ def _require(path: Path, *, want_dir: bool, hint: str = "") -> Path:
         raise DatasetError(f"dataset path {path} is a file, not a folder{hint}")
     if not want_dir and path.is_dir():
         raise DatasetError(f"dataset path {path} is a folder, not a file{hint}")
+    if not want_dir:  # a named pipe or device would block or never end when read
+        check_regular(path, what="dataset path", error=DatasetError)
     return path.resolve()
+
+
+def _open_text(path: Path, newline: str | None = None) -> io.TextIOWrapper:
+    """``path`` as UTF-8 text (a BOM skipped), opened by manet's safe open: a regular file only,
+    never a blocking open of a pipe or device."""
+    raw = open_regular(path, what="dataset file", error=DatasetError)
+    return io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8-sig", newline=newline)
 
 
 def _text(value: Any, where: str, key: str) -> str | None:
@@ -116,7 +127,8 @@ def record_from_row(
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8-sig")
+        with _open_text(path) as handle:
+            return handle.read()
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
     except OSError as exc:
@@ -126,7 +138,7 @@ def _read_text(path: Path) -> str:
 def _csv_header(path: Path) -> list[str]:
     """The stripped column names of a CSV file's first row ([] for an empty file)."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        with _open_text(path, newline="") as handle:
             return [name.strip() for name in next(csv.reader(handle), [])]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{path.name}:1: unreadable CSV header ({exc})") from exc
@@ -139,7 +151,7 @@ def iter_csv_rows(path: Path, required: Iterable[str] = ()) -> Iterator[tuple[st
     row with the wrong number of fields is a :class:`DatasetError` naming the line.
     """
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        with _open_text(path, newline="") as handle:
             reader = csv.reader(handle)
             header = next(reader, None)
             if header is None:
@@ -173,7 +185,7 @@ def iter_csv_rows(path: Path, required: Iterable[str] = ()) -> Iterator[tuple[st
 def iter_jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ``("name.jsonl:LINE", object)`` for each non-blank line (one JSON object each)."""
     try:
-        with path.open(encoding="utf-8-sig") as handle:
+        with _open_text(path) as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
@@ -206,8 +218,9 @@ def _images_under(folder: Path) -> list[Path]:
         path
         for path in folder.rglob("*")
         if _is_image(path)
-        # A dangling or looping symlink is kept so that ingest records why it cannot be read.
-        and (path.is_file() or path.is_symlink())
+        # Anything but a folder is kept (a pipe, a socket, a device, a dangling or looping
+        # symlink), so that ingest records why it cannot be read instead of skipping it silently.
+        and (path.is_symlink() or not path.is_dir())
         and not any(part.startswith(".") for part in path.relative_to(folder).parts)
     ]
     return sorted(found, key=lambda path: path.relative_to(folder).as_posix())
@@ -232,9 +245,9 @@ class FolderDataset(Dataset):
             return auto if auto.is_file() else None
         path = Path(given).expanduser()
         path = path if path.is_absolute() else root / path  # relative to the dataset folder
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise DatasetError(f"sidecar {path} does not exist (folder param sidecar={given!r})")
-        return path
+        return check_regular(path, what="sidecar", error=DatasetError)
 
     def records(self, path: Path) -> Iterator[Record]:
         """Yield one record per image; see the class docstring for the two layouts."""
@@ -258,7 +271,7 @@ class FolderDataset(Dataset):
 
     def _per_product(self, root: Path, sidecar: Path | None) -> Iterator[Record]:
         # Layout A: sku = sub-folder name; the optional sidecar adds metadata by sku.
-        loose = sorted(p.name for p in root.iterdir() if p.is_file() and _is_image(p))
+        loose = sorted(p.name for p in root.iterdir() if (p.is_symlink() or not p.is_dir()) and _is_image(p))
         if loose:
             raise DatasetError(
                 f"folder {root} has images at the top level ({', '.join(loose[:3])}"

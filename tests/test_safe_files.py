@@ -1,0 +1,222 @@
+"""manet.safe_files on real paths made in tmp_path: only regular files are opened, never with a
+blocking open(); reads are capped in bytes (even when stat lies) and in time."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from manet.errors import DatasetError, ImageError, ManetError
+from manet.images import inspect_image, jpeg_for_batch_decode, load_rgb, read_image_tensor
+from manet.safe_files import ReadLimits, open_limited, open_regular, read_limited
+
+
+def _finishes(action: Callable[[], object], seconds: float = 20.0) -> object:
+    """Run ``action`` in a daemon thread; fail (instead of hanging the suite) if it blocks."""
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = action()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "the call blocked"
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome.get("value")
+
+
+def _png(path: Path, size: tuple[int, int] = (40, 30), seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path, format="PNG")
+    return path
+
+
+def _socket(path: Path) -> Path:
+    # Bound by a relative name: a socket path is limited to ~107 bytes and tmp_path can be longer.
+    cwd = os.getcwd()
+    os.chdir(path.parent)
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(path.name)
+    finally:
+        os.chdir(cwd)
+    return path
+
+
+def odd_paths(folder: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (path, words its error must contain) for every non-regular path a test can make."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made: dict[str, tuple[Path, str]] = {}
+    os.mkfifo(folder / "fifo.jpg")
+    made["fifo"] = (folder / "fifo.jpg", "named pipe (FIFO)")
+    os.symlink(folder / "fifo.jpg", folder / "to-fifo.jpg")
+    made["symlink to a fifo"] = (folder / "to-fifo.jpg", "named pipe (FIFO)")
+    made["unix socket"] = (_socket(folder / "sock.jpg"), "Unix socket")
+    for device in ("zero", "urandom", "null"):
+        os.symlink(f"/dev/{device}", folder / f"{device}.jpg")
+        made[f"symlink to /dev/{device}"] = (folder / f"{device}.jpg", "character device")
+    (folder / "dir.jpg").mkdir()
+    made["directory"] = (folder / "dir.jpg", "directory")
+    os.symlink(folder / "dir.jpg", folder / "to-dir.jpg")
+    made["symlink to a directory"] = (folder / "to-dir.jpg", "directory")
+    os.symlink(folder / "nowhere.jpg", folder / "dangling.jpg")
+    made["dangling symlink"] = (folder / "dangling.jpg", "dangling symbolic link")
+    os.symlink(folder / "self.jpg", folder / "self.jpg")
+    made["symlink to itself"] = (folder / "self.jpg", "symbolic link loop")
+    _png(folder / "plain.png")
+    made["path through a file"] = (folder / "plain.png" / "a.jpg", "a folder in its path is a file")
+    made["missing"] = (folder / "missing.jpg", "does not exist")
+    block = next((f"/dev/{name}" for name in sorted(os.listdir("/dev"))
+                  if os.path.exists(f"/dev/{name}") and os.stat(f"/dev/{name}").st_mode & 0o170000 == 0o060000),
+                 None)
+    if block is not None:
+        os.symlink(block, folder / "block.jpg")
+        made["symlink to a block device"] = (folder / "block.jpg", "block device")
+    try:  # a device node of our own needs CAP_MKNOD (root in most containers)
+        os.mknod(folder / "chardev.jpg", 0o600 | 0o020000, os.makedev(1, 5))
+        made["character device node"] = (folder / "chardev.jpg", "character device")
+    except (PermissionError, OSError):
+        pass
+    return made
+
+
+def test_every_odd_path_is_refused_in_one_line_without_blocking(tmp_path: Path) -> None:
+    paths = odd_paths(tmp_path / "odd")
+    assert len(paths) >= 12
+    readers = {
+        "inspect_image": inspect_image,
+        "read_image_tensor": lambda path: read_image_tensor(path, 32),
+        "load_rgb": load_rgb,
+        "jpeg_for_batch_decode": jpeg_for_batch_decode,
+    }
+    for kind, (path, words) in paths.items():
+        for name, reader in readers.items():
+            with pytest.raises(ImageError) as caught:
+                _finishes(lambda: reader(path))  # noqa: B023 - called at once
+            message = str(caught.value)
+            assert "\n" not in message and str(path) in message and words in message, (kind, name, message)
+    # The same paths as a manifest, with the dataset plugins' error class.
+    with pytest.raises(DatasetError, match="named pipe"):
+        _finishes(lambda: open_regular(paths["fifo"][0], what="manifest", error=DatasetError))
+
+
+def test_a_symlink_to_a_regular_file_is_read(tmp_path: Path) -> None:
+    target = _png(tmp_path / "real.png")
+    os.symlink(target, tmp_path / "link.jpg")
+    assert inspect_image(tmp_path / "link.jpg") == inspect_image(target)
+
+
+def test_the_byte_cap_holds_while_reading_when_stat_lies(tmp_path: Path) -> None:
+    # /proc files say 0 bytes and then deliver many: only a cap enforced while reading stops them.
+    proc = Path("/proc/self/smaps")
+    assert os.stat(proc).st_size == 0
+    with open_limited(proc, ReadLimits(max_bytes=1000)) as reader, pytest.raises(ImageError) as caught:
+        read_limited(reader)
+    assert "more than 1000 bytes" in str(caught.value) and "--max-bytes" in str(caught.value)
+    os.symlink(proc, tmp_path / "smaps.jpg")
+    with pytest.raises(ImageError, match="over the cap of 1000 bytes"):
+        inspect_image(tmp_path / "smaps.jpg", limits=ReadLimits(max_bytes=1000))
+
+
+def test_the_byte_cap_from_stat_and_at_the_boundary(tmp_path: Path) -> None:
+    image = _png(tmp_path / "a.png", (200, 200))
+    size = image.stat().st_size
+    assert inspect_image(image, limits=ReadLimits(max_bytes=size)).width == 200  # exactly the cap: accepted
+    with pytest.raises(ImageError, match=f"is {size} bytes, over the cap of {size - 1} bytes"):
+        inspect_image(image, limits=ReadLimits(max_bytes=size - 1))
+    sparse = tmp_path / "sparse.jpg"  # 300 MB that takes no disk space: refused before any read
+    with sparse.open("wb") as handle:
+        handle.write(b"\xff\xd8\xff\xe0")
+        handle.truncate(300 * 1024 * 1024)
+    with pytest.raises(ImageError, match="over the cap of 209715200 bytes"):
+        _finishes(lambda: inspect_image(sparse))
+
+
+def test_the_time_budget_covers_reading_and_decoding(tmp_path: Path) -> None:
+    image = _png(tmp_path / "a.png", (300, 300))
+    with pytest.raises(ImageError) as caught:
+        read_image_tensor(image, 32, limits=ReadLimits(timeout=1e-9))
+    assert "took longer than 1e-09 s to read and decode" in str(caught.value) and str(image) in str(caught.value)
+    assert inspect_image(image, limits=ReadLimits(timeout=60)).width == 300
+
+
+def test_bad_limits_are_configuration_errors() -> None:
+    with pytest.raises(ManetError, match="max_bytes must be a positive integer"):
+        ReadLimits(max_bytes=0)
+    with pytest.raises(ManetError, match="time budget must be a positive number"):
+        ReadLimits(timeout=0)
+
+
+def test_a_path_that_changes_type_never_blocks_the_open(tmp_path: Path) -> None:
+    """A path flips between a regular file and a named pipe while it is opened again and again:
+    every open either gets the regular file or refuses with one line, none blocks (the
+    descriptor is opened non-blocking and checked with fstat, not trusted from the path)."""
+    path, spare_file, spare_fifo = tmp_path / "flip.jpg", tmp_path / "f.tmp", tmp_path / "p.tmp"
+    path.write_bytes(b"regular")
+    stop = threading.Event()
+
+    def flip() -> None:
+        while not stop.is_set():
+            spare_file.write_bytes(b"regular")
+            os.replace(spare_file, path)
+            os.mkfifo(spare_fifo)
+            os.replace(spare_fifo, path)
+
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    outcomes = {"regular": 0, "refused": 0}
+
+    def open_many() -> None:
+        for _ in range(3000):
+            try:
+                with open_regular(path) as handle:
+                    assert isinstance(handle, io.FileIO)
+                    outcomes["regular"] += 1
+            except ImageError as exc:
+                assert "\n" not in str(exc) and str(path) in str(exc)
+                outcomes["refused"] += 1
+
+    try:
+        _finishes(open_many, seconds=60)
+    finally:
+        stop.set()
+        flipper.join(10)
+    assert outcomes["regular"] + outcomes["refused"] == 3000
+    assert outcomes["refused"] > 0
+
+
+def test_output_paths_that_are_pipes_are_refused(tmp_path: Path) -> None:
+    from manet.report import check_output_path
+
+    os.mkfifo(tmp_path / "page.html")
+    with pytest.raises(ManetError, match=r"page\.html is a named pipe \(FIFO\), not a regular file"):
+        check_output_path(tmp_path / "page.html")
+
+
+def test_dataset_files_that_are_not_regular_are_refused(tmp_path: Path) -> None:
+    from manet.plugins.datasets import FolderDataset, ManifestDataset
+
+    os.mkfifo(tmp_path / "m.csv")
+    with pytest.raises(DatasetError, match=r"m\.csv is a named pipe \(FIFO\), not a regular file"):
+        _finishes(lambda: list(ManifestDataset().records(tmp_path / "m.csv")))
+    os.symlink("/dev/zero", tmp_path / "z.jsonl")
+    with pytest.raises(DatasetError, match=r"z\.jsonl \(a symbolic link to /dev/zero\) is a character device"):
+        _finishes(lambda: list(ManifestDataset().records(tmp_path / "z.jsonl")))
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    os.mkfifo(flat / "meta.csv")
+    with pytest.raises(DatasetError, match=r"sidecar .*meta\.csv is a named pipe"):
+        _finishes(lambda: list(FolderDataset(sidecar="meta.csv").records(flat)))
