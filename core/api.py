@@ -13,10 +13,11 @@ from manet.catalog import IngestReport, ingest
 from manet.db import Database
 from manet.errors import ManetError
 from manet.evaluate import EvalResult, evaluate
-from manet.extract import ExtractReport, embed_files, extract
+from manet.extract import ExtractReport, embed_tensors, extract, read_query_images
 from manet.models import ModelRecord, create_model, delete_model, derive_model, get_model, list_models
 from manet.pipeline import PipelineConfig, build_pipeline, select_device
 from manet.plugin_manager import PluginInfo, Registry, default_registry
+from manet.safe_files import ReadLimits
 from manet.search import Hit, IndexReport, build_index, search_vector, stored_descriptor
 
 
@@ -40,6 +41,7 @@ class Retriever:
         precision: str | None = None,
         progress: bool = False,
         auto_upgrade: bool | None = None,
+        limits: ReadLimits | None = None,
     ) -> None:
         self._database_url = database_url
         self._home = home
@@ -48,6 +50,9 @@ class Retriever:
         #: auto | fp32 | bf16 for every forward pass (None: MANET_PRECISION, else auto).
         self.precision = precision
         self.progress = progress
+        #: Byte cap and per-file time budget for every image file read (ingest, extraction, search,
+        #: explain, report thumbnails, retry).
+        self.limits = limits or ReadLimits()
         # Migrate the embedded database automatically; an external one is the operator's call.
         self._auto_upgrade = (
             auto_upgrade if auto_upgrade is not None
@@ -105,11 +110,13 @@ class Retriever:
 
     # -- catalogue --------------------------------------------------------------------
     def ingest(self, kind: str, path: str | Path, *, batch_size: int = 256,
-               max_pixels: int | None = None, **params: Any) -> IngestReport:
-        """Ingest the dataset at ``path`` read by dataset plugin ``kind`` (params go to it)."""
+               max_pixels: int | None = None, max_outage: float = 600.0, say: Any = None,
+               **params: Any) -> IngestReport:
+        """Ingest the dataset at ``path`` read by dataset plugin ``kind`` (params go to it); a
+        database outage is waited out for up to ``max_outage`` seconds (``say`` hears about it)."""
         dataset = self.registry.create("dataset", kind, **params)
         return ingest(self.db, dataset, Path(path), batch_size=batch_size, max_pixels=max_pixels,
-                      progress=self.progress)
+                      limits=self.limits, progress=self.progress, max_outage=max_outage, say=say)
 
     # -- models -----------------------------------------------------------------------
     def create_model(self, name: str, **settings: Any) -> ModelRecord:
@@ -177,7 +184,8 @@ class Retriever:
         record = self.model(model)
         return extract(self.db, record, self.pipeline(model), device=self.device, batch_size=batch_size,
                        num_workers=num_workers, max_pixels=max_pixels, progress=self.progress, split=split,
-                       device_decode=device_decode, compile=compile, precision=self.precision)
+                       device_decode=device_decode, compile=compile, precision=self.precision,
+                       limits=self.limits)
 
     def work(self, model: str, *, batch_size: int = 32, lease_seconds: float = 300.0, max_attempts: int = 3,
              until_empty: bool = False, max_outage: float = 600.0, say: Any = None) -> Any:
@@ -187,7 +195,7 @@ class Retriever:
         return run_worker(self.db, self.model(model), self.pipeline(model), device=self.device,
                           batch_size=batch_size, lease_seconds=lease_seconds, max_attempts=max_attempts,
                           until_empty=until_empty, max_outage=max_outage, precision=self.precision,
-                          say=say or (lambda _m: None))
+                          limits=self.limits, say=say or (lambda _m: None))
 
     def status(self, model: str) -> dict[str, Any]:
         """Extraction progress of ``model``: done / pending / leased / failed."""
@@ -205,7 +213,7 @@ class Retriever:
         """Requeue failed work after a fix (see :func:`manet.progress_status.retry_failed`)."""
         from manet.progress_status import retry_failed
 
-        return retry_failed(self.db, self.model(model) if model else None)
+        return retry_failed(self.db, self.model(model) if model else None, limits=self.limits)
 
     def build_index(self, model: str, *, m: int = 16, ef_construction: int = 64, quantize: str | None = None,
                     rerank_factor: int | None = None, maintenance_work_mem: str | None = None) -> IndexReport:
@@ -215,10 +223,11 @@ class Retriever:
                            progress=self.progress)
 
     def embed(self, model: str, paths: Sequence[str | Path]) -> np.ndarray:
-        """Descriptors of image files under ``model`` (not stored)."""
+        """Descriptors of image files under ``model`` (not stored); a bad file raises ImageError
+        before the model is loaded."""
         record = self.model(model)
-        return embed_files(self.pipeline(model), [Path(p) for p in paths], record.config.image_size,
-                           self.device, precision=self.precision)
+        tensors = read_query_images([Path(p) for p in paths], record.config.image_size, limits=self.limits)
+        return embed_tensors(self.pipeline(model), tensors, self.device, precision=self.precision)
 
     def search(
         self,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from manet.errors import ImageError
 from manet.images import decode_jpeg_batch, jpeg_for_batch_decode, read_image_tensor
+from manet.safe_files import ReadLimits
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -71,19 +72,21 @@ class ImageReader:
     Decoding errors are returned, not raised, so one bad file never kills a DataLoader worker.
     """
 
-    def __init__(self, size: int, max_pixels: int | None, batch_decode: bool) -> None:
+    def __init__(self, size: int, max_pixels: int | None, batch_decode: bool,
+                 limits: ReadLimits | None = None) -> None:
         self.size = size
         self.max_pixels = max_pixels
         self.batch_decode = batch_decode
+        self.limits = limits
 
     def __getitem__(self, item: Item) -> Sample:
         path = Path(item[2])
         try:
             if self.batch_decode:
-                data = jpeg_for_batch_decode(path, self.max_pixels)
+                data = jpeg_for_batch_decode(path, self.max_pixels, self.limits)
                 if data is not None:
                     return Sample(item, None, data, None)
-            return Sample(item, read_image_tensor(path, self.size, self.max_pixels), None, None)
+            return Sample(item, read_image_tensor(path, self.size, self.max_pixels, self.limits), None, None)
         except ImageError as exc:
             return Sample(item, None, None, str(exc))
 
@@ -107,13 +110,15 @@ def collate(samples: Sequence[Sample]) -> ImageBatch:
     )
 
 
-def read_batch(items: Sequence[Item], size: int, max_pixels: int | None, batch_decode: bool) -> ImageBatch:
+def read_batch(items: Sequence[Item], size: int, max_pixels: int | None, batch_decode: bool,
+               limits: ReadLimits | None = None) -> ImageBatch:
     """The same as one DataLoader batch, read in this process (for `manet worker`)."""
-    reader = ImageReader(size, max_pixels, batch_decode)
+    reader = ImageReader(size, max_pixels, batch_decode, limits)
     return collate([reader[item] for item in items])
 
 
-def on_device(batch: ImageBatch, size: int, device: str, max_pixels: int | None = None) -> ImageBatch:
+def on_device(batch: ImageBatch, size: int, device: str, max_pixels: int | None = None,
+              limits: ReadLimits | None = None) -> ImageBatch:
     """``batch`` with every image decoded into one uint8 (B, 3, S, S) tensor on ``device``
     (``pixels``, in the order of ``ids``) and no JPEG bytes left.
 
@@ -134,7 +139,7 @@ def on_device(batch: ImageBatch, size: int, device: str, max_pixels: int | None 
             fallback = []
             for index in range(n_decoded, len(batch.ids)):
                 try:
-                    fallback.append(read_image_tensor(Path(batch.uris[index]), size, max_pixels))
+                    fallback.append(read_image_tensor(Path(batch.uris[index]), size, max_pixels, limits))
                     keep.append(index)
                 except ImageError as exc:
                     failures.append((batch.ids[index], str(exc)))

@@ -2,14 +2,16 @@
 
 Images are validated (fully decoded) and de-duplicated by content hash; every batch commits
 on its own, so a re-run skips what is already stored and a bad file is recorded with its
-error instead of aborting the batch.
+error instead of aborting the batch. Files are read under :class:`~manet.safe_files.ReadLimits`
+(regular files only, a byte cap, a per-file time budget), outside any transaction, so a slow
+or refused file never holds the database, and a crash loses at most the batch in flight.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,6 +23,7 @@ from manet.db import Database, with_reconnect
 from manet.errors import DatasetError, ImageError
 from manet.images import ImageInfo, inspect_image
 from manet.plugin_base import Dataset, Record
+from manet.safe_files import ReadLimits
 
 
 @dataclass
@@ -62,11 +65,12 @@ def _uri(path: Path) -> str:
     return text
 
 
-def _inspect(record: Record, uri: str, max_pixels: int | None) -> ImageInfo | ImageError:
+def _inspect(record: Record, uri: str, max_pixels: int | None, limits: ReadLimits | None
+             ) -> ImageInfo | ImageError:
     if uri != str(record.image):
         return ImageError(f"file name {uri} is not valid UTF-8; rename the file (e.g. with convmv) and ingest again")
     try:
-        return inspect_image(record.image, max_pixels=max_pixels)
+        return inspect_image(record.image, max_pixels=max_pixels, limits=limits)
     except ImageError as exc:
         return exc
 
@@ -137,18 +141,20 @@ def _product_ids(conn: sa.Connection, records: Sequence[Record], report: IngestR
     return ids
 
 
-def _store_batch(db: Database, batch: Sequence[Record], pool: ThreadPoolExecutor, max_pixels: int | None,
+def _store_batch(db: Database, todo: Sequence[tuple[Record, str]], infos: Sequence[ImageInfo | ImageError],
                  report: IngestReport) -> None:
-    """Validate and store one batch in one transaction; ``report`` is updated only on commit."""
+    """Store one inspected batch in one transaction; ``report`` is updated only on commit.
+
+    URIs are checked again inside the transaction: after a lost connection the batch may
+    already have been committed, and must not be stored twice.
+    """
     delta = IngestReport()
-    uris = [_uri(record.image) for record in batch]
     with db.begin() as conn:
-        present = _existing_uris(conn, uris)
-        todo = [(record, uri) for record, uri in zip(batch, uris, strict=True) if uri not in present]
-        delta.already_present += len(batch) - len(todo)
-        infos = list(pool.map(lambda item: _inspect(*item, max_pixels), todo))
-        products = _product_ids(conn, [record for record, _ in todo], delta)
-        for (record, uri), info in zip(todo, infos, strict=True):
+        present = _existing_uris(conn, [uri for _, uri in todo])
+        pending = [(item, info) for item, info in zip(todo, infos, strict=True) if item[1] not in present]
+        delta.already_present += len(todo) - len(pending)
+        products = _product_ids(conn, [record for (record, _), _ in pending], delta)
+        for (record, uri), info in pending:
             ok = isinstance(info, ImageInfo)
             params = {
                 "product_id": products.get(record.sku) if record.sku else None,
@@ -174,17 +180,28 @@ def _store_batch(db: Database, batch: Sequence[Record], pool: ThreadPoolExecutor
     report.failures.extend(delta.failures)
 
 
+def _todo(db: Database, batch: Sequence[Record]) -> list[tuple[Record, str]]:
+    """(record, uri) of the records in ``batch`` not stored yet."""
+    uris = [_uri(record.image) for record in batch]
+    with db.begin() as conn:
+        present = _existing_uris(conn, uris)
+    return [(record, uri) for record, uri in zip(batch, uris, strict=True) if uri not in present]
+
+
 def ingest_records(
     db: Database,
     records: Sequence[Record],
     *,
     batch_size: int = 256,
     max_pixels: int | None = None,
+    limits: ReadLimits | None = None,
     progress: bool = False,
     max_outage: float = 600.0,
+    say: Callable[[str], None] | None = None,
 ) -> IngestReport:
     """Store ``records`` batch by batch; safe to re-run, and it waits out database outages
-    (retrying a batch with backoff for up to ``max_outage`` seconds)."""
+    (retrying a batch with backoff for up to ``max_outage`` seconds, telling ``say``). ``limits``
+    caps the bytes and seconds each file may take; a file over them is recorded as failed."""
     from tqdm import tqdm
 
     report = IngestReport(records=len(records))
@@ -192,10 +209,19 @@ def ingest_records(
     with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
         total=len(records), desc="ingest", unit="img", disable=not progress
     ) as bar:
+        def tell(message: str) -> None:
+            if progress:
+                bar.write(message)  # above the bar, not through it
+            elif say is not None:
+                say(message)
+
         for batch in _batches(records, batch_size):
+            todo = with_reconnect(partial(_todo, db, batch), max_outage=max_outage, say=tell)
+            report.already_present += len(batch) - len(todo)
+            # Files are read with no transaction open; they are read once even if the store is retried.
+            infos = list(pool.map(lambda item: _inspect(*item, max_pixels, limits), todo))
             # A batch is one transaction: after an outage it is simply run again.
-            with_reconnect(partial(_store_batch, db, batch, pool, max_pixels, report), max_outage=max_outage,
-                           say=lambda message: bar.write(message) if progress else None)
+            with_reconnect(partial(_store_batch, db, todo, infos, report), max_outage=max_outage, say=tell)
             bar.update(len(batch))
     return report
 
@@ -207,12 +233,16 @@ def ingest(
     *,
     batch_size: int = 256,
     max_pixels: int | None = None,
+    limits: ReadLimits | None = None,
     progress: bool = False,
+    max_outage: float = 600.0,
+    say: Callable[[str], None] | None = None,
 ) -> IngestReport:
     """Read every record of ``dataset`` at ``path`` first (a malformed file stores nothing),
-    then store them."""
+    then store them (see :func:`ingest_records`)."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset path {path} does not exist; check the path and try again")
     records = list(dataset.records(path))
-    return ingest_records(db, records, batch_size=batch_size, max_pixels=max_pixels, progress=progress)
+    return ingest_records(db, records, batch_size=batch_size, max_pixels=max_pixels, limits=limits,
+                          progress=progress, max_outage=max_outage, say=say)

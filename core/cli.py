@@ -28,6 +28,7 @@ from manet.cli_explain import explain
 from manet.cli_training_data import categories, dataset
 from manet.distributed import LR_SCALING_RULES
 from manet.errors import ManetError
+from manet.safe_files import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_BYTES, ReadLimits
 
 
 @click.group(cls=ManetGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,13 +50,20 @@ from manet.errors import ManetError
               help="Frozen EAST text detector graph (frozen_east_text_detection.pb); unset = ppocr when installed, else mser.")
 @click.option("--max-pixels", type=click.IntRange(min=1), envvar=config.MAX_PIXELS_ENV, show_envvar=True,
               help="Refuse images larger than this many pixels (decompression bombs).  [default: 89478485]")
+@click.option("--max-bytes", type=click.IntRange(min=1), envvar=config.MAX_BYTES_ENV, show_envvar=True,
+              help="Refuse image files larger than this many bytes, counted while reading (sizes can lie).  "
+                   f"[default: {DEFAULT_MAX_BYTES}]")
+@click.option("--file-timeout", type=click.FloatRange(min=0, min_open=True), envvar=config.FILE_TIMEOUT_ENV,
+              show_envvar=True, metavar="SECONDS",
+              help="Time budget for reading and decoding one image file (slow mounts); a file over it is "
+                   f"recorded as failed and the run goes on.  [default: {DEFAULT_FILE_TIMEOUT:g}]")
 @click.option("-q", "--quiet", is_flag=True,
               help="No progress bars (they are also off when stderr is not a terminal).")
 @click.version_option(__version__, prog_name="manet")
 @click.pass_context
 def cli(ctx: click.Context, database_url: str | None, home: Path | None, device: str | None,
         precision: str | None, load_plugins: str | None, east_model: Path | None, max_pixels: int | None,
-        quiet: bool) -> None:
+        max_bytes: int | None, file_timeout: float | None, quiet: bool) -> None:
     """Cross-domain product image retrieval on PyTorch and PostgreSQL/pgvector.
 
     Every global option can also be set by its environment variable. Listing, search and eval
@@ -76,7 +84,9 @@ def cli(ctx: click.Context, database_url: str | None, home: Path | None, device:
         config.EAST_MODEL_ENV: str(east_model.resolve()) if east_model else None,
         config.MAX_PIXELS_ENV: str(max_pixels) if max_pixels else None,
     }))
-    ctx.obj = State(database_url, home.resolve() if home else None, device, quiet, precision)
+    # The read caps travel as parameters (State -> Retriever -> each reader), not through os.environ.
+    limits = ReadLimits(max_bytes or DEFAULT_MAX_BYTES, file_timeout or DEFAULT_FILE_TIMEOUT)
+    ctx.obj = State(database_url, home.resolve() if home else None, device, quiet, precision, limits)
 
 
 # -- db ---------------------------------------------------------------------------------
@@ -215,10 +225,12 @@ def plugins_list(as_json: bool, kind: str | None) -> None:
 @click.option("--allow-outside-root", is_flag=True,
               help="Accept manifest/sidecar image paths outside the dataset's folder.")
 @click.option("--batch-size", default=256, show_default=True, help="Images per transaction.")
+@click.option("--max-outage", default=600.0, show_default=True,
+              help="Seconds to keep retrying while the database is unreachable.")
 @JSON_OPTION
 @pass_state
 def ingest(state: State, kind: str, path: Path, protocol: str | None, options: tuple[str, ...],
-           allow_outside_root: bool, batch_size: int, as_json: bool) -> None:
+           allow_outside_root: bool, batch_size: int, max_outage: float, as_json: bool) -> None:
     """Ingest the dataset at PATH with dataset plugin KIND (folder, manifest, grocery-store, ...)."""
     params: dict[str, Any] = _params(options)
     if protocol is not None:
@@ -228,7 +240,8 @@ def ingest(state: State, kind: str, path: Path, protocol: str | None, options: t
     state.retriever.registry.create("dataset", kind, **params)  # bad kind/params fail before any I/O
     if not path.exists():
         raise ManetError(f"dataset path {path} does not exist; check the path and try again")
-    report = state.retriever.ingest(kind, path, batch_size=batch_size, **params)
+    report = state.retriever.ingest(kind, path, batch_size=batch_size, max_outage=max_outage,
+                                    say=lambda message: click.echo(message, err=True), **params)
     if as_json:
         _echo_json(report.as_dict())
         return
@@ -431,7 +444,9 @@ def _run_local_workers(state: State, model: str, processes: int, batch_size: int
         env[config.DEVICE_ENV] = state.device
     if state.precision:
         env[config.PRECISION_ENV] = state.precision
-    command = [sys.executable, "-m", "manet.cli", "-q", "worker", "--model", model, "--until-empty",
+    limits = state.limits
+    command = [sys.executable, "-m", "manet.cli", "-q", "--max-bytes", str(limits.max_bytes),
+               "--file-timeout", repr(limits.timeout), "worker", "--model", model, "--until-empty",
                "--batch-size", str(batch_size), "--json"]
     running = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE) for _ in range(processes)]
     totals = {"workers": processes, "extracted": 0, "failed": 0, "exit_codes": []}
@@ -587,7 +602,7 @@ def search(state: State, image: Path | None, model: str, image_id: int | None, k
 
         reranker = None if rerank is None else {"name": rerank, "params": params, "shortlist": shortlist}
         search_report(state.retriever.db, html, hits, model=model, k=k, image=image, image_id=image_id,
-                      filters={"category": category, "brand": brand}, reranker=reranker)
+                      filters={"category": category, "brand": brand}, reranker=reranker, limits=state.limits)
         click.echo(f"wrote {html}", err=as_json)
 
 
@@ -645,7 +660,7 @@ def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models
         from manet.report import DEFAULT_REPORT_LIMIT, eval_report
 
         eval_report(state.retriever.db, result.run_id, report,
-                    limit=DEFAULT_REPORT_LIMIT if report_limit is None else report_limit)
+                    limit=DEFAULT_REPORT_LIMIT if report_limit is None else report_limit, limits=state.limits)
     if as_json:
         _echo_json(result.as_dict())
         if report is not None:

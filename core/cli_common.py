@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from manet.errors import ManetError, one_line
+from manet.safe_files import ReadLimits
 
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 #: Every command that deletes or replaces stored data takes --yes and otherwise asks.
@@ -82,11 +83,13 @@ class State:
     """Lazily built Retriever shared by the sub-commands of one invocation."""
 
     def __init__(self, database_url: str | None, home: Path | None, device: str | None, quiet: bool,
-                 precision: str | None = None) -> None:
+                 precision: str | None = None, limits: ReadLimits | None = None) -> None:
         self.database_url = database_url
         self.home = home
         self.device = device
         self.precision = precision
+        #: Byte cap and per-file time budget for every image file this invocation reads.
+        self.limits = limits or ReadLimits()
         self.progress = not quiet and sys.stderr.isatty()
         self._retriever = None
 
@@ -99,7 +102,7 @@ class State:
             from manet.api import Retriever
 
             self._retriever = Retriever(self.database_url, home=self.home, device=self.device,
-                                        precision=self.precision, progress=self.progress)
+                                        precision=self.precision, progress=self.progress, limits=self.limits)
         return self._retriever
 
 

@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from manet.errors import ManetError
 from manet.regions import Region
+from manet.safe_files import describe_mode
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -103,6 +104,9 @@ def _check_out(out_path: Path) -> None:
         raise ManetError(f"output {out_path} must be a .png file; pass --out NAME.png")
     if not out_path.parent.is_dir():
         raise ManetError(f"output folder {out_path.parent} does not exist; create it or pass another --out")
+    if out_path.exists() and not out_path.is_file():  # writing to a pipe would wait for a reader forever
+        raise ManetError(f"output {out_path} is {describe_mode(out_path.stat().st_mode)}, not a regular file; "
+                         f"pass another --out")
 
 
 def explain_image(retriever: Any, model: str, image_path: str | Path, out_path: str | Path, *,
@@ -120,8 +124,8 @@ def explain_image(retriever: Any, model: str, image_path: str | Path, out_path: 
     _check_out(out_path)
     record = retriever.model(model)
     size = int(record.config.image_size)
-    info = inspect_image(image_path)
-    image = read_image_tensor(image_path, size)
+    info = inspect_image(image_path, limits=retriever.limits)
+    image = read_image_tensor(image_path, size, limits=retriever.limits)
     pipeline = retriever.pipeline(model)
     device = retriever.device
     batch = image.unsqueeze(0).to(device)

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -32,6 +32,10 @@ from manet.db import Database
 from manet.errors import DatabaseError, ManetError
 from manet.images import read_image_tensor
 from manet.models import ModelRecord
+from manet.safe_files import ReadLimits
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 _PENDING_WHERE = """
        i.status = 'ok'
@@ -461,12 +465,14 @@ def extract(
     compile: bool = False,
     page_size: int = PAGE_SIZE,
     precision: str | None = None,
+    limits: ReadLimits | None = None,
 ) -> ExtractReport:
     """Compute descriptors for every image that lacks one for ``model``.
 
     With ``split``, only the catalogue and the query images of that split (what an
     evaluation of that split needs). ``batch_size=None`` chooses it (:func:`resolve_batch_size`);
     ``device_decode`` (auto|on|off) decodes plain JPEGs in batches on the device, auto = on CUDA.
+    ``limits`` caps each file's bytes and read-and-decode seconds; a file over them is a failure.
     """
     import torch
     from tqdm import tqdm
@@ -483,7 +489,7 @@ def extract(
     report.decode_workers = (default_workers(total, report.batch_size, device) if num_workers is None
                              else num_workers)
     loader = torch.utils.data.DataLoader(
-        ImageReader(size, max_pixels, report.device_decode),
+        ImageReader(size, max_pixels, report.device_decode, limits),
         batch_sampler=PendingImages(db, model.id, split, report.batch_size, page_size),
         num_workers=report.decode_workers,
         collate_fn=collate,
@@ -496,7 +502,7 @@ def extract(
     try:
         with tqdm(total=total, desc=f"extract {model.name}", unit="img", disable=not progress) as bar:
             for batch in batches:
-                batch = on_device(batch, size, device, max_pixels)
+                batch = on_device(batch, size, device, max_pixels, limits)
                 writer.submit(batch.ids, batch.gallery, forward(batch.pixels), batch.failures)
                 bar.update(len(batch.ids) + len(batch.failures))
     finally:  # whatever stopped the loop, what was handed to the writer is committed
@@ -507,10 +513,22 @@ def extract(
     return report
 
 
-def embed_files(pipeline: Any, paths: Sequence[Path], size: int, device: str,
-                max_pixels: int | None = None, precision: str | None = None) -> np.ndarray:
-    """Descriptors for query files (not stored); an undecodable file raises ImageError."""
+def read_query_images(paths: Sequence[Path], size: int, max_pixels: int | None = None,
+                      limits: ReadLimits | None = None) -> list["torch.Tensor"]:
+    """Query files decoded as extraction decodes them; an unreadable file raises ImageError."""
+    return [read_image_tensor(Path(path), size, max_pixels, limits) for path in paths]
+
+
+def embed_tensors(pipeline: Any, tensors: Sequence["torch.Tensor"], device: str,
+                  precision: str | None = None) -> np.ndarray:
+    """Descriptors (not stored) of images decoded by :func:`read_query_images`."""
     import torch
 
-    tensors = [read_image_tensor(Path(path), size, max_pixels) for path in paths]
-    return run_pipeline(pipeline, torch.stack(tensors), device, precision)
+    return run_pipeline(pipeline, torch.stack(list(tensors)), device, precision)
+
+
+def embed_files(pipeline: Any, paths: Sequence[Path], size: int, device: str,
+                max_pixels: int | None = None, precision: str | None = None,
+                limits: ReadLimits | None = None) -> np.ndarray:
+    """Descriptors for query files (not stored); an undecodable file raises ImageError."""
+    return embed_tensors(pipeline, read_query_images(paths, size, max_pixels, limits), device, precision)

@@ -11,6 +11,7 @@ from manet.db import Database
 from manet.errors import ImageError
 from manet.images import inspect_image
 from manet.models import ModelRecord
+from manet.safe_files import ReadLimits
 
 COUNTS = sa.text(
     """
@@ -65,14 +66,14 @@ def failures(db: Database, model: ModelRecord | None = None) -> list[dict[str, A
 
 
 def retry_failed(db: Database, model: ModelRecord | None = None,
-                 max_pixels: int | None = None) -> dict[str, int]:
+                 max_pixels: int | None = None, limits: ReadLimits | None = None) -> dict[str, int]:
     """Requeue failed extractions (of ``model`` or every model) and re-check failed ingests:
     an image that decodes now becomes ``ok`` and is picked up by the next extraction."""
     recovered = still_bad = 0
     with db.begin() as conn:
         for row in conn.execute(sa.text("SELECT id, uri FROM images WHERE status = 'failed'")).all():
             try:
-                info = inspect_image(Path(row.uri), max_pixels=max_pixels)
+                info = inspect_image(Path(row.uri), max_pixels=max_pixels, limits=limits)
             except ImageError as exc:
                 conn.execute(sa.text("UPDATE images SET error = :e WHERE id = :i"), {"e": str(exc), "i": row.id})
                 still_bad += 1

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from manet.db import Database, with_reconnect
 from manet.models import ModelRecord
+from manet.safe_files import ReadLimits
 
 ENQUEUE = sa.text(
     """
@@ -184,6 +185,7 @@ def run_worker(
     max_outage: float = 600.0,
     device_decode: str = "auto",
     precision: str | None = None,
+    limits: ReadLimits | None = None,
     say: Callable[[str], None] = lambda _m: None,
 ) -> WorkerReport:
     """Claim and process batches until the queue is empty (``until_empty``) or forever.
@@ -222,7 +224,7 @@ def run_worker(
         """Decode, extract and commit one batch: (written, lost leases, failed)."""
         attempts = {image_id: tries for image_id, _, _, tries in batch}
         images = on_device(read_batch([(image_id, gallery, uri) for image_id, uri, gallery, _ in batch],
-                                      size, max_pixels, batch_decode), size, device, max_pixels)
+                                      size, max_pixels, batch_decode, limits), size, device, max_pixels, limits)
         ids, gallery = images.ids, images.gallery
         failures = [(image_id, error, attempts[image_id]) for image_id, error in images.failures]
         try:
