@@ -309,10 +309,10 @@ def read_image_tensor(path: Path, size: int, max_pixels: int | None = None,
     """
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
+    image = _load(path, max_pixels, (size, size), limits)  # first: a bad file fails before torch loads
     import numpy as np
     import torch
 
-    image = _load(path, max_pixels, (size, size), limits)
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     # Transpose to CHW in numpy: torch's multi-threaded copy of a tiny uint8 tensor costs ~20x

@@ -90,6 +90,133 @@ def run(database_url, monkeypatch):
     return invoke
 
 
+@dataclass
+class Finished:
+    """A finished ``manet`` subprocess: exit code, output, and its own peak resident memory."""
+
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    max_rss_bytes: int
+
+
+def run_manet(*args: str, env: dict[str, str], timeout: float = 60.0) -> Finished:
+    """``python -m manet.cli ARGS`` in a subprocess; fails the test if it runs longer than
+    ``timeout`` seconds (it is killed). Peak RSS is the child's own, from ``os.wait4``."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen([sys.executable, "-m", "manet.cli", *args], stdout=out, stderr=err,
+                                   stdin=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                process.kill()
+                os.wait4(process.pid, 0)
+                process.returncode = -9
+                raise AssertionError(f"manet {' '.join(args)} ran longer than {timeout:.0f} s")
+            time.sleep(0.02)
+        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        out.seek(0)
+        err.seek(0)
+        return Finished(tuple(args), process.returncode, out.read().decode(errors="replace"),
+                        err.read().decode(errors="replace"), usage.ru_maxrss * 1024)  # Linux: KiB
+
+
+@dataclass(frozen=True)
+class OddPath:
+    """A path that is not a readable regular file, and the words its one-line error must contain.
+    ``listed`` is False for kinds a folder listing cannot show (a folder is a folder to it)."""
+
+    path: Path
+    words: str
+    listed: bool = True
+
+
+def _bind_socket(path: Path) -> None:
+    import os
+    import socket
+
+    # Bound by a relative name: a socket path is limited to ~107 bytes and tmp_path can be longer.
+    cwd = os.getcwd()
+    os.chdir(path.parent)
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(path.name)
+    finally:
+        os.chdir(cwd)
+
+
+def _block_device() -> str | None:
+    import os
+    import stat
+
+    for name in sorted(os.listdir("/dev")):
+        try:
+            if stat.S_ISBLK(os.stat(f"/dev/{name}").st_mode):
+                return f"/dev/{name}"
+        except OSError:
+            continue
+    return None
+
+
+def make_odd_paths(place, hidden: Path) -> dict[str, OddPath]:
+    """Make every kind of non-regular path a test can make without the network: ``place(kind)``
+    gives where (its folder is created), ``hidden`` holds link targets. Returns kind -> OddPath."""
+    import os
+
+    hidden.mkdir(parents=True, exist_ok=True)
+    made: dict[str, OddPath] = {}
+
+    def at(kind: str) -> Path:
+        path = place(kind)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    os.mkfifo(path := at("fifo"))
+    made["fifo"] = OddPath(path, "named pipe (FIFO)")
+    os.mkfifo(hidden / "fifo")
+    os.symlink(hidden / "fifo", path := at("symlink-to-fifo"))
+    made["symlink-to-fifo"] = OddPath(path, "named pipe (FIFO)")
+    _bind_socket(path := at("unix-socket"))
+    made["unix-socket"] = OddPath(path, "Unix socket")
+    for device in ("zero", "urandom", "null"):
+        os.symlink(f"/dev/{device}", path := at(f"symlink-to-dev-{device}"))
+        made[f"symlink-to-dev-{device}"] = OddPath(path, "character device")
+    block = _block_device()
+    if block is not None:
+        os.symlink(block, path := at("symlink-to-block-device"))
+        made["symlink-to-block-device"] = OddPath(path, "block device")
+    try:  # a device node of our own needs CAP_MKNOD (root in most containers)
+        os.mknod(path := at("character-device-node"), 0o600 | 0o020000, os.makedev(1, 5))
+        made["character-device-node"] = OddPath(path, "character device")
+    except OSError:
+        pass
+    (hidden / "folder").mkdir()
+    os.symlink(hidden / "folder", path := at("symlink-to-directory"))
+    made["symlink-to-directory"] = OddPath(path, "directory")
+    os.symlink(hidden / "nowhere.jpg", path := at("dangling-symlink"))
+    made["dangling-symlink"] = OddPath(path, "dangling symbolic link")
+    path = at("symlink-to-itself")
+    os.symlink(path, path)
+    made["symlink-to-itself"] = OddPath(path, "symbolic link loop")
+    (path := at("directory")).mkdir()
+    made["directory"] = OddPath(path, "directory", listed=False)
+    (hidden / "plain-file").write_bytes(b"x")
+    made["path-through-a-file"] = OddPath(hidden / "plain-file" / "a.jpg", "a folder in its path is a file",
+                                          listed=False)
+    made["missing"] = OddPath(at("missing").parent / "never-written.jpg", "does not exist", listed=False)
+    return made
+
+
 def search_plan(retriever, model_name: str, **filters) -> str:
     """EXPLAIN of the model's search SQL; asserts that it scans the model's HNSW index."""
     import numpy as np

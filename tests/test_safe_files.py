@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import make_odd_paths
 from manet.errors import DatasetError, ImageError, ManetError
 from manet.images import inspect_image, jpeg_for_batch_decode, load_rgb, read_image_tensor
 from manet.safe_files import ReadLimits, open_limited, open_regular, read_limited
@@ -44,57 +44,9 @@ def _png(path: Path, size: tuple[int, int] = (40, 30), seed: int = 0) -> Path:
     return path
 
 
-def _socket(path: Path) -> Path:
-    # Bound by a relative name: a socket path is limited to ~107 bytes and tmp_path can be longer.
-    cwd = os.getcwd()
-    os.chdir(path.parent)
-    try:
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.bind(path.name)
-    finally:
-        os.chdir(cwd)
-    return path
-
-
-def odd_paths(folder: Path) -> dict[str, tuple[Path, str]]:
-    """name -> (path, words its error must contain) for every non-regular path a test can make."""
-    folder.mkdir(parents=True, exist_ok=True)
-    made: dict[str, tuple[Path, str]] = {}
-    os.mkfifo(folder / "fifo.jpg")
-    made["fifo"] = (folder / "fifo.jpg", "named pipe (FIFO)")
-    os.symlink(folder / "fifo.jpg", folder / "to-fifo.jpg")
-    made["symlink to a fifo"] = (folder / "to-fifo.jpg", "named pipe (FIFO)")
-    made["unix socket"] = (_socket(folder / "sock.jpg"), "Unix socket")
-    for device in ("zero", "urandom", "null"):
-        os.symlink(f"/dev/{device}", folder / f"{device}.jpg")
-        made[f"symlink to /dev/{device}"] = (folder / f"{device}.jpg", "character device")
-    (folder / "dir.jpg").mkdir()
-    made["directory"] = (folder / "dir.jpg", "directory")
-    os.symlink(folder / "dir.jpg", folder / "to-dir.jpg")
-    made["symlink to a directory"] = (folder / "to-dir.jpg", "directory")
-    os.symlink(folder / "nowhere.jpg", folder / "dangling.jpg")
-    made["dangling symlink"] = (folder / "dangling.jpg", "dangling symbolic link")
-    os.symlink(folder / "self.jpg", folder / "self.jpg")
-    made["symlink to itself"] = (folder / "self.jpg", "symbolic link loop")
-    _png(folder / "plain.png")
-    made["path through a file"] = (folder / "plain.png" / "a.jpg", "a folder in its path is a file")
-    made["missing"] = (folder / "missing.jpg", "does not exist")
-    block = next((f"/dev/{name}" for name in sorted(os.listdir("/dev"))
-                  if os.path.exists(f"/dev/{name}") and os.stat(f"/dev/{name}").st_mode & 0o170000 == 0o060000),
-                 None)
-    if block is not None:
-        os.symlink(block, folder / "block.jpg")
-        made["symlink to a block device"] = (folder / "block.jpg", "block device")
-    try:  # a device node of our own needs CAP_MKNOD (root in most containers)
-        os.mknod(folder / "chardev.jpg", 0o600 | 0o020000, os.makedev(1, 5))
-        made["character device node"] = (folder / "chardev.jpg", "character device")
-    except (PermissionError, OSError):
-        pass
-    return made
-
-
 def test_every_odd_path_is_refused_in_one_line_without_blocking(tmp_path: Path) -> None:
-    paths = odd_paths(tmp_path / "odd")
+    odd = make_odd_paths(lambda kind: tmp_path / "odd" / f"{kind}.jpg", tmp_path / "targets")
+    paths = {kind: (entry.path, entry.words) for kind, entry in odd.items()}
     assert len(paths) >= 12
     readers = {
         "inspect_image": inspect_image,
