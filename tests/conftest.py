@@ -3,6 +3,7 @@ per test module, and small generated catalogues."""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -104,7 +105,6 @@ class Finished:
 def run_manet(*args: str, env: dict[str, str], timeout: float = 60.0) -> Finished:
     """``python -m manet.cli ARGS`` in a subprocess; fails the test if it runs longer than
     ``timeout`` seconds (it is killed). Peak RSS is the child's own, from ``os.wait4``."""
-    import os
     import subprocess
     import sys
     import tempfile
@@ -142,7 +142,6 @@ class OddPath:
 
 
 def _bind_socket(path: Path) -> None:
-    import os
     import socket
 
     # Bound by a relative name: a socket path is limited to ~107 bytes and tmp_path can be longer.
@@ -156,7 +155,6 @@ def _bind_socket(path: Path) -> None:
 
 
 def _block_device() -> str | None:
-    import os
     import stat
 
     for name in sorted(os.listdir("/dev")):
@@ -171,7 +169,6 @@ def _block_device() -> str | None:
 def make_odd_paths(place, hidden: Path) -> dict[str, OddPath]:
     """Make every kind of non-regular path a test can make without the network: ``place(kind)``
     gives where (its folder is created), ``hidden`` holds link targets. Returns kind -> OddPath."""
-    import os
 
     hidden.mkdir(parents=True, exist_ok=True)
     made: dict[str, OddPath] = {}
@@ -215,6 +212,44 @@ def make_odd_paths(place, hidden: Path) -> dict[str, OddPath]:
                                           listed=False)
     made["missing"] = OddPath(at("missing").parent / "never-written.jpg", "does not exist", listed=False)
     return made
+
+
+@dataclass(frozen=True)
+class MixedManifest:
+    """A manifest of good photos with bad paths spread through it (see :func:`mixed_manifest`)."""
+
+    path: Path
+    good: tuple[str, ...]
+    bad: tuple[str, ...]
+
+    @property
+    def rows(self) -> int:
+        return len(self.good) + len(self.bad)
+
+
+def mixed_manifest(folder: Path, good: int = 1000, every: int = 25, size: int = 48) -> MixedManifest:
+    """``good`` distinct generated photos (20 products) in a manifest where every ``every``-th row
+    is a path that is not a readable regular file (a pipe, a link to /dev/zero, a socket, ...)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    odd: list[OddPath] = []
+    for group in range(-(-good // every // 10)):  # each bad row its own path
+        odd += make_odd_paths(lambda kind, group=group: folder / f"odd{group}" / f"{kind}.jpg",
+                              folder / f".targets{group}").values()
+    rng = np.random.default_rng(5)
+    lines, good_uris, bad_uris = ["sku,image"], [], []
+    for i in range(good):
+        if i % every == every - 1:
+            path = odd[len(bad_uris) % len(odd)].path
+            lines.append(f"BAD{len(bad_uris)},{os.path.relpath(path, folder)}")
+            bad_uris.append(str(path))
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        lines.append(f"P{i % 20},{i}.png")
+        good_uris.append(str(folder / f"{i}.png"))
+    (folder / "m.csv").write_text("\n".join(lines) + "\n")
+    return MixedManifest(folder / "m.csv", tuple(good_uris), tuple(bad_uris))
 
 
 def search_plan(retriever, model_name: str, **filters) -> str:

@@ -1,5 +1,5 @@
-"""The embedded PostgreSQL stops in the middle of a worker run and comes back: the worker
-waits, reconnects and finishes with nothing lost or duplicated."""
+"""The embedded PostgreSQL stops in the middle of a worker run, or of an ingest, and comes back:
+the command waits, reconnects and finishes with nothing lost or duplicated."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import psycopg
 import sqlalchemy as sa
 from PIL import Image
 
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, mixed_manifest
 from manet import embedded
+from manet.api import Retriever
 
 IMAGES = 300
 
@@ -54,3 +55,35 @@ def test_worker_survives_a_database_restart(retriever, database_url, pg_home, tm
         total, distinct = conn.execute(sa.text("SELECT count(*), count(DISTINCT image_id) FROM descriptors")).one()
         failed = conn.execute(sa.text("SELECT count(*) FROM extraction_work WHERE status <> 'done'")).scalar()
     assert total == distinct == IMAGES and failed == 0
+
+
+def test_ingest_survives_a_database_restart(pg_home, tmp_path):
+    manifest = mixed_manifest(tmp_path / "mixed")
+    url = embedded.start(pg_home, "t_outage_ingest", recreate=True)
+    Retriever(url, auto_upgrade=True).db.dispose()  # the schema, then no connection of ours left open
+    env = {**os.environ, "MANET_DATABASE_URL": url, "OMP_NUM_THREADS": "1"}
+    ingest = subprocess.Popen([sys.executable, "-m", "manet.cli", "-q", "ingest", "manifest", str(manifest.path),
+                               "--batch-size", "10", "--max-outage", "120"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def stored() -> int:
+        with psycopg.connect(url) as conn:
+            return conn.execute("SELECT count(*) FROM images").fetchone()[0]
+
+    deadline = time.monotonic() + 300
+    while stored() < 100:  # wait until the ingest is well into the run
+        assert ingest.poll() is None and time.monotonic() < deadline, ingest.stderr.read().decode()
+        time.sleep(0.01)
+    assert embedded.stop(pg_home)
+    time.sleep(3)  # the ingest keeps running against a dead server
+    assert ingest.poll() is None, "the ingest gave up (or finished) during the outage"
+    embedded.start(pg_home)
+
+    out, err = ingest.communicate(timeout=600)
+    assert ingest.returncode == 0, err.decode()
+    assert "database unavailable" in err.decode()  # it did notice the outage
+    with psycopg.connect(url) as conn:
+        rows = dict(conn.execute("SELECT uri, count(*) FROM images GROUP BY uri").fetchall())
+        ok = {uri for (uri,) in conn.execute("SELECT uri FROM images WHERE status = 'ok'")}
+    assert len(rows) == manifest.rows and set(rows.values()) == {1}  # every row stored, once
+    assert ok == set(manifest.good)
