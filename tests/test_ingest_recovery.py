@@ -13,6 +13,7 @@ import time
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 
 from conftest import TINY_MODEL, mixed_manifest, run_manet
 from manet import embedded
@@ -86,3 +87,32 @@ def test_an_ingest_killed_mid_run_loses_at_most_the_batch_in_flight(pg_home, man
     assert report["already_present"] == stored
     assert report["images_added"] + report["failed"] == manifest.rows - stored
     _check_complete(url, manifest)
+
+
+def test_the_caps_from_options_and_environment_fail_files_not_the_run(retriever, run, tmp_path, monkeypatch):
+    """A file over the time budget (--file-timeout) or the byte cap (MANET_MAX_BYTES) is recorded as
+    failed with the reason and the run goes on; `manet retry` under the default caps recovers it."""
+    import numpy as np
+    from PIL import Image
+
+    assert retriever.db is not None  # the module's database, migrated before the CLI uses it
+    rng = np.random.default_rng(9)
+    lines = ["sku,image"]
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        lines.append(f"C{i},{i}.png")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+
+    slow = json.loads(run("--file-timeout", "0.000001", "ingest", "manifest", str(tmp_path / "m.csv"),
+                          "--json").output)
+    assert slow["failed"] == 6 and slow["images_added"] == 0
+    assert all("took longer than 1e-06 s to read and decode" in f["error"] and f["image"] in f["error"]
+               for f in slow["failures"])
+    monkeypatch.setenv("MANET_MAX_BYTES", "100")
+    capped = json.loads(run("retry", "--failed", "--json").output)
+    assert capped["ingest_recovered"] == 0 and capped["ingest_still_failed"] == 6
+    with retriever.db.begin() as conn:
+        errors = list(conn.execute(sa.text("SELECT error FROM images WHERE status = 'failed'")).scalars())
+    assert len(errors) == 6 and all("over the cap of 100 bytes" in error for error in errors)
+    monkeypatch.delenv("MANET_MAX_BYTES")
+    assert json.loads(run("retry", "--failed", "--json").output)["ingest_recovered"] == 6
