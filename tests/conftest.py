@@ -102,33 +102,44 @@ class Finished:
     max_rss_bytes: int
 
 
+# Runs argv[2:] and writes its peak RSS (KiB) to argv[1]. Linux keeps a process's memory high-water
+# mark across fork and exec, so a command started straight from pytest (hundreds of MB after torch
+# tests) would report pytest's size; started from this small process it reports its own.
+_MEASURE = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_manet(*args: str, env: dict[str, str], timeout: float = 60.0) -> Finished:
     """``python -m manet.cli ARGS`` in a subprocess; fails the test if it runs longer than
-    ``timeout`` seconds (it is killed). Peak RSS is the child's own, from ``os.wait4``."""
+    ``timeout`` seconds (its process group is killed). Peak RSS is the command's own."""
+    import signal
     import subprocess
     import sys
     import tempfile
-    import time
 
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        process = subprocess.Popen([sys.executable, "-m", "manet.cli", *args], stdout=out, stderr=err,
-                                   stdin=subprocess.DEVNULL, env=env)
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                process.kill()
-                os.wait4(process.pid, 0)
-                process.returncode = -9
-                raise AssertionError(f"manet {' '.join(args)} ran longer than {timeout:.0f} s")
-            time.sleep(0.02)
-        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-        out.seek(0)
-        err.seek(0)
-        return Finished(tuple(args), process.returncode, out.read().decode(errors="replace"),
-                        err.read().decode(errors="replace"), usage.ru_maxrss * 1024)  # Linux: KiB
+    with tempfile.TemporaryDirectory() as scratch:
+        rss, out, err = (Path(scratch) / name for name in ("rss", "out", "err"))
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            process = subprocess.Popen([sys.executable, "-c", _MEASURE, str(rss), sys.executable, "-m",
+                                        "manet.cli", *args], stdout=stdout, stderr=stderr,
+                                       stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                raise AssertionError(f"manet {' '.join(args)} ran longer than {timeout:.0f} s") from None
+        return Finished(tuple(args), process.returncode, out.read_text(errors="replace"),
+                        err.read_text(errors="replace"), int(rss.read_text()) * 1024)  # Linux: KiB
 
 
 @dataclass(frozen=True)
