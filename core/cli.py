@@ -694,7 +694,7 @@ def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models
               help="Learning rate of the attention branch and head for one process.")
 @click.option("--lr-scaling", type=click.Choice(LR_SCALING_RULES), default="sqrt", show_default=True,
               help="Under torchrun with N processes the learning rate is --lr x sqrt(N), x N, or unchanged.")
-@click.option("--backbone-lr-scale", default=0.1, show_default=True,
+@click.option("--backbone-lr-scale", default=config.DEFAULT_BACKBONE_LR_SCALE, show_default=True,
               help="Backbone learning rate relative to --lr; 0 freezes the backbone.")
 @click.option("--frozen-stages", default=1, show_default=True, type=click.IntRange(min=0),
               help="Backbone stages, from the input, kept as pretrained (0: fine-tune all).")

@@ -52,7 +52,7 @@ class TrainConfig:
     lambda_dice: float = 1.0
     lr: float = 1e-3
     #: Backbone learning rate relative to ``lr``; 0 freezes the backbone.
-    backbone_lr_scale: float = 0.1
+    backbone_lr_scale: float = manet_config.DEFAULT_BACKBONE_LR_SCALE
     #: Backbone stages (from the input) kept as pretrained: the early, generic filters. On the
     #: CPU most of a backward pass is spent there (EfficientNet-Lite0 at 224 px: 8.5 img/s
     #: fine-tuning everything, 17 img/s with the first stage frozen).
