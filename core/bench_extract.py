@@ -277,8 +277,8 @@ def measure_naive(db: Database, model_id: int, pipeline: Any, items: list[tuple[
     from torchvision.transforms import functional as F
 
     from manet import config
+    from manet.store import descriptors
 
-    insert = "INSERT INTO descriptors (model_id, image_id, gallery, embedding) VALUES (%s, %s, %s, %s)"
     with psycopg.connect(config.libpq_url(db.url), autocommit=True) as conn:
         register_vector(conn)
 
@@ -287,7 +287,7 @@ def measure_naive(db: Database, model_id: int, pipeline: Any, items: list[tuple[
                 pixels = F.pil_to_tensor(F.resize(image.convert("RGB"), [size, size]))
             with torch.inference_mode():
                 vector = pipeline(pixels.unsqueeze(0).to(device)).cpu().numpy()[0]
-            conn.execute(insert, (model_id, image_id, gallery, vector))
+            descriptors.insert_row(conn, model_id, image_id, gallery, vector)
 
         one(*items[0])
         started = time.perf_counter()

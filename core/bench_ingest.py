@@ -13,17 +13,15 @@ import time
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 
 from manet.bench import peak_rss_mb
 from manet.bench_search import CHUNK_ROWS, DescriptorGenerator, clear_scratch, insert_catalogue_rows
 from manet.db import Database
 from manet.errors import ManetError
-from manet.extract import copy_descriptors
 from manet.models import create_vector_model, delete_model
+from manet.store import descriptors
 
 BENCH_MODEL = "bench-ingest"
-INSERT = "INSERT INTO descriptors (model_id, image_id, gallery, embedding) VALUES (%s, %s, %s, %s)"
 
 
 def _copy_rows_per_s(db: Database, model_id: int, vectors: np.ndarray) -> float:
@@ -34,7 +32,7 @@ def _copy_rows_per_s(db: Database, model_id: int, vectors: np.ndarray) -> float:
             chunk = vectors[start:start + CHUNK_ROWS]
             ids = list(range(start + 1, start + len(chunk) + 1))
             with conn.cursor() as cur:
-                copy_descriptors(cur, model_id, ids, [True] * len(ids), chunk)
+                descriptors.copy_rows(cur, model_id, ids, [True] * len(ids), chunk)
             conn.commit()
     return len(vectors) / (time.perf_counter() - started)
 
@@ -43,7 +41,7 @@ def _insert_rows_per_s(db: Database, model_id: int, vectors: np.ndarray) -> floa
     rows = [(model_id, i + 1, True, vector) for i, vector in enumerate(vectors)]
     started = time.perf_counter()
     with db.raw() as conn, conn.cursor() as cur:
-        cur.executemany(INSERT, rows)
+        cur.executemany(descriptors.INSERT_ROW, rows)
     return len(vectors) / (time.perf_counter() - started)
 
 
@@ -52,13 +50,13 @@ def _row_insert_rows_per_s(db: Database, model_id: int, vectors: np.ndarray) -> 
     started = time.perf_counter()
     with db.raw() as conn:
         for i, vector in enumerate(vectors):
-            conn.execute(INSERT, (model_id, i + 1, True, vector))
+            descriptors.insert_row(conn, model_id, i + 1, True, vector)
     return len(vectors) / (time.perf_counter() - started)
 
 
 def _empty(db: Database) -> None:
     with db.begin() as conn:  # the same empty table for every method
-        conn.execute(sa.text("TRUNCATE descriptors"))
+        descriptors.truncate(conn)
 
 
 def run_ingest_bench(db: Database, *, rows: int = 20_000, dim: int = 512, insert_rows: int | None = None,
@@ -89,7 +87,7 @@ def run_ingest_bench(db: Database, *, rows: int = 20_000, dim: int = 512, insert
         "copy_rows_per_s": round(copy_rate, 1), "insert_rows_per_s": round(insert_rate, 1),
         "ratio": round(copy_rate / insert_rate, 2),
         "row_insert_rows_per_s": round(row_rate, 1), "ratio_row_insert": round(copy_rate / row_rate, 2),
-        "method": {"copy": f"manet.extract.copy_descriptors (binary COPY), {CHUNK_ROWS} rows a transaction",
+        "method": {"copy": f"manet.store.descriptors.copy_rows (binary COPY), {CHUNK_ROWS} rows a transaction",
                    "insert": "psycopg 3 executemany INSERT (pipelined), pgvector register_vector, one transaction",
                    "row_insert": "one INSERT per row (a round trip each), one transaction"},
         "versions": db.server_versions(),

@@ -27,7 +27,6 @@ import sqlalchemy as sa
 from manet.bench import latency_summary, peak_rss_mb
 from manet.db import Database
 from manet.errors import ManetError
-from manet.extract import copy_descriptors
 from manet.models import ModelRecord, create_vector_model, delete_model, get_model
 from manet.search import (
     FILTERED_EF_SEARCH,
@@ -37,6 +36,7 @@ from manet.search import (
     search_query,
     search_vector,
 )
+from manet.store import descriptors
 
 K = 7
 #: pgvector's default hnsw.ef_search: the top-level figures are measured there.
@@ -290,7 +290,7 @@ def load_gallery(db: Database, model: ModelRecord, chunks: Iterator[np.ndarray],
             conn.execute("INSERT INTO product_categories (product_id, category_id) SELECT unnest(%s::bigint[]), %s",
                          (new_products[category_members(new_products, selectivity)].tolist(), category_id))
             with conn.cursor() as cur:
-                copy_descriptors(cur, model.id, ids.tolist(), [True] * len(ids), chunk)
+                descriptors.copy_rows(cur, model.id, ids.tolist(), [True] * len(ids), chunk)
             conn.commit()
             member = category_members((ids - 1) // IMAGES_PER_PRODUCT + 1, selectivity)
             truth.add(chunk, ids)
@@ -352,11 +352,8 @@ def _raw_sql(model: ModelRecord) -> str:
     """pgvector's README query for the model's index: a bare ORDER BY ... LIMIT 7 (with the
     README's re-rank for a binary index); the partial index's predicate, no join."""
     layout = index_layout(model)
-    bare = (f"SELECT image_id{', embedding' if layout.quantize == 'binary' else ''} FROM descriptors "
-            f"WHERE model_id = {int(model.id)} AND gallery ORDER BY {layout.distance('embedding', '%(q)s')}")
-    if layout.quantize != "binary":
-        return f"{bare} LIMIT {K}"
-    return f"SELECT image_id FROM ({bare} LIMIT {K * layout.rerank_factor}) c ORDER BY embedding <#> %(q)s LIMIT {K}"
+    return descriptors.bare_top_k_sql(model.id, K, layout.distance("embedding", "%(q)s"),
+                                      binary=layout.quantize == "binary", rerank_factor=layout.rerank_factor)
 
 
 def _psycopg(db: Database, autocommit: bool) -> Any:

@@ -18,6 +18,7 @@ from manet.db import Database, as_array
 from manet.errors import ManetError
 from manet.metrics import descending_order, evaluate_rankings
 from manet.models import ModelRecord
+from manet.store import descriptors
 
 QUERY_CHUNK = 1024
 
@@ -48,25 +49,7 @@ class EvalResult:
 
 
 def _load(conn: sa.Connection, model: ModelRecord, split: str | None):
-    gallery = conn.execute(
-        sa.text(
-            """SELECT d.image_id, i.product_id, d.embedding FROM descriptors d
-               JOIN images i ON i.id = d.image_id
-               WHERE d.model_id = :m AND d.gallery ORDER BY d.image_id"""
-        ),
-        {"m": model.id},
-    ).all()
-    split_sql = "" if split is None else "AND i.split = :split"
-    queries = conn.execute(
-        sa.text(
-            f"""SELECT d.image_id, i.product_id, d.embedding FROM descriptors d
-                JOIN images i ON i.id = d.image_id
-                WHERE d.model_id = :m AND i.domain = 'query' AND i.product_id IS NOT NULL {split_sql}
-                ORDER BY d.image_id"""
-        ),
-        {"m": model.id, "split": split},
-    ).all()
-    return gallery, queries
+    return descriptors.labelled_gallery(conn, model.id), descriptors.labelled_queries(conn, model.id, split)
 
 
 def _matrix(rows: list[Any], dim: int) -> np.ndarray:

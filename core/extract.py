@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import sqlalchemy as sa
 
 from manet import config
 from manet.batch_decode import ImageReader, Item, collate, on_device
@@ -33,31 +32,10 @@ from manet.errors import DatabaseError, ManetError
 from manet.images import read_image_tensor
 from manet.models import ModelRecord
 from manet.safe_files import ReadLimits
+from manet.store import descriptors
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-_PENDING_WHERE = """
-       i.status = 'ok'
-   AND (i.domain = 'catalog' OR CAST(:split AS text) IS NULL OR i.split = :split)
-   AND NOT EXISTS (SELECT 1 FROM descriptors d WHERE d.model_id = :m AND d.image_id = i.id)
-   AND NOT EXISTS (SELECT 1 FROM extraction_work w
-                    WHERE w.model_id = :m AND w.image_id = i.id AND w.status = 'failed')
-"""
-
-# Keyset pagination: the next page starts after the last id seen, so each page is one short
-# index scan however far the run has got, and rows committed meanwhile never shift a page.
-PENDING_PAGE = sa.text(
-    f"""
-    SELECT i.id, i.uri, i.domain = 'catalog' AS gallery
-      FROM images i
-     WHERE {_PENDING_WHERE} AND i.id > :after
-     ORDER BY i.id
-     LIMIT :limit
-    """
-)
-
-PENDING_COUNT = sa.text(f"SELECT count(*) FROM images i WHERE {_PENDING_WHERE}")
 
 RECORD_FAILURE = """
 INSERT INTO extraction_work (model_id, image_id, status, attempts, last_error, updated_at)
@@ -116,7 +94,8 @@ class PendingImages:
         if batch_size < 1 or page_size < 1:
             raise ManetError(f"batch size and page size must be at least 1, got {batch_size} and {page_size}")
         self.db = db
-        self.params = {"m": model_id, "split": split}
+        self.model_id = model_id
+        self.split = split
         self.batch_size = batch_size
         self.page_size = page_size
 
@@ -124,7 +103,7 @@ class PendingImages:
         after, batch = 0, []  # image ids come from a sequence that starts at 1
         while True:
             with self.db.begin() as conn:
-                rows = conn.execute(PENDING_PAGE, {**self.params, "after": after, "limit": self.page_size}).all()
+                rows = descriptors.pending_page(conn, self.model_id, self.split, after, self.page_size)
             for row in rows:
                 batch.append((row.id, row.gallery, row.uri))
                 if len(batch) == self.batch_size:
@@ -140,7 +119,7 @@ class PendingImages:
 def count_pending(db: Database, model_id: int, split: str | None = None) -> int:
     """How many images :class:`PendingImages` would yield."""
     with db.begin() as conn:
-        return int(conn.execute(PENDING_COUNT, {"m": model_id, "split": split}).scalar_one())
+        return descriptors.count_pending(conn, model_id, split)
 
 
 def default_workers(count: int, batch_size: int, device: str = "cpu", cpu_count: int | None = None) -> int:
@@ -358,24 +337,11 @@ class Forward:
                 self.chunk = oom_backoff(self.chunk)
 
 
-def copy_descriptors(cur: Any, model_id: int, ids: Sequence[int], gallery: Sequence[bool],
-                     vectors: np.ndarray) -> None:
-    """Binary COPY of descriptor rows on a psycopg cursor (pgvector types registered)."""
-    if not len(ids):
-        return
-    with cur.copy(
-        "COPY descriptors (model_id, image_id, gallery, embedding) FROM STDIN WITH (FORMAT BINARY)"
-    ) as copy:
-        copy.set_types(["int4", "int8", "bool", "vector"])
-        for image_id, is_gallery, vector in zip(ids, gallery, vectors, strict=True):
-            copy.write_row((model_id, image_id, is_gallery, vector))
-
-
 def write_batch(conn: Any, model_id: int, ids: list[int], gallery: list[bool], vectors: np.ndarray,
                 failures: list[tuple[int, str]]) -> None:
     """Binary COPY of one batch's descriptors plus its failures, in one transaction."""
     with conn.cursor() as cur:
-        copy_descriptors(cur, model_id, ids, gallery, vectors)
+        descriptors.copy_rows(cur, model_id, ids, gallery, vectors)
         for image_id, error in failures:
             cur.execute(RECORD_FAILURE, (model_id, image_id, error))
     conn.commit()

@@ -14,6 +14,7 @@ from manet.errors import ManetError, NotFoundError
 from manet.pipeline import PipelineConfig
 from manet.plugin_manager import Registry
 from manet.schema import MODEL_INDEX_PREFIX
+from manet.store import descriptors
 
 
 def index_name_for(model_id: int) -> str:
@@ -109,9 +110,9 @@ def list_models(db: Database) -> list[dict[str, Any]]:
     with db.begin() as conn:
         rows = conn.execute(
             sa.text(
-                """
+                f"""
                 SELECT m.id, m.name, m.config, m.dim, m.metrics, m.index_options,
-                       (SELECT count(*) FROM descriptors d WHERE d.model_id = m.id) AS descriptors
+                       {descriptors.count_subquery("m.id")} AS descriptors
                   FROM models m ORDER BY m.name
                 """
             )
@@ -212,22 +213,6 @@ def derive_model(db: Database, registry: Registry, name: str, source: str, *, po
 DERIVE_BATCH = 10_000
 
 
-def _stored_batches(conn: Any, model_id: int, gallery: bool | None = None,
-                    batch: int = DERIVE_BATCH) -> Any:
-    """Yield (image ids, gallery flags, float32 matrix) of a model's stored descriptors (all, or
-    only gallery / only query rows), through a server-side cursor: memory stays flat."""
-    import numpy as np
-
-    from manet.db import as_array
-
-    where = "" if gallery is None else (" AND gallery" if gallery else " AND NOT gallery")
-    with conn.cursor(name=f"manet_stored_{int(model_id)}", binary=True) as cur:
-        cur.execute(f"SELECT image_id, gallery, embedding FROM descriptors WHERE model_id = %s{where} "
-                    f"ORDER BY image_id", [int(model_id)])
-        while rows := cur.fetchmany(batch):
-            yield [r[0] for r in rows], [r[1] for r in rows], np.stack([as_array(r[2]) for r in rows])
-
-
 def _derive(db: Database, registry: Registry, name: str, config: PipelineConfig, metrics: dict[str, Any],
             fill: Any) -> ModelRecord:
     """Create model ``name`` and fill it with ``fill(psycopg connection, record)`` in one
@@ -264,8 +249,6 @@ def whiten_model(db: Database, registry: Registry, name: str, base_name: str, di
 
     import numpy as np
 
-    from manet.db import as_array
-    from manet.extract import copy_descriptors
     from manet.whitening import PCA_WHITEN, check_fit_size, fit_whitening, save_projection, whiten_array
 
     base = get_model(db, base_name)
@@ -273,17 +256,17 @@ def whiten_model(db: Database, registry: Registry, name: str, base_name: str, di
         raise ManetError(f"model '{base_name}' is already whitened; whiten its base "
                          f"'{base.config.projection.get('base')}' instead")
     with db.begin() as conn:
-        ids = conn.execute(sa.text("SELECT image_id FROM descriptors WHERE model_id = :m AND gallery"),
-                           {"m": base.id}).scalars().all()
+        ids = descriptors.gallery_ids(conn, base.id)
     check_fit_size(len(ids), dims, base.dim, base_name)
     if max_rows <= dims:
         raise ManetError(f"--max-rows {max_rows} must be more than --dims {dims}; raise --max-rows")
     if len(ids) > max_rows:  # a uniform sample bounds the fit's memory on a large catalogue
         ids = np.random.default_rng(seed).choice(ids, size=max_rows, replace=False).tolist()
     with db.raw() as conn:
-        rows = conn.execute("SELECT embedding FROM descriptors WHERE model_id = %s AND image_id = ANY(%s) "
-                            "ORDER BY image_id", [base.id, ids]).fetchall()
-    projection = fit_whitening(np.stack([as_array(row[0]) for row in rows]), dims, base=base_name)
+        vectors = descriptors.read_vectors(conn, base.id, ids)
+    # Fitted in image id order, as before the reads had one home (the order sets the rounding).
+    sample = np.stack([vectors[i] for i in sorted(vectors)])
+    projection = fit_whitening(sample, dims, base=base_name)
     config = replace(base.config, projection={"kind": PCA_WHITEN, "base": base_name, "input_dim": base.dim,
                                               "output_dim": int(dims)})
     metrics = {"derived_from": base_name, "whitening": {"dims": int(dims), "fitted_rows": projection.fitted_rows}}
@@ -291,8 +274,8 @@ def whiten_model(db: Database, registry: Registry, name: str, base_name: str, di
     def fill(conn: Any, record: ModelRecord) -> None:
         save_projection(conn, record.id, base.id, projection)
         with conn.cursor() as cur:
-            for image_ids, gallery, vectors in _stored_batches(conn, base.id):
-                copy_descriptors(cur, record.id, image_ids, gallery, whiten_array(vectors, projection))
+            for image_ids, gallery, vectors in descriptors.stream(conn, base.id, batch=DERIVE_BATCH):
+                descriptors.copy_rows(cur, record.id, image_ids, gallery, whiten_array(vectors, projection))
 
     return _derive(db, registry, name, config, metrics, fill)
 
@@ -308,14 +291,12 @@ def augment_model(db: Database, registry: Registry, name: str, base_name: str, r
 
     import numpy as np
 
-    from manet.extract import copy_descriptors
-
     if not reranker.augments_catalogue:
         raise ManetError(f"reranker '{reranker.name}' re-scores a search shortlist and does not augment a "
                          f"catalogue; use it with manet search/eval --rerank {reranker.name}, or augment with dba")
     base = get_model(db, base_name)
     with db.raw() as conn:
-        batches = list(_stored_batches(conn, base.id, gallery=True))
+        batches = list(descriptors.stream(conn, base.id, gallery=True, batch=DERIVE_BATCH))
     if not batches:
         raise ManetError(f"model '{base_name}' has no catalogue descriptors to augment; "
                          f"run: manet extract --model {base_name}")
@@ -331,9 +312,10 @@ def augment_model(db: Database, registry: Registry, name: str, base_name: str, r
         with conn.cursor() as cur:
             for start in range(0, len(ids), DERIVE_BATCH):
                 end = start + DERIVE_BATCH
-                copy_descriptors(cur, record.id, ids[start:end], [True] * len(ids[start:end]),
-                                 augmented[start:end])
-            for image_ids, gallery, vectors in _stored_batches(conn, base.id, gallery=False):
-                copy_descriptors(cur, record.id, image_ids, gallery, vectors)
+                descriptors.copy_rows(cur, record.id, ids[start:end], [True] * len(ids[start:end]),
+                                      augmented[start:end])
+            for image_ids, gallery, vectors in descriptors.stream(conn, base.id, gallery=False,
+                                                                  batch=DERIVE_BATCH):
+                descriptors.copy_rows(cur, record.id, image_ids, gallery, vectors)
 
     return _derive(db, registry, name, base.config, metrics, fill)

@@ -12,11 +12,13 @@ from manet.errors import ImageError
 from manet.images import inspect_image
 from manet.models import ModelRecord
 from manet.safe_files import ReadLimits
+from manet.store import descriptors
 
+# One statement, so every count comes from the same snapshot.
 COUNTS = sa.text(
-    """
+    f"""
     SELECT (SELECT count(*) FROM images WHERE status = 'ok') AS images,
-           (SELECT count(*) FROM descriptors WHERE model_id = :m) AS done,
+           {descriptors.count_subquery(":m")} AS done,
            (SELECT count(*) FROM extraction_work WHERE model_id = :m AND status = 'failed') AS failed,
            (SELECT count(*) FROM extraction_work
              WHERE model_id = :m AND status = 'leased' AND lease_expires_at > now()) AS leased,

@@ -27,10 +27,11 @@ import numpy as np
 import sqlalchemy as sa
 from PIL import Image
 
-from manet.db import Database, as_array
+from manet.db import Database
 from manet.errors import ManetError, NotFoundError, one_line
 from manet.images import inspect_image, load_rgb
 from manet.safe_files import ReadLimits, describe_mode
+from manet.store import descriptors
 
 #: Long side of an embedded thumbnail, pixels.
 THUMB_SIZE = 128
@@ -418,11 +419,7 @@ def _items(conn: sa.Connection, ids: Iterable[int]) -> dict[int, Item]:
 
 
 def _vectors(conn: sa.Connection, model_id: int, ids: Iterable[int]) -> dict[int, np.ndarray]:
-    rows = conn.execute(
-        sa.text("SELECT image_id, embedding FROM descriptors WHERE model_id = :m AND image_id = ANY(:ids)"),
-        {"m": model_id, "ids": sorted({int(i) for i in ids})},
-    ).all()
-    return {int(row.image_id): as_array(row.embedding) for row in rows}
+    return descriptors.read_vectors(conn, model_id, sorted({int(i) for i in ids}))
 
 
 def load_eval_run(db: Database, run_id: int, limit: int = DEFAULT_REPORT_LIMIT) -> EvalRun:

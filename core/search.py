@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from manet.db import Database, as_array, vector_connection
+from manet.db import Database, vector_connection
 from manet.errors import ManetError, NotFoundError
 from manet.index_progress import index_build_progress
 from manet.models import ModelRecord
+from manet.store import descriptors
 
 # pgvector releases before 0.8.2 overflow a buffer in parallel HNSW builds (CVE-2026-3172).
 SAFE_PARALLEL_PGVECTOR = (0, 8, 2)
@@ -185,9 +186,7 @@ def build_index(db: Database, model: ModelRecord, *, m: int = 16, ef_constructio
     name = model.index_name
     started = time.perf_counter()
     with db.begin() as conn:
-        rows = conn.execute(
-            sa.text("SELECT count(*) FROM descriptors WHERE model_id = :m AND gallery"), {"m": model.id}
-        ).scalar_one()
+        rows = descriptors.count(conn, model.id, gallery=True)
         if rows == 0:
             raise ManetError(f"model '{model.name}' has no gallery descriptors; run: manet extract --model {model.name}")
         memory = maintenance_work_mem or (
@@ -231,38 +230,13 @@ def _search_sql(model: ModelRecord, k: int, category: str | None, brand: str | N
     if not 1 <= int(k) <= 1000:
         raise ManetError(f"k={k} is out of range; use 1..1000")
     layout = IndexLayout("none", model.dim, 1) if exact else index_layout(model)
-    # Literal model id and expression: the planner only matches the partial expression index so.
-    where = [f"d.model_id = {int(model.id)}", "d.gallery"]
     params: dict[str, Any] = {}
-    # Filters run inside the index scan (iterative scan refills until k rows pass them).
     if category is not None:
-        where.append(
-            "EXISTS (SELECT 1 FROM images fi JOIN product_categories pc ON pc.product_id = fi.product_id "
-            "JOIN categories c ON c.id = pc.category_id WHERE fi.id = d.image_id AND c.name = :category)"
-        )
         params["category"] = category
     if brand is not None:
-        where.append(
-            "EXISTS (SELECT 1 FROM images fi JOIN products fp ON fp.id = fi.product_id "
-            "WHERE fi.id = d.image_id AND lower(fp.brand) = lower(:brand))"
-        )
         params["brand"] = brand
-    # Quantised indexes rank approximately: take rerank_factor x k candidates, order them by the exact
-    # float32 inner product, and only then join the k winners with images and products.
-    sql = f"""
-        SELECT t.image_id, i.product_id, p.sku, p.title, p.brand, i.uri, t.score
-          FROM (SELECT c.image_id, -(c.embedding <#> CAST(:q AS vector)) AS score
-                  FROM (SELECT d.image_id, d.embedding
-                          FROM descriptors d
-                         WHERE {' AND '.join(where)}
-                         ORDER BY {layout.distance('d.embedding', ':q')}
-                         LIMIT {int(k) * layout.rerank_factor}) c
-                 ORDER BY c.embedding <#> CAST(:q AS vector), c.image_id
-                 LIMIT {int(k)}) t
-          JOIN images i ON i.id = t.image_id
-          LEFT JOIN products p ON p.id = i.product_id
-         ORDER BY t.score DESC, t.image_id
-    """
+    sql = descriptors.top_k_sql(model.id, k, layout.distance("d.embedding", ":q"), layout.rerank_factor,
+                                category=category is not None, brand=brand is not None)
     return sql, params
 
 
@@ -357,12 +331,9 @@ def stored_descriptor(db: Database, model: ModelRecord, image_id: int) -> np.nda
         exists = conn.execute(sa.text("SELECT status FROM images WHERE id = :i"), {"i": int(image_id)}).first()
         if exists is None:
             raise NotFoundError(f"image {image_id} does not exist; list images with SQL: SELECT id, uri FROM images")
-        row = conn.execute(
-            sa.text("SELECT embedding FROM descriptors WHERE model_id = :m AND image_id = :i"),
-            {"m": model.id, "i": int(image_id)},
-        ).first()
-    if row is None:
+        vector = descriptors.read_vectors(conn, model.id, [int(image_id)]).get(int(image_id))
+    if vector is None:
         raise NotFoundError(
             f"image {image_id} has no descriptor for model '{model.name}'; run: manet extract --model {model.name}"
         )
-    return as_array(row[0])
+    return vector

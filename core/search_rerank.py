@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from manet.db import Database, as_array
+from manet.db import Database
 from manet.errors import ManetError
 from manet.models import ModelRecord
 from manet.reranking import rerank_shortlist
 from manet.search import Hit
+from manet.store import descriptors
 
 
 def check_query_reranker(reranker: Any, k: int, shortlist: int) -> None:
@@ -36,9 +37,7 @@ def candidate_descriptors(db: Database, model: ModelRecord, image_ids: Sequence[
     if not image_ids:
         return np.zeros((0, model.dim), np.float32)
     with db.raw() as conn:  # binary vectors: parsing 100 vectors from text would cost more than the search
-        rows = conn.execute("SELECT image_id, embedding FROM descriptors WHERE model_id = %s AND image_id = ANY(%s)",
-                            [model.id, [int(i) for i in image_ids]], binary=True).fetchall()
-    by_id = {image_id: as_array(embedding) for image_id, embedding in rows}
+        by_id = descriptors.read_vectors(conn, model.id, image_ids)
     return np.stack([by_id[int(i)] for i in image_ids])
 
 

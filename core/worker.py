@@ -26,16 +26,7 @@ import sqlalchemy as sa
 from manet.db import Database, with_reconnect
 from manet.models import ModelRecord
 from manet.safe_files import ReadLimits
-
-ENQUEUE = sa.text(
-    """
-    INSERT INTO extraction_work (model_id, image_id, status)
-    SELECT :m, i.id, 'pending' FROM images i
-     WHERE i.status = 'ok'
-       AND NOT EXISTS (SELECT 1 FROM descriptors d WHERE d.model_id = :m AND d.image_id = i.id)
-    ON CONFLICT (model_id, image_id) DO NOTHING
-    """
-)
+from manet.store import descriptors
 
 # Expired leases whose image was tried max_attempts times: give up on them.
 EXPIRE_POISON = sa.text(
@@ -115,9 +106,10 @@ def heartbeat(db: Database, model: ModelRecord, owner: str, lease_seconds: float
 
 
 def enqueue(db: Database, model: ModelRecord) -> int:
-    """Add a pending work row for every image of ``model`` without a descriptor."""
+    """Add a pending work row for every image of ``model`` still to extract (the definition
+    ``manet extract`` pages through, without a split: :mod:`manet.store.descriptors`)."""
     with db.begin() as conn:
-        return int(conn.execute(ENQUEUE, {"m": model.id}).rowcount)
+        return descriptors.enqueue_pending(conn, model.id)
 
 
 def claim(db: Database, model: ModelRecord, owner: str, batch_size: int, lease_seconds: float,
@@ -141,8 +133,6 @@ def commit_batch(conn: Any, model: ModelRecord, owner: str, ids: list[int], gall
                  vectors: np.ndarray, failures: list[tuple[int, str, int]], max_attempts: int) -> tuple[int, int]:
     """One transaction: keep only rows still leased by ``owner``, write their descriptors
     (binary COPY), mark them done, and record failures (retry until ``max_attempts``)."""
-    from manet.extract import copy_descriptors
-
     all_ids = ids + [image_id for image_id, _, _ in failures]
     with conn.cursor() as cur:
         cur.execute(
@@ -152,7 +142,7 @@ def commit_batch(conn: Any, model: ModelRecord, owner: str, ids: list[int], gall
         )
         owned = {row[0] for row in cur.fetchall()}
         keep = [i for i, image_id in enumerate(ids) if image_id in owned]
-        copy_descriptors(cur, model.id, [ids[i] for i in keep], [gallery[i] for i in keep], vectors[keep])
+        descriptors.copy_rows(cur, model.id, [ids[i] for i in keep], [gallery[i] for i in keep], vectors[keep])
         cur.execute(
             "UPDATE extraction_work SET status = 'done', lease_owner = NULL, updated_at = now() "
             "WHERE model_id = %s AND image_id = ANY(%s)",
