@@ -170,6 +170,9 @@ class PoolingModule(nn.Module):
     """``nn.Module`` wrapper of a pooling function: ``forward(features, saliency=None)``.
 
     Parameters named in ``learnable`` become 1-element ``nn.Parameter``s (e.g. GeM's p).
+    ``region_weights``: for a pooling over saliency-weighted regions (SR-MAC), the function of
+    its regions and weights, ``(saliency, height, width, **params) -> (regions, (B, R))``, so
+    that attention maps can show them (:func:`srmac_weights`); None for any other pooling.
     """
 
     def __init__(
@@ -179,10 +182,12 @@ class PoolingModule(nn.Module):
         params: dict[str, Any],
         uses_saliency: bool = False,
         learnable: tuple[str, ...] = (),
+        region_weights: Callable[..., tuple[list[Region], Tensor]] | None = None,
     ) -> None:
         super().__init__()
         self.name = name
         self.function = function
+        self.region_weights = region_weights
         self.uses_saliency = uses_saliency
         self.fixed = {k: v for k, v in params.items() if k not in learnable}
         self.learnable = learnable

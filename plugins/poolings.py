@@ -23,6 +23,9 @@ class _FunctionPooling(Pooling):
 
     #: Name of the pure function in :mod:`manet.pooling`.
     function: ClassVar[str] = ""
+    #: Name of the function in :mod:`manet.pooling` giving the regions and weights of a
+    #: saliency-weighted region pooling (SR-MAC), which attention maps show; "" for none.
+    region_weights: ClassVar[str] = ""
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -37,9 +40,11 @@ class _FunctionPooling(Pooling):
         return getattr(pooling, self.function)
 
     def module(self) -> "torch.nn.Module":
-        from manet.pooling import PoolingModule
+        from manet import pooling
 
-        return PoolingModule(self.name, self._function(), dict(self.params), self.uses_saliency)
+        region_weights = getattr(pooling, self.region_weights) if self.region_weights else None
+        return pooling.PoolingModule(self.name, self._function(), dict(self.params), self.uses_saliency,
+                                     region_weights=region_weights)
 
 
 class MAC(_FunctionPooling):
@@ -97,6 +102,7 @@ class SRMAC(_FunctionPooling):
     name = "srmac"
     description = "Saliency-weighted R-MAC (SR-MAC, MANet Eq. 4-7); needs a saliency map."
     function = "srmac"
+    region_weights = "srmac_weights"
     defaults = _REGION_DEFAULTS
     uses_saliency = True
 
