@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from manet.errors import ManetError
 from manet.regions import Region
-from manet.safe_files import describe_mode
+from manet.safe_files import refuse_special_output
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -104,9 +104,7 @@ def _check_out(out_path: Path) -> None:
         raise ManetError(f"output {out_path} must be a .png file; pass --out NAME.png")
     if not out_path.parent.is_dir():
         raise ManetError(f"output folder {out_path.parent} does not exist; create it or pass another --out")
-    if out_path.exists() and not out_path.is_file():  # writing to a pipe would wait for a reader forever
-        raise ManetError(f"output {out_path} is {describe_mode(out_path.stat().st_mode)}, not a regular file; "
-                         f"pass another --out")
+    refuse_special_output(out_path, "output", "pass another --out")
 
 
 def explain_image(retriever: Any, model: str, image_path: str | Path, out_path: str | Path, *,

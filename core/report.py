@@ -30,7 +30,7 @@ from PIL import Image
 from manet.db import Database
 from manet.errors import ManetError, NotFoundError, one_line
 from manet.images import inspect_image, load_rgb
-from manet.safe_files import ReadLimits, describe_mode
+from manet.safe_files import ReadLimits, refuse_special_output
 from manet.store import descriptors
 
 #: Long side of an embedded thumbnail, pixels.
@@ -480,9 +480,7 @@ def check_output_path(path: Path) -> Path:
         raise ManetError(f"{folder} is not a folder; choose a report path inside a folder")
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ManetError(f"cannot write {path} (permission denied); choose a writable folder")
-    if path.exists() and not path.is_file():  # writing to a pipe would wait for a reader forever
-        raise ManetError(f"report path {path} is {describe_mode(path.stat().st_mode)}, not a regular file; "
-                         f"give a file name to write the page to")
+    refuse_special_output(path, "report path", "give a file name to write the page to")
     return path
 
 

@@ -147,6 +147,13 @@ def open_regular(path: str | os.PathLike[str], *, what: str = "image",
         raise
 
 
+def refuse_special_output(path: Path, what: str, fix: str) -> None:
+    """Raise :class:`ManetError` when the output ``path`` exists and is not a regular file:
+    writing to a named pipe would wait for a reader forever, to a device would not make a file."""
+    if path.exists() and not path.is_file():
+        raise ManetError(f"{what} {path} is {describe_mode(path.stat().st_mode)}, not a regular file; {fix}")
+
+
 def _too_big(path: Path, what: str, size: str, limits: ReadLimits, error: type[ManetError]) -> ManetError:
     return error(f"{what} {path} is {size}, over the cap of {limits.max_bytes} bytes; raise --max-bytes / "
                  f"{MAX_BYTES_ENV} to accept it, or shrink or remove the file")
