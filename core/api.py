@@ -9,16 +9,16 @@ from typing import Any
 import numpy as np
 
 from manet import config
-from manet.catalog import IngestReport, ingest
-from manet.db import Database
+from manet.catalog.ingest import IngestReport, ingest
 from manet.errors import ManetError
-from manet.evaluate import EvalResult, evaluate
-from manet.extract import ExtractReport, embed_tensors, extract, read_query_images
-from manet.models import ModelRecord, create_model, delete_model, derive_model, get_model, list_models
-from manet.pipeline import PipelineConfig, build_pipeline, select_device
+from manet.evaluate.run import EvalResult, evaluate
+from manet.extract.run import ExtractReport, embed_tensors, extract, read_query_images
+from manet.nn.pipeline import PipelineConfig, build_pipeline, select_device
 from manet.plugin_manager import PluginInfo, Registry, default_registry
 from manet.safe_files import ReadLimits
-from manet.search import Hit, IndexReport, build_index, search_vector, stored_descriptor
+from manet.search.query import Hit, IndexReport, build_index, search_vector, stored_descriptor
+from manet.store.database import Database
+from manet.store.models import ModelRecord, create_model, delete_model, derive_model, get_model, list_models
 
 
 class Retriever:
@@ -83,7 +83,7 @@ class Retriever:
     @property
     def connected_url(self) -> str | None:
         """The database URL in use (password hidden), or None before the first connection."""
-        from manet.db import redact
+        from manet.store.database import redact
 
         return redact(self._db.url) if self._db is not None else None
 
@@ -120,7 +120,7 @@ class Retriever:
 
     # -- models -----------------------------------------------------------------------
     def create_model(self, name: str, **settings: Any) -> ModelRecord:
-        """Store a named pipeline; settings are :class:`~manet.pipeline.PipelineConfig` fields."""
+        """Store a named pipeline; settings are :class:`~manet.nn.pipeline.PipelineConfig` fields."""
         return create_model(self.db, self.registry, name, PipelineConfig.from_dict(settings))
 
     def derive_model(self, name: str, source: str, *, pooling: str | None = None,
@@ -148,7 +148,7 @@ class Retriever:
             record = self.model(name)
             projection = None
             if record.config.projection is not None:  # a whitened model: its projection is stored
-                from manet.whitening import load_projection
+                from manet.nn.whitening import load_projection
 
                 projection = load_projection(self.db, record.id, record.name)
             self._pipelines[name] = build_pipeline(record.config, self.registry, projection).to(self.device)
@@ -156,16 +156,16 @@ class Retriever:
 
     def whiten_model(self, name: str, base: str, dims: int, *, max_rows: int = 20_000) -> ModelRecord:
         """Model ``name``: ``base`` followed by a PCA-whitening to ``dims`` learned on its catalogue;
-        every descriptor ``base`` has is projected into it (see :func:`manet.models.whiten_model`)."""
-        from manet.models import whiten_model
+        every descriptor ``base`` has is projected into it (see :func:`manet.store.models.whiten_model`)."""
+        from manet.store.models import whiten_model
 
         return whiten_model(self.db, self.registry, name, base, dims, max_rows=max_rows)
 
     def augment_model(self, name: str, base: str, *, rerank: str = "dba",
                       rerank_params: dict[str, Any] | None = None) -> ModelRecord:
         """Model ``name``: ``base`` with its catalogue descriptors augmented by re-ranker ``rerank``
-        (DBA), for SQL search (see :func:`manet.models.augment_model`)."""
-        from manet.models import augment_model
+        (DBA), for SQL search (see :func:`manet.store.models.augment_model`)."""
+        from manet.store.models import augment_model
 
         reranker = self.reranker(rerank, rerank_params)
         return augment_model(self.db, self.registry, name, base, reranker)
@@ -189,8 +189,8 @@ class Retriever:
 
     def work(self, model: str, *, batch_size: int = 32, lease_seconds: float = 300.0, max_attempts: int = 3,
              until_empty: bool = False, max_outage: float = 600.0, say: Any = None) -> Any:
-        """Run one extraction worker for ``model`` (see :mod:`manet.worker`)."""
-        from manet.worker import run_worker
+        """Run one extraction worker for ``model`` (see :mod:`manet.extract.worker`)."""
+        from manet.extract.worker import run_worker
 
         return run_worker(self.db, self.model(model), self.pipeline(model), device=self.device,
                           batch_size=batch_size, lease_seconds=lease_seconds, max_attempts=max_attempts,
@@ -199,25 +199,25 @@ class Retriever:
 
     def status(self, model: str) -> dict[str, Any]:
         """Extraction progress of ``model``: done / pending / leased / failed."""
-        from manet.progress_status import model_status
+        from manet.extract.status import model_status
 
         return model_status(self.db, self.model(model))
 
     def failures(self, model: str | None = None) -> list[dict[str, Any]]:
         """Failed ingests, and failed extractions of ``model``, with their errors."""
-        from manet.progress_status import failures
+        from manet.extract.status import failures
 
         return failures(self.db, self.model(model) if model else None)
 
     def retry_failed(self, model: str | None = None) -> dict[str, int]:
-        """Requeue failed work after a fix (see :func:`manet.progress_status.retry_failed`)."""
-        from manet.progress_status import retry_failed
+        """Requeue failed work after a fix (see :func:`manet.extract.status.retry_failed`)."""
+        from manet.extract.status import retry_failed
 
         return retry_failed(self.db, self.model(model) if model else None, limits=self.limits)
 
     def build_index(self, model: str, *, m: int = 16, ef_construction: int = 64, quantize: str | None = None,
                     rerank_factor: int | None = None, maintenance_work_mem: str | None = None) -> IndexReport:
-        """(Re)build the model's HNSW index (see :func:`manet.search.build_index`)."""
+        """(Re)build the model's HNSW index (see :func:`manet.search.query.build_index`)."""
         return build_index(self.db, self.model(model), m=m, ef_construction=ef_construction, quantize=quantize,
                            rerank_factor=rerank_factor, maintenance_work_mem=maintenance_work_mem,
                            progress=self.progress)
@@ -254,7 +254,7 @@ class Retriever:
             raise ManetError("give exactly one of an image path, --image-id or a vector")
         reranker = None
         if rerank is not None:  # bad names and parameters fail before any work
-            from manet.search_rerank import check_query_reranker
+            from manet.search.shortlist import check_query_reranker
 
             reranker = self.reranker(rerank, rerank_params)
             check_query_reranker(reranker, k, shortlist)
@@ -269,7 +269,7 @@ class Retriever:
         # The HNSW candidate list is at least the shortlist, so the shortlist is the index's best.
         hits = search_vector(self.db, record, vector, k=shortlist, category=category, brand=brand,
                              ef_search=ef_search or max(shortlist, 40))
-        from manet.search_rerank import rerank_hits
+        from manet.search.shortlist import rerank_hits
 
         return rerank_hits(self.db, record, vector, hits, reranker, k)
 
@@ -293,13 +293,13 @@ class Retriever:
         return results
 
     def train(self, config: Any, *, resume: bool = False, restart: bool = False, say: Any = None) -> Any:
-        """Train MANet (:class:`manet.train.TrainConfig`) and store it as a model.
+        """Train MANet (:class:`manet.train.loop.TrainConfig`) and store it as a model.
 
         ``restart`` first deletes an earlier run of the same name (model row and checkpoints).
         """
         import shutil
 
-        from manet.train import checkpoint_dir, train
+        from manet.train.loop import checkpoint_dir, train
 
         if self._home is not None and not config.checkpoint_root:
             config.checkpoint_root = str(Path(self._home) / "checkpoints")

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 import torch
 
 from manet.api import Retriever
-from manet.images import read_image_tensor
+from manet.catalog.images import read_image_tensor
 
 QUERY = sa.text(
     "SELECT i.uri FROM images i JOIN products p ON p.id = i.product_id "

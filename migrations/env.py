@@ -9,7 +9,7 @@ import logging.config
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from manet.schema import include_object, metadata
+from manet.store.schema import include_object, metadata
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):
@@ -20,7 +20,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from manet.db import resolve_url
+    from manet.store.database import resolve_url
 
     return resolve_url()
 

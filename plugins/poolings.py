@@ -1,4 +1,4 @@
-"""Built-in poolings plugins: thin wrappers around :mod:`manet.pooling`.
+"""Built-in poolings plugins: thin wrappers around :mod:`manet.nn.pooling`.
 
 torch is imported only when a module is built, so listing plugins stays cheap.
 """
@@ -19,11 +19,11 @@ _REGION_DEFAULTS = {"levels": 3, "overlap": 0.4}
 
 
 class _FunctionPooling(Pooling):
-    """A pooling plugin whose module calls ``manet.pooling.<function>`` with its params."""
+    """A pooling plugin whose module calls ``manet.nn.pooling.<function>`` with its params."""
 
-    #: Name of the pure function in :mod:`manet.pooling`.
+    #: Name of the pure function in :mod:`manet.nn.pooling`.
     function: ClassVar[str] = ""
-    #: Name of the function in :mod:`manet.pooling` giving the regions and weights of a
+    #: Name of the function in :mod:`manet.nn.pooling` giving the regions and weights of a
     #: saliency-weighted region pooling (SR-MAC), which attention maps show; "" for none.
     region_weights: ClassVar[str] = ""
 
@@ -35,12 +35,12 @@ class _FunctionPooling(Pooling):
             raise PluginError(f"pooling '{self.name}': overlap must be in (0, 1)")
 
     def _function(self) -> Callable[..., "torch.Tensor"]:
-        from manet import pooling
+        from manet.nn import pooling
 
         return getattr(pooling, self.function)
 
     def module(self) -> "torch.nn.Module":
-        from manet import pooling
+        from manet.nn import pooling
 
         region_weights = getattr(pooling, self.region_weights) if self.region_weights else None
         return pooling.PoolingModule(self.name, self._function(), dict(self.params), self.uses_saliency,
@@ -71,7 +71,7 @@ class GeM(_FunctionPooling):
             raise PluginError(f"pooling 'gem': p must be > 0, got {self.params['p']}")
 
     def module(self) -> "torch.nn.Module":
-        from manet.pooling import PoolingModule
+        from manet.nn.pooling import PoolingModule
 
         learnable = ("p",) if self.params["learnable"] else ()
         return PoolingModule(self.name, self._function(), {"p": self.params["p"]},

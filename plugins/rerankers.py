@@ -1,4 +1,4 @@
-"""Built-in re-rankers: thin wrappers around :mod:`manet.reranking`.
+"""Built-in re-rankers: thin wrappers around :mod:`manet.search.reranking`.
 
 ``aqe`` and ``alpha-qe`` re-score a search shortlist with an expanded query. ``dba`` augments
 the catalogue instead (``augment``): evaluation applies it to the gallery it ranks, and
@@ -33,7 +33,7 @@ class AverageQueryExpansion(_Validated):
     defaults: ClassVar[dict[str, Any]] = {"top_n": 3}
 
     def rerank(self, query: np.ndarray, candidates: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        from manet.reranking import query_expansion_scores
+        from manet.search.reranking import query_expansion_scores
 
         return query_expansion_scores(query, candidates, scores, self.params["top_n"], 0.0)
 
@@ -44,7 +44,7 @@ class AlphaQueryExpansion(_Validated):
     defaults: ClassVar[dict[str, Any]] = {"top_n": 10, "alpha": 3.0}
 
     def rerank(self, query: np.ndarray, candidates: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        from manet.reranking import query_expansion_scores
+        from manet.search.reranking import query_expansion_scores
 
         return query_expansion_scores(query, candidates, scores, self.params["top_n"], self.params["alpha"])
 
@@ -58,7 +58,7 @@ class DatabaseSideAugmentation(_Validated):
 
     def augment(self, gallery: np.ndarray) -> np.ndarray:
         """The augmented catalogue (N, D) -> (N, D)."""
-        from manet.reranking import database_side_augmentation
+        from manet.search.reranking import database_side_augmentation
 
         return database_side_augmentation(gallery, self.params["top_n"], self.params["alpha"])
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from manet import embedded
+from manet.store import embedded
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ def retriever(database_url: str):
 @pytest.fixture(scope="module")
 def small_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated catalogue: 10 products, one catalogue image and 2 photos each, 96 px."""
-    from manet.synthetic import generate_catalogue
+    from manet.tools.synthetic import generate_catalogue
 
     return generate_catalogue(tmp_path_factory.mktemp("catalogue"), products=10, photos_per_product=2,
                               size=96, seed=1)
@@ -65,8 +65,8 @@ def populated(retriever, small_catalogue):
 def training_catalogue(retriever, tmp_path_factory):
     """8 products (96 px), each with a catalogue image, a shopper photo and 2 training photos,
     ingested, with training set ``default`` built from the manifest's categories."""
-    from manet.synthetic import generate_catalogue
-    from manet.trainset import build_training_set
+    from manet.catalog.trainset import build_training_set
+    from manet.tools.synthetic import generate_catalogue
 
     manifest = generate_catalogue(tmp_path_factory.mktemp("train-catalogue"), products=8, photos_per_product=1,
                                   train_photos_per_product=2, size=96, seed=3)
@@ -80,7 +80,7 @@ def run(database_url, monkeypatch):
     """``run(*args)``: the ``manet`` CLI in-process against the module's database, on the CPU."""
     from click.testing import CliRunner
 
-    from manet.cli import cli
+    from manet.cli.main import cli
 
     monkeypatch.setenv("MANET_DATABASE_URL", database_url)
     monkeypatch.setenv("MANET_DEVICE", "cpu")
@@ -268,7 +268,7 @@ def search_plan(retriever, model_name: str, **filters) -> str:
     import numpy as np
     import sqlalchemy as sa
 
-    from manet.search import search_query
+    from manet.search.query import search_query
 
     record = retriever.model(model_name)
     sql, params = search_query(record, np.ones(record.dim, dtype=np.float32), k=7, **filters)
@@ -281,7 +281,7 @@ def search_plan(retriever, model_name: str, **filters) -> str:
     return plan
 
 
-# -- HTML pages (manet.report), as written and as Chromium renders them ----------------------
+# -- HTML pages (manet.evaluate.report), as written and as Chromium renders them ----------------------
 VOID = {"meta", "br", "img", "link", "input", "hr"}
 
 

@@ -9,10 +9,10 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from manet import embedded
-from manet.bench_extract import format_report
-from manet.cli import cli
+from manet.bench.extract import format_report
+from manet.cli.main import cli
 from manet.plugins.text_detectors import default_text_detector
+from manet.store import embedded
 
 KEYS = ("model_only_ips", "end_to_end_ips", "naive_ips", "peak_rss_mb", "device", "e2e_over_model",
         "e2e_over_naive", "gpu_peak_memory_mb", "batch_size", "image_size", "images", "backbone", "pooling",

@@ -7,7 +7,7 @@ import json
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from manet.cli import cli
+from manet.cli.main import cli
 from manet.config import sqlalchemy_url
 
 

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from manet.bench_search import (
+from manet.bench.search import (
     CHUNK_ROWS,
     DescriptorGenerator,
     RunningTopK,
@@ -19,9 +19,9 @@ from manet.bench_search import (
     merge_top_k,
     recall_at_k,
 )
-from manet.cli import cli
+from manet.cli.main import cli
 from manet.config import sqlalchemy_url
-from manet.search import hnsw_build_memory_mb
+from manet.search.query import hnsw_build_memory_mb
 
 SMALL = ["--n", "3000", "--dim", "32", "--intrinsic-dim", "8", "--queries", "60", "--ef-search", "10,40",
          "--no-faiss"]

@@ -1,4 +1,4 @@
-"""The HTML pages of manet.report as a browser shows them: headless Chromium screenshots and
+"""The HTML pages of manet.evaluate.report as a browser shows them: headless Chromium screenshots and
 rendered DOM. Skipped where no Chromium is installed (apt-get install chromium).
 
 The pages are rendered from the generated catalogue's files with made-up rankings (no
@@ -23,7 +23,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH (apt-get install chromium)")
 
 WINDOW = (1280, 1600)
-HIT_GREEN = (0x18, 0x80, 0x38)  # --hit in manet.report.CSS
+HIT_GREEN = (0x18, 0x80, 0x38)  # --hit in manet.evaluate.report.CSS
 MISS_RED = (0xC5, 0x22, 0x1F)  # --miss
 
 
@@ -55,7 +55,7 @@ def pixels_near(image: Image.Image, colour: tuple[int, int, int], tolerance: int
 @pytest.fixture(scope="module")
 def catalogue_items(small_catalogue):
     """(catalogue items by product index, query items by product index) from the manifest."""
-    from manet.report import Item
+    from manet.evaluate.report import Item
 
     root = small_catalogue.parent
     with open(small_catalogue, newline="", encoding="utf-8") as handle:
@@ -76,7 +76,7 @@ def catalogue_items(small_catalogue):
 @pytest.fixture(scope="module")
 def eval_page(catalogue_items, tmp_path_factory):
     """An evaluation page of 20 queries: 5 hits at rank 1, 5 first hits at rank 3, 10 misses."""
-    from manet.report import EvalRun, QueryRow, Result, render_eval
+    from manet.evaluate.report import EvalRun, QueryRow, Result, render_eval
 
     gallery, queries = catalogue_items
     n = len(gallery)
@@ -101,7 +101,7 @@ def eval_page(catalogue_items, tmp_path_factory):
 @pytest.fixture(scope="module")
 def search_page(catalogue_items, tmp_path_factory):
     """A search page: the query's product at rank 1, an image that cannot be read at rank 7."""
-    from manet.report import Item, Result, render_search
+    from manet.evaluate.report import Item, Result, render_search
 
     gallery, queries = catalogue_items
     query = queries[3][0]

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from manet.categories import (
+from manet.catalog.categories import (
     assign_products,
     categories_from_column,
     list_categories,
@@ -62,7 +62,7 @@ def write_catalogue(folder: Path, products: Sequence[dict[str, Any]]) -> Path:
 
 def cli_runner(database_url: str):
     """A function running ``manet`` commands against ``database_url``."""
-    from manet.cli import cli
+    from manet.cli.main import cli
 
     def run(*args: str) -> Any:
         return CliRunner().invoke(cli, ["--quiet", "--device", "cpu", "--database-url", database_url, *args])

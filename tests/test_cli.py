@@ -75,8 +75,8 @@ def test_ingest_twice_adds_nothing(populated, run, small_catalogue):
 
 
 def test_migrations_round_trip(tmp_path, pg_home):
-    from manet import embedded
-    from manet.db import Database
+    from manet.store import embedded
+    from manet.store.database import Database
 
     db = Database(embedded.start(pg_home, "t_roundtrip", recreate=True))
     db.upgrade()
@@ -87,7 +87,7 @@ def test_migrations_round_trip(tmp_path, pg_home):
         assert conn.execute(sa.text("SELECT to_regclass('descriptors')")).scalar() is None
     db.upgrade()
     assert db.current_revision() == db.head_revision()
-    assert db.schema_drift() == []  # manet.schema describes what the migrations build
+    assert db.schema_drift() == []  # manet.store.schema describes what the migrations build
     db.dispose()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from manet.cli import cli
+from manet.cli.main import cli
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 

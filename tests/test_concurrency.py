@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from PIL import Image
 
 from conftest import TINY_MODEL
-from manet.db import as_array
+from manet.store.database import as_array
 
 THREADS = 8
 SEARCHES = 200

@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from PIL import Image
 
 from conftest import TINY_MODEL, make_odd_paths, run_manet
-from manet import embedded
 from manet.api import Retriever
 from manet.safe_files import ReadLimits
+from manet.store import embedded
 
 #: Caps the corpus runs under: the "bomb" is over the pixel cap, "over-byte-cap" over the byte cap.
 MAX_PIXELS = 1_000_000

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from manet.cli import cli
+from manet.cli.main import cli
 
 
 def manet(database_url: str, *args: str):
@@ -51,8 +51,8 @@ def test_descriptor_of_the_wrong_dimension_is_rejected(populated):
 
 
 def test_db_check_reports_drift(pg_home):
-    from manet import embedded
-    from manet.db import Database
+    from manet.store import embedded
+    from manet.store.database import Database
 
     url = embedded.start(pg_home, "t_drift", recreate=True)
     assert manet(url, "db", "check").exit_code == 1  # not migrated yet

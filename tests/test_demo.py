@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from manet.cli import cli
+from manet.cli.main import cli
 
 
 def test_demo_prints_baselines_and_trained_manet(database_url, tmp_path, monkeypatch):

@@ -17,11 +17,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from manet import distributed
-from manet.cli import cli
-from manet.distributed import ProcessInfo
+from manet.cli.main import cli
 from manet.errors import ManetError
-from manet.train import augmentation_seed, epoch_seed
+from manet.train import distributed
+from manet.train.distributed import ProcessInfo
+from manet.train.loop import augmentation_seed, epoch_seed
 
 
 # -- pure pieces ---------------------------------------------------------------------------------
@@ -94,7 +94,7 @@ def test_epoch_and_augmentation_seeds():
 def test_restored_schedule_continues_with_this_runs_learning_rate():
     """A run resumed with another number of processes: the schedule continues at the step of
     the finished epochs, with the new base learning rates."""
-    from manet.train import _restore_schedule, warmup_cosine
+    from manet.train.loop import _restore_schedule, warmup_cosine
 
     optimizer = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.5},
                                    {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.05}])
@@ -142,7 +142,7 @@ def _free_port() -> int:
 
 STUCK_PEER = """
 import sys, time
-from manet.distributed import session
+from manet.train.distributed import session
 from manet.errors import ManetError
 
 with session("cpu") as group:

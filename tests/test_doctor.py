@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from manet import doctor as doctor_module
-from manet import embedded
-from manet.cli_common import State
-from manet.cli_doctor import doctor
-from manet.doctor import (
+from manet.cli.common import State
+from manet.cli.doctor import doctor
+from manet.store import embedded
+from manet.tools import doctor as doctor_module
+from manet.tools.doctor import (
     CHECKS,
     DoctorContext,
     check_device,
@@ -66,7 +66,7 @@ def test_migrated_database_json(retriever, database_url):
 
 
 def test_fresh_database_is_not_migrated_by_doctor(pg_home):
-    from manet.db import Database
+    from manet.store.database import Database
 
     url = embedded.start(pg_home, "t_doctor_empty", recreate=True)
     checks = by_name(run_checks(DoctorContext(database_url=url, device="cpu")))

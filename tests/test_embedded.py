@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from manet import embedded
+from manet.store import embedded
 
 MIB = 2**20
 

@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import TINY_MODEL, search_plan
-from manet.db import as_array
+from manet.store.database import as_array
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,14 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from manet.cli_common import ManetGroup, State
-from manet.cli_explain import explain
-from manet.explain import DPI, FIGURE_INCHES, cells_to_pixels, group_regions, mask_edges, top_regions
-from manet.images import read_image_tensor
-from manet.manet_math import weight_features
-from manet.manet_model import MANetConfig, build_manet
-from manet.pipeline import LEARNED, UNIFORM, PipelineConfig, build_pipeline
-from manet.pooling import l2_normalize, salient_cells, srmac, srmac_weights
+from manet.catalog.images import read_image_tensor
+from manet.cli.common import ManetGroup, State
+from manet.cli.explain import explain
+from manet.nn.attention_math import weight_features
+from manet.nn.network import MANetConfig, build_manet
+from manet.nn.pipeline import LEARNED, UNIFORM, PipelineConfig, build_pipeline
+from manet.nn.pooling import l2_normalize, salient_cells, srmac, srmac_weights
+from manet.tools.explain import DPI, FIGURE_INCHES, cells_to_pixels, group_regions, mask_edges, top_regions
 
 TINY = {"backbone": "resnet18", "weights": "none", "image_size": 64}
 PNG_SIZE = (int(FIGURE_INCHES[0] * DPI), int(FIGURE_INCHES[1] * DPI))

@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 
 from conftest import TINY_MODEL
-from manet.batch_decode import on_device, read_batch
+from manet.catalog.batch_decode import on_device, read_batch
+from manet.catalog.images import decode_jpeg_batch, jpeg_for_batch_decode, read_image_tensor
 from manet.errors import DatabaseError, ImageError, ManetError
-from manet.extract import (
+from manet.extract.run import (
     auto_batch_size,
     cpu_flags,
     default_workers,
@@ -25,7 +26,6 @@ from manet.extract import (
     oom_backoff,
     use_bf16,
 )
-from manet.images import decode_jpeg_batch, jpeg_for_batch_decode, read_image_tensor
 
 SIZE = 64
 
@@ -78,7 +78,7 @@ def test_decode_workers_and_device_decode_rules():
 
 
 def test_forward_chunks_and_pads_like_one_pass(retriever):
-    from manet.extract import Forward, prepare_pipeline, run_pipeline
+    from manet.extract.run import Forward, prepare_pipeline, run_pipeline
 
     record = retriever.create_model("chunks", pooling="gem", **TINY_MODEL)
     pipeline = prepare_pipeline(retriever.pipeline("chunks"), "cpu")

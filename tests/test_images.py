@@ -1,4 +1,4 @@
-"""manet.images: validation messages and deterministic RGB decoding, on generated files."""
+"""manet.catalog.images: validation messages and deterministic RGB decoding, on generated files."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from manet.errors import ImageError, ManetError
-from manet.images import (
+from manet.catalog.images import (
     DEFAULT_MAX_PIXELS,
     ImageInfo,
     inspect_image,
@@ -20,6 +19,7 @@ from manet.images import (
     max_pixels_from_env,
     read_image_tensor,
 )
+from manet.errors import ImageError, ManetError
 
 
 def _noise(width: int = 40, height: int = 30, seed: int = 0) -> Image.Image:

@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import TINY_MODEL, mixed_manifest, run_manet
-from manet import embedded
 from manet.api import Retriever
+from manet.store import embedded
 
 BATCH = 10
 

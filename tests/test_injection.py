@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from manet.cli import cli
+from manet.cli.main import cli
 
 HOSTILE = [
     "'; DROP TABLE products; --",

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from manet.manet_math import binarize_at_mean, dice_loss, resize_map, text_weight, weight_features
+from manet.nn.attention_math import binarize_at_mean, dice_loss, resize_map, text_weight, weight_features
 
 LN3 = math.log(3.0)  # sigmoid(ln 3) = 0.75, sigmoid(-ln 3) = 0.25
 

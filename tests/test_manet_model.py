@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from manet.manet_math import binarize_at_mean
-from manet.manet_model import MANet, MANetConfig, build_manet, manet_loss
+from manet.nn.attention_math import binarize_at_mean
+from manet.nn.network import MANet, MANetConfig, build_manet, manet_loss
 from manet.plugin_manager import Registry, make_plugin_manager
 
 SIZE = 64

@@ -1,11 +1,11 @@
-"""Hand-worked checks for manet.metrics."""
+"""Hand-worked checks for manet.evaluate.metrics."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from manet.metrics import (
+from manet.evaluate.metrics import (
     average_precision,
     average_precision_at_k,
     evaluate_rankings,

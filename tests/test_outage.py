@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from PIL import Image
 
 from conftest import TINY_MODEL, mixed_manifest
-from manet import embedded
 from manet.api import Retriever
+from manet.store import embedded
 
 IMAGES = 300
 

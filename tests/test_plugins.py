@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from manet import hookimpl
-from manet.cli import cli
+from manet.cli.main import cli
 from manet.errors import PluginError
 from manet.plugin_base import Pooling
 from manet.plugin_manager import Registry, make_plugin_manager

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from manet.errors import PluginError
+from manet.nn.pooling import amac, gem, l2_normalize, mac, ramac, rmac, spoc, srmac
 from manet.plugins.poolings import POOLINGS, register_poolings
-from manet.pooling import amac, gem, l2_normalize, mac, ramac, rmac, spoc, srmac
 
 R2 = math.sqrt(2.0)
 

@@ -11,10 +11,10 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from conftest import search_plan
-from manet.bench_search import DescriptorGenerator, load_gallery
+from manet.bench.search import DescriptorGenerator, load_gallery
 from manet.errors import ManetError
-from manet.models import create_vector_model
-from manet.search import search_query
+from manet.search.query import search_query
+from manet.store.models import create_vector_model
 
 N, DIM = 400, 64
 
@@ -65,7 +65,7 @@ def test_binary_filtered_search_returns_k_rows_of_the_category(retriever, vector
 
 
 def test_index_options_survive_a_round_trip(retriever, vectors, monkeypatch, database_url):
-    from manet.cli import cli
+    from manet.cli.main import cli
 
     monkeypatch.setenv("MANET_DATABASE_URL", database_url)
     result = CliRunner().invoke(cli, ["--quiet", "index", "build", "--model", "vec", "--quantize", "binary",

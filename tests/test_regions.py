@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from manet.regions import rmac_regions
+from manet.nn.regions import rmac_regions
 
 SHAPES = [(15, 15), (15, 20), (20, 15), (24, 32), (30, 40), (7, 7), (7, 10), (3, 30)]
 

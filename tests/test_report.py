@@ -1,4 +1,4 @@
-"""HTML result pages (manet.report): `manet search --html` and `manet eval --report`, parsed
+"""HTML result pages (manet.evaluate.report): `manet search --html` and `manet eval --report`, parsed
 with the stdlib HTML parser and checked against the JSON output and the stored eval rows."""
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def test_eval_report_matches_the_run(populated, run, tmp_path):
 
 
 def test_eval_report_limit_and_any_stored_run(populated, run, tmp_path):
-    from manet.report import eval_report
+    from manet.evaluate.report import eval_report
 
     result = run("eval", "--model", "tiny", "--report", str(tmp_path / "few.html"), "--report-limit", "3")
     assert result.exit_code == 0, result.output

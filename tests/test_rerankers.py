@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from manet.errors import PluginError
 from manet.plugin_manager import default_registry
-from manet.reranking import (
+from manet.search.reranking import (
     database_side_augmentation,
     expand_query,
     expansion_weights,
@@ -127,8 +127,8 @@ def test_eval_with_dba_equals_the_augmented_model(populated, run):
 
 
 def test_search_rerank_reorders_the_shortlist(populated, run):
-    from manet.search import stored_descriptor
-    from manet.search_rerank import candidate_descriptors
+    from manet.search.query import stored_descriptor
+    from manet.search.shortlist import candidate_descriptors
 
     with populated.db.begin() as conn:
         image_id = conn.execute(sa.text("SELECT min(id) FROM images WHERE domain = 'query'")).scalar()

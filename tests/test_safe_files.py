@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from conftest import make_odd_paths
+from manet.catalog.images import inspect_image, jpeg_for_batch_decode, load_rgb, read_image_tensor
 from manet.errors import DatasetError, ImageError, ManetError
-from manet.images import inspect_image, jpeg_for_batch_decode, load_rgb, read_image_tensor
 from manet.safe_files import ReadLimits, open_limited, open_regular, read_limited
 
 
@@ -151,7 +151,7 @@ def test_a_path_that_changes_type_never_blocks_the_open(tmp_path: Path) -> None:
 
 
 def test_output_paths_that_are_pipes_are_refused(tmp_path: Path) -> None:
-    from manet.report import check_output_path
+    from manet.evaluate.report import check_output_path
 
     os.mkfifo(tmp_path / "page.html")
     with pytest.raises(ManetError, match=r"page\.html is a named pipe \(FIFO\), not a regular file"):

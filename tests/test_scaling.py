@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from manet.cli import cli
+from manet.cli.main import cli
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "SCALING.md"
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import TINY_MODEL
-from manet.cli import cli
+from manet.cli.main import cli
 
 
 def test_status_failed_and_retry(retriever, database_url, tmp_path):

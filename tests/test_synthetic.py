@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from manet.synthetic import (
+from manet.tools.synthetic import (
     MANIFEST_COLUMNS,
     SHAPES,
     generate_catalogue,

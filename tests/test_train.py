@@ -13,9 +13,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from manet.cli import cli
+from manet.cli.main import cli
 from manet.errors import ManetError
-from manet.train import TrainConfig, warmup_cosine
+from manet.train.loop import TrainConfig, warmup_cosine
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_train_resume_extract_compare(prepared, run):
 
 
 def test_learned_saliency_pipeline_matches_training_network(prepared, run):
-    from manet.pipeline import build_pipeline
+    from manet.nn.pipeline import build_pipeline
 
     record = prepared.model("m1")
     pipeline = build_pipeline(record.config, prepared.registry)
@@ -115,7 +115,7 @@ def test_bad_image_size(prepared, run):
 def test_fewer_than_two_categories(prepared):
     import sqlalchemy as sa
 
-    from manet.train import train
+    from manet.train.loop import train
 
     with prepared.db.begin() as conn:
         conn.execute(sa.text("INSERT INTO training_sets (name) VALUES ('lonely')"))
@@ -178,8 +178,8 @@ def test_sku_labels_frozen_stages_and_the_extraction_descriptors(prepared, run):
     import numpy as np
     import sqlalchemy as sa
 
-    from manet.train import _retrieval_map7
-    from manet.trainset import training_images
+    from manet.catalog.trainset import training_images
+    from manet.train.loop import _retrieval_map7
 
     result = run("train", "--name", "sku1", "--epochs", "1", *TINY, "--no-text", "--labels", "sku",
                  "--frozen-stages", "2", "--json")

@@ -9,9 +9,9 @@ import pytest
 import sqlalchemy as sa
 from test_categories import cli_runner, write_catalogue
 
-from manet.categories import categories_from_column, mine_categories
+from manet.catalog.categories import categories_from_column, mine_categories
+from manet.catalog.trainset import build_training_set, show_training_set, training_images
 from manet.errors import ManetError
-from manet.trainset import build_training_set, show_training_set, training_images
 
 # Trainable images (catalogue image + train photos): juice 5 + 5 = 10, milk 3 + 3 = 6,
 # yoghurt 2 + 1 = 3. The val/test photos and the broken train photos must never be used.

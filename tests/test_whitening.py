@@ -10,7 +10,14 @@ import sqlalchemy as sa
 import torch
 
 from manet.errors import ManetError
-from manet.whitening import Projection, check_fit_size, fit_whitening, whiten, whiten_array, whitening_matrix
+from manet.nn.whitening import (
+    Projection,
+    check_fit_size,
+    fit_whitening,
+    whiten,
+    whiten_array,
+    whitening_matrix,
+)
 
 
 # -- the math, by hand ---------------------------------------------------------------------------
@@ -67,7 +74,7 @@ def test_too_few_rows_or_too_many_dims_are_errors_naming_the_numbers():
 def test_a_whitened_pipeline_needs_its_projection():
     from dataclasses import replace
 
-    from manet.pipeline import PipelineConfig, build_pipeline
+    from manet.nn.pipeline import PipelineConfig, build_pipeline
     from manet.plugin_manager import default_registry
 
     plain = PipelineConfig(backbone="resnet18", weights="none", image_size=64, pooling="mac")
@@ -82,7 +89,7 @@ def test_a_whitened_pipeline_needs_its_projection():
 
 # -- through the CLI, on the generated catalogue ----------------------------------------------------
 def stored(retriever, model: str) -> dict[int, np.ndarray]:
-    from manet.db import as_array
+    from manet.store.database import as_array
 
     with retriever.db.begin() as conn:
         rows = conn.execute(sa.text("SELECT d.image_id, d.embedding FROM descriptors d JOIN models m "

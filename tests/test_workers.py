@@ -84,7 +84,7 @@ def test_four_workers_one_killed(retriever, database_url, tmp_path):
 
 
 def test_heartbeat_keeps_a_slow_batch_leased(retriever, tmp_path):
-    from manet.worker import claim, enqueue, heartbeat
+    from manet.extract.worker import claim, enqueue, heartbeat
 
     model = retriever.model("tiny")
     with retriever.db.begin() as conn:  # requeue a few images for this check

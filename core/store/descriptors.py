@@ -1,6 +1,6 @@
 """Every SQL statement over the ``descriptors`` table (model_id, image_id, gallery, embedding).
 
-Functions take an open connection rather than a :class:`manet.db.Database`, so callers keep
+Functions take an open connection rather than a :class:`manet.store.database.Database`, so callers keep
 their transactions (and their choice of SQLAlchemy or raw psycopg) as they were. Two
 connection kinds appear: ``sa.Connection`` (``db.begin()``) and a psycopg connection with
 pgvector types registered (``db.raw()``: binary COPY and binary vectors).
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from manet.db import as_array
+from manet.store.database import as_array
 
 # -- writing ----------------------------------------------------------------------------------
 

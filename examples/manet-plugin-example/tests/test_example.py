@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from manet.errors import DatasetError, PluginError
-from manet.pipeline import PipelineConfig, build_pipeline
+from manet.nn.pipeline import PipelineConfig, build_pipeline
 from manet.plugin_manager import Registry, make_plugin_manager
 
 import manet_plugin_example

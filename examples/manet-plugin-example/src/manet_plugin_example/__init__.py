@@ -38,7 +38,7 @@ class CroW(Pooling):
                 raise PluginError(f"pooling 'crow': {key}={self.params[key]} must be > 0 (the paper uses 2)")
 
     def module(self) -> torch.nn.Module:
-        from manet.pooling import PoolingModule
+        from manet.nn.pooling import PoolingModule
 
         from manet_plugin_example.crow import crow
 

@@ -1,0 +1,1 @@
+"""Benchmarks (``manet bench``): each measures the pipeline against its own ceiling."""

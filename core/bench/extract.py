@@ -1,0 +1,466 @@
+"""``manet bench extract``: the extraction pipeline against its own ceiling and a naive loop.
+
+One run, in the scratch database (:mod:`manet.bench.common`), on real JPEG files, measures:
+
+- **model only**: the same pipeline module on uint8 batches already decoded and on the device
+  (two real batches, cycled), i.e. what the model alone can do;
+- **text detection**, when the pipeline has a text branch (MANet's text mask): its detector
+  alone on the same batches, called as the forward pass calls it; ``text_detection_share`` is
+  its time per image over the model-only time per image, the part of extraction it costs;
+- **end to end**: :func:`manet.extract.run.extract` from files to committed descriptor rows
+  (DataLoader decoding, the forward pass, the writer thread's binary COPY); ingest is not part
+  of it;
+- **naive**: what pgvector-python's image-search example does, one image at a time: PIL decode,
+  a torchvision resize, one forward pass of the unprepared module (fp32, no channels_last), one
+  ``INSERT`` through ``register_vector`` on an autocommit connection.
+
+``peak_rss_mb`` is the highest resident memory of this process during the end-to-end phase
+(Linux: the VmHWM high-water mark, reset just before the phase by writing 5 to
+/proc/self/clear_refs; elsewhere the process's peak since it started, which includes setting
+up). DataLoader workers are separate processes: ``decode_worker_peak_rss_mb`` is the largest of
+their own peaks (sampled from /proc while they run; elsewhere the largest finished child's).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from manet.bench.common import peak_rss_mb
+from manet.errors import ManetError
+from manet.nn.pipeline import PipelineConfig
+from manet.store.database import Database
+
+#: Distinct synthetic photos rendered per run; the files are shifted/mirrored copies of them.
+DISTINCT_PHOTOS = 64
+#: Grocery Store photos are 348 px on the short side: generated files default to about that.
+SOURCE_SIZE = 384
+BENCH_MODEL = "bench"
+NAIVE_MODEL = "bench-naive"
+
+
+#: Decoded images cycled by the model-only measurement (at least two batches).
+MODEL_ONLY_SAMPLE = 64
+
+
+@dataclass
+class ExtractBenchOptions:
+    """What one ``manet bench extract`` run measures (see the CLI for each option)."""
+
+    config: PipelineConfig
+    device: str
+    images: int = 500
+    image_dir: Path | None = None
+    batch_size: int | None = None
+    decode_workers: int | None = None
+    device_decode: str = "auto"
+    compile: bool = False
+    manet: bool = False
+    threads: int | None = None
+    source_size: int = SOURCE_SIZE
+    model_batches: int = 4
+    min_model_seconds: float = 5.0
+    naive_images: int = 32
+    seed: int = 0
+    #: auto | fp32 | bf16 for the model-only and end-to-end phases (the naive loop is fp32).
+    precision: str | None = None
+
+
+# -- inputs ---------------------------------------------------------------------------------
+def write_bench_images(folder: Path, count: int, size: int = SOURCE_SIZE, seed: int = 0) -> Iterator[Path]:
+    """Write ``count`` distinct JPEG shopper photos (:mod:`manet.tools.synthetic`) one at a time.
+
+    Rendering a photo takes ~50 ms, so up to :data:`DISTINCT_PHOTOS` are rendered and every
+    file is one of them rolled by a random offset (mirrored half the time) with its number in a
+    JPEG comment: no two files have the same bytes (ingest de-duplicates by content), and
+    only the rendered photos are held in memory, however many files are written.
+    """
+    from PIL import Image
+
+    from manet.tools.synthetic import make_specs, render_pack, shopper_photo
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specs = make_specs(min(16, count), seed)
+    packs = [render_pack(spec, size) for spec in specs]
+    photos = [shopper_photo(packs[i % len(packs)], np.random.default_rng([seed, 3, i]))
+              for i in range(min(DISTINCT_PHOTOS, count))]
+    rng = np.random.default_rng([seed, 4])
+    for i in range(count):
+        pixels = np.roll(photos[i % len(photos)], tuple(int(v) for v in rng.integers(0, size, 2)), axis=(0, 1))
+        if rng.random() < 0.5:
+            pixels = pixels[:, ::-1]
+        path = folder / f"{i:06d}.jpg"
+        Image.fromarray(np.ascontiguousarray(pixels)).save(path, format="JPEG", quality=90,
+                                                           comment=f"manet bench {i}".encode())
+        yield path
+
+
+def _records(options: ExtractBenchOptions, workdir: Path, registry: Any) -> list[Any]:
+    from manet.plugin_base import Record
+
+    if options.image_dir is None:
+        paths = write_bench_images(workdir / "images", options.images, options.source_size, options.seed)
+        return [Record(image=path, sku=f"B{i % 100}") for i, path in enumerate(paths)]
+    if not Path(options.image_dir).is_dir():
+        raise ManetError(f"--image-dir {options.image_dir} is not a folder; give a folder laid out as for "
+                         f"`manet ingest folder` (one sub-folder of images per product)")
+    records = []
+    for record in registry.create("dataset", "folder").records(Path(options.image_dir)):
+        records.append(record)
+        if len(records) == options.images:
+            break
+    return records
+
+
+def untrained_manet(config: PipelineConfig, registry: Any, folder: Path) -> PipelineConfig:
+    """``config`` as an untrained MANet (both attention branches, SR-MAC on the learned saliency,
+    the text mask), its random weights saved under ``folder``: MANet + SR-MAC's cost to measure."""
+    import torch
+
+    from manet.nn.network import MANetConfig, build_manet
+    from manet.plugins.text_detectors import default_text_detector
+
+    torch.manual_seed(0)
+    manet = MANetConfig(backbone=config.backbone, weights=config.weights, num_classes=2)
+    checkpoint = folder / "untrained-manet.pt"
+    torch.save({"model": build_manet(manet, registry).state_dict()}, checkpoint)
+    return replace(config, pooling="srmac", manet=asdict(manet), checkpoint=str(checkpoint),
+                   learned_saliency=True, text_mask=True, text_detector=default_text_detector())
+
+
+# -- memory ---------------------------------------------------------------------------------
+def _status_kib(path: str, field: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's resident-memory high-water mark (Linux only); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def phase_peak_rss_mb() -> float:
+    """This process's resident-memory high-water mark in MiB (VmHWM; else the lifetime peak)."""
+    kib = _status_kib("/proc/self/status", "VmHWM")
+    return kib / 1024 if kib is not None else peak_rss_mb()
+
+
+def _children() -> list[int]:
+    pids: list[int] = []
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children", encoding="ascii") as fh:
+                pids += [int(pid) for pid in fh.read().split()]
+    except OSError:
+        pass
+    return pids
+
+
+@contextmanager
+def child_peak_rss(interval: float = 0.2) -> Iterator[dict[str, float | None]]:
+    """Yield a dict whose ``mb`` is, afterwards, the largest own peak (VmHWM) of the child
+    processes (DataLoader workers) seen while the body ran: sampled, since a child's figures
+    vanish when it exits. Without /proc: the largest peak of any finished child (getrusage)."""
+    result: dict[str, float | None] = {"mb": None}
+    seen: dict[int, int] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while True:
+            for pid in _children():
+                kib = _status_kib(f"/proc/{pid}/status", "VmHWM")
+                if kib is not None:
+                    seen[pid] = max(kib, seen.get(pid, 0))
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=sample, name="manet-bench-rss", daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+        if seen:
+            result["mb"] = max(seen.values()) / 1024
+        elif not os.path.isdir("/proc/self/task"):
+            result["mb"] = peak_rss_mb(children=True) or None
+
+
+# -- phases ---------------------------------------------------------------------------------
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def measure_model_only(forward: Any, batches: list[Any], device: str, min_batches: int,
+                       min_seconds: float) -> tuple[float, int]:
+    """Images/s of ``forward`` cycling over ``batches`` (on the device) after one warm-up pass
+    over each: at least ``min_batches`` passes and ``min_seconds``. ``forward`` returns what it
+    started, waited for by its ``result()`` (:class:`manet.extract.run.PendingVectors`), so that a
+    CUDA pipeline queues the next batch meanwhile. Returns (images/s, images)."""
+    for batch in batches:
+        forward(batch).result()
+    _sync(device)
+    pending, images, started = [], 0, time.perf_counter()
+    while len(pending) < min_batches or time.perf_counter() - started < min_seconds:
+        batch = batches[len(pending) % len(batches)]
+        pending.append(forward(batch))
+        images += len(batch)
+    for result in pending:
+        result.result()
+    _sync(device)
+    return images / (time.perf_counter() - started), images
+
+
+class _Finished:
+    """A result computed already, waited for as :func:`measure_model_only` waits for a forward's."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
+def text_detection(pipeline: Any, batches: list[Any]) -> tuple[Callable[[Any], _Finished], list[Any]]:
+    """``pipeline``'s text detector alone as :func:`measure_model_only` times a forward, and its
+    inputs for ``batches`` (uint8, on the device): the call of the pipeline's forward pass,
+    ``detect(unit, size)``, on the images in [0, 1] (float32, channels_last as
+    :func:`manet.extract.run.start_pipeline` feeds them) at the size of the feature map. That size
+    comes from one real forward pass: a size that is not a multiple of the backbone's stride
+    rounds up or down depending on the network."""
+    import torch
+
+    units = [batch.contiguous(memory_format=torch.channels_last).float().div_(255.0) for batch in batches]
+    with torch.inference_mode():
+        size = tuple(pipeline.attention_maps(batches[0][:1])["features"].shape[-2:])
+
+    def detect(unit: Any) -> _Finished:
+        with torch.inference_mode():  # as in every forward pass (manet.extract.run.forward_pass)
+            return _Finished(pipeline.text.detect(unit, size))
+
+    return detect, units
+
+
+def measure_naive(db: Database, model_id: int, pipeline: Any, items: list[tuple[int, bool, str]], size: int,
+                  device: str) -> tuple[float, int]:
+    """Images/s of the one-image loop of pgvector-python's image-search example (see the module
+    docstring) over ``items``, after one untimed warm-up image. Returns (images/s, images)."""
+    import psycopg
+    import torch
+    from pgvector.psycopg import register_vector
+    from PIL import Image
+    from torchvision.transforms import functional as F
+
+    from manet import config
+    from manet.store import descriptors
+
+    with psycopg.connect(config.libpq_url(db.url), autocommit=True) as conn:
+        register_vector(conn)
+
+        def one(image_id: int, gallery: bool, uri: str) -> None:
+            with Image.open(uri) as image:
+                pixels = F.pil_to_tensor(F.resize(image.convert("RGB"), [size, size]))
+            with torch.inference_mode():
+                vector = pipeline(pixels.unsqueeze(0).to(device)).cpu().numpy()[0]
+            descriptors.insert_row(conn, model_id, image_id, gallery, vector)
+
+        one(*items[0])
+        started = time.perf_counter()
+        for item in items[1:]:
+            one(*item)
+        seconds = time.perf_counter() - started
+    return (len(items) - 1) / seconds if seconds > 0 else 0.0, len(items) - 1
+
+
+def _first_images(db: Database, count: int) -> list[tuple[int, bool, str]]:
+    with db.begin() as conn:
+        rows = conn.execute(sa.text("SELECT id, domain = 'catalog' AS gallery, uri FROM images "
+                                    "WHERE status = 'ok' ORDER BY id LIMIT :n"), {"n": count}).all()
+    return [(row.id, row.gallery, row.uri) for row in rows]
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b > 0 else None
+
+
+def run_extract_bench(db: Database, registry: Any, options: ExtractBenchOptions, *, pipeline: Any = None,
+                      say: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    """Run the three measurements in the empty scratch database ``db``; return the report.
+
+    ``pipeline`` is the module for ``options.config`` when the caller has it built (a stored
+    model with a projection); by default it is built here.
+    """
+    import torch
+
+    from manet.catalog.batch_decode import read_batch
+    from manet.catalog.ingest import ingest_records
+    from manet.extract.run import (
+        Forward,
+        device_decode_enabled,
+        extract,
+        prepare_pipeline,
+        resolve_batch_size,
+    )
+    from manet.nn.pipeline import build_pipeline
+    from manet.store.models import create_model
+
+    device = options.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ManetError(f"device '{device}' requested but CUDA is not available; use --device cpu")
+    if options.images < 2:
+        raise ManetError(f"--images {options.images} is too few to measure; use at least 2")
+    device_decode = device_decode_enabled(options.device_decode, device)
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    with tempfile.TemporaryDirectory(prefix="manet-bench-") as tmp:
+        workdir = Path(tmp)
+        config = untrained_manet(options.config, registry, workdir) if options.manet else options.config
+        say(f"writing and ingesting {options.images} images" if options.image_dir is None
+            else f"ingesting images from {options.image_dir}")
+        ingest_report = ingest_records(db, _records(options, workdir, registry))
+        if ingest_report.images_added < 2:
+            raise ManetError(f"only {ingest_report.images_added} usable images were ingested; "
+                             f"give --image-dir a folder with more images")
+        model = create_model(db, registry, BENCH_MODEL, config)
+        naive_model = create_model(db, registry, NAIVE_MODEL, config)
+        if pipeline is None:
+            pipeline = build_pipeline(config, registry)
+        pipeline = pipeline.to(device).eval()
+        size = config.image_size
+
+        say("naive loop")  # first, on the module as built: the naive user does not prepare it
+        naive_ips, naive_count = measure_naive(db, naive_model.id, pipeline,
+                                               _first_images(db, max(2, options.naive_images + 1)), size, device)
+
+        fast = prepare_pipeline(pipeline, device, compile=options.compile)
+        batch_size = resolve_batch_size(options.batch_size, fast, size, device, options.precision)
+        forward = Forward(fast, device, batch_size, model.dim, options.precision)
+        say(f"model only (batch {batch_size})")
+        # Several distinct batches: per-image costs that depend on the content (MSER text
+        # detection, saliency) must average out as they do over the end-to-end images.
+        sample = _first_images(db, max(2 * batch_size, MODEL_ONLY_SAMPLE))
+        # Full batches only (a short last one would understate the model), unless there is no other.
+        decoded = [read_batch(sample[i:i + batch_size], size, None, False).pixels
+                   for i in range(0, max(1, len(sample) // batch_size) * batch_size, batch_size)]
+        batches = [pixels.to(device) for pixels in decoded if pixels is not None]
+        if not batches:
+            raise ManetError("none of the first images could be decoded; check the image folder")
+        model_ips, model_count = measure_model_only(forward, batches, device,
+                                                    max(options.model_batches, len(batches)),
+                                                    options.min_model_seconds)
+        text_ips = None
+        if pipeline.text is not None:
+            say(f"text detection alone ({pipeline.text.name})")
+            detect, units = text_detection(pipeline, batches)
+            text_ips, _ = measure_model_only(detect, units, device, max(options.model_batches, len(units)),
+                                             options.min_model_seconds)
+            del units
+        del batches, decoded
+        batch_size = forward.chunk  # after any out-of-memory back-off
+
+        say("end to end")
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        hwm_reset = reset_peak_rss()
+        with child_peak_rss() as workers_rss:
+            started = time.perf_counter()
+            report = extract(db, model, fast, device=device, batch_size=batch_size,
+                             num_workers=options.decode_workers, device_decode=options.device_decode,
+                             precision=options.precision)
+            e2e_seconds = time.perf_counter() - started
+        e2e_peak = phase_peak_rss_mb()
+        gpu_peak = (torch.cuda.max_memory_allocated(device) / 2**20) if device.startswith("cuda") else None
+
+    e2e_ips = report.extracted / e2e_seconds if e2e_seconds > 0 else 0.0
+    return {
+        "device": device,
+        "gpu_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
+        "backbone": config.backbone,
+        "pooling": config.pooling,
+        "manet": config.manet is not None,
+        "weights": config.weights,
+        "image_size": size,
+        "dim": model.dim,
+        "source": (f"generated {options.source_size} px JPEG shopper photos" if options.image_dir is None
+                   else str(options.image_dir)),
+        "images": report.extracted,
+        "failed": report.failed,
+        "batch_size": batch_size,
+        "decode_workers": report.decode_workers,
+        "device_decode": device_decode,
+        "channels_last": True,
+        "precision": report.precision,
+        "compile": options.compile,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "model_only_ips": round(model_ips, 2),
+        "model_only_images": model_count,
+        "text_detector": pipeline.text.name if pipeline.text is not None else None,
+        "text_detection_ips": round(text_ips, 2) if text_ips is not None else None,
+        # (1 / text_ips) / (1 / model_ips): the share of the model-only time per image.
+        "text_detection_share": _ratio(model_ips, text_ips) if text_ips is not None else None,
+        "end_to_end_ips": round(e2e_ips, 2),
+        "end_to_end_seconds": round(e2e_seconds, 3),
+        "naive_ips": round(naive_ips, 2),
+        "naive_images": naive_count,
+        "e2e_over_model": _ratio(e2e_ips, model_ips),
+        "e2e_over_naive": _ratio(e2e_ips, naive_ips),
+        "peak_rss_mb": round(e2e_peak, 1),
+        "peak_rss_scope": "end-to-end phase" if hwm_reset else "whole process",
+        "decode_worker_peak_rss_mb": round(workers_rss["mb"], 1) if workers_rss["mb"] else None,
+        "process_peak_rss_mb": round(peak_rss_mb(), 1),
+        "gpu_peak_memory_mb": round(gpu_peak, 1) if gpu_peak is not None else None,
+    }
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The human-readable table of :func:`run_extract_bench`'s report."""
+    model = f"{'MANet + ' if r['manet'] else ''}{r['backbone']} + {r['pooling']}, {r['image_size']} px"
+    device = r["device"] + (f" ({r['gpu_name']})" if r["gpu_name"] else "")
+    gpu = f"{r['gpu_peak_memory_mb']:.0f} MiB" if r["gpu_peak_memory_mb"] is not None else "-"
+    workers = f"{r['decode_worker_peak_rss_mb']:.0f} MiB" if r["decode_worker_peak_rss_mb"] else "-"
+    text = ([f"  text detection  {r['text_detection_ips']:.2f} img/s alone: "
+             f"{100 * r['text_detection_share']:.0f} % of the model-only time ({r['text_detector']})"]
+            if r["text_detection_ips"] is not None else [])
+    return "\n".join([
+        f"extract benchmark: {model} on {device}; batch {r['batch_size']}, {r['threads']} torch threads, "
+        f"{r['decode_workers']} decode workers, device decode {'on' if r['device_decode'] else 'off'}, "
+        f"{r['precision']} (naive loop: fp32)",
+        f"  model only  {r['model_only_ips']:>9.2f} img/s  ({r['model_only_images']} images, decoded batches "
+        f"already on the device)",
+        *text,
+        f"  end to end  {r['end_to_end_ips']:>9.2f} img/s  ({r['images']} images: files -> decode -> model -> "
+        f"rows in PostgreSQL) = {r['e2e_over_model']} x model only",
+        f"  naive loop  {r['naive_ips']:>9.2f} img/s  ({r['naive_images']} images: PIL, one image per forward, "
+        f"one INSERT each); end to end = {r['e2e_over_naive']} x naive",
+        f"  peak RSS {r['peak_rss_mb']:.0f} MiB ({r['peak_rss_scope']}, this process); decode workers {workers}; "
+        f"GPU peak {gpu}",
+        f"  source: {r['source']}",
+    ])

@@ -1,0 +1,1 @@
+"""What goes into the catalogue: ingest, image decoding, mined categories, training sets."""

@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metrics, evaluation runs and their reports."""

@@ -1,0 +1,1 @@
+"""Descriptor extraction: the batch run, leased workers and their status."""

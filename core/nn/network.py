@@ -1,0 +1,171 @@
+"""The MANet model (DESIGN §5): backbone + saliency branch + frozen text branch + classifier.
+
+The backbone and the saliency (attention) branch are plugins; the text detector is a plugin
+that runs in the data pipeline, and its soft mask ``T_m`` reaches :meth:`MANet.forward` as a
+tensor, so the model never trains it. Switching the saliency or text branch off in
+:class:`MANetConfig` replaces its factor in Eq. 3 by 1: ablations run the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from manet.errors import PluginError
+from manet.nn.attention_math import dice_loss, resize_map, weight_features
+from manet.plugin_manager import Registry
+
+#: Head pooling name -> (pooling plugin, its parameters). GeM's p is learnt with the head.
+HEAD_POOLINGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "gem": ("gem", {"learnable": True}),
+    "avg": ("spoc", {}),  # spoc is the spatial mean
+}
+
+
+@dataclass(frozen=True)
+class MANetConfig:
+    """Everything needed to rebuild a MANet (its weights live in the state dict)."""
+
+    backbone: str = "resnet50"
+    weights: str = "imagenet"
+    num_classes: int = 44
+    saliency: bool = True
+    text: bool = True
+    attention_branch: str = "saliency-fpn"
+    attention_params: dict[str, Any] = field(default_factory=dict)
+    head_pooling: str = "gem"
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.head_pooling not in HEAD_POOLINGS:
+            raise PluginError(
+                f"unknown head pooling '{self.head_pooling}'; known: {', '.join(HEAD_POOLINGS)}"
+            )
+        if int(self.num_classes) < 1:
+            raise PluginError(f"num_classes must be >= 1, got {self.num_classes}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise PluginError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MANetConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PluginError(
+                f"unknown MANet settings {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+
+class MANet(nn.Module):
+    """ImageNet-normalised images (B, 3, H, W) -> features, Eq. 3 weighting, class logits.
+
+    Build it with :func:`build_manet`; ``attention`` is None when the saliency branch is off.
+    """
+
+    def __init__(self, config: MANetConfig, stages: nn.ModuleList, attention: nn.Module | None,
+                 pool: nn.Module, in_features: int) -> None:
+        super().__init__()
+        self.config = config
+        self.stages = stages
+        self.attention = attention
+        self.pool = pool
+        self.dropout = nn.Dropout(float(config.dropout))
+        self.classifier = nn.Linear(in_features, int(config.num_classes))
+
+    def _stage_maps(self, images: Tensor) -> list[Tensor]:
+        maps = []
+        x = images
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return maps
+
+    def forward(self, images: Tensor, text_mask: Tensor | None = None) -> dict[str, Tensor | None]:
+        """Return ``features`` X (B, C, h, w), ``weighted`` X~ (Eq. 3), ``saliency_logits``
+        (B, 1, h', w') or None when the branch is off, and ``logits`` (B, num_classes).
+
+        ``text_mask`` is the text detector's T_m (B, 1, h'', w'') in [0, 1], resized to X's
+        size. It is required when ``config.text`` is on (a missing mask would silently change
+        the feature scale the head was trained on) and ignored when it is off, so the same
+        data pipeline feeds every ablation.
+        """
+        if self.config.text and text_mask is None:
+            raise ValueError(
+                "this MANet has its text branch on: pass text_mask (B, 1, h, w) from the text "
+                "detector, or build it with text=False"
+            )
+        maps = self._stage_maps(images)
+        features = maps[-1]
+        saliency_logits = self.attention(maps) if self.attention is not None else None
+        weighted = weight_features(
+            features,
+            torch.sigmoid(saliency_logits) if saliency_logits is not None else None,
+            text_mask if self.config.text else None,
+        )
+        logits = self.classifier(self.dropout(self.pool(weighted)))
+        return {"features": features, "weighted": weighted,
+                "saliency_logits": saliency_logits, "logits": logits}
+
+    def attend(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """X (B, C, h, w) and the saliency probability at X's resolution (None when the branch
+        is off), without the classifier: what extraction needs."""
+        maps = self._stage_maps(images)
+        features = maps[-1]
+        if self.attention is None:
+            return features, None
+        return features, resize_map(torch.sigmoid(self.attention(maps)), features.shape[-2:])
+
+    def saliency_map(self, images: Tensor) -> Tensor:
+        """Saliency probability (B, 1, h, w) at the feature map's resolution (for SR-MAC)."""
+        if self.attention is None:
+            raise ValueError("this MANet has its saliency branch off; it has no saliency map")
+        return self.attend(images)[1]
+
+
+def manet_loss(outputs: dict[str, Tensor | None], labels: Tensor,
+               saliency_target: Tensor | None = None, dice_weight: float = 1.0) -> Tensor:
+    """Total training loss: cross-entropy over the mined categories + ``dice_weight`` * Eq. 1.
+
+    ``saliency_target`` is the pseudo-saliency mask (B, 1, H, W) already binarised at its mean
+    (:func:`manet.nn.attention_math.binarize_at_mean`); the Dice term is skipped when it is None or
+    the model's saliency branch is off.
+    """
+    loss = F.cross_entropy(outputs["logits"], labels)
+    saliency_logits = outputs.get("saliency_logits")
+    if saliency_logits is not None and saliency_target is not None:
+        loss = loss + dice_weight * dice_loss(saliency_logits, saliency_target)
+    return loss
+
+
+def build_manet(config: MANetConfig, registry: Registry) -> MANet:
+    """Build a :class:`MANet` for ``config`` (loads the backbone weights), in eval mode.
+
+    Call ``.train()`` before training; the head and the saliency branch start random.
+    """
+    backbone = registry.create("backbone", config.backbone)
+    channels = tuple(backbone.stage_channels)
+    if not channels:
+        raise PluginError(f"backbone '{config.backbone}' does not provide stages for MANet")
+    attention = (
+        registry.create("attention_branch", config.attention_branch, **config.attention_params)
+        .build(list(channels))
+        if config.saliency
+        else None
+    )
+    pool_name, pool_params = HEAD_POOLINGS[config.head_pooling]
+    model = MANet(
+        config,
+        backbone.build_stages(config.weights),
+        attention,
+        registry.create("pooling", pool_name, **pool_params).module(),
+        in_features=channels[-1],
+    )
+    return model.eval()

@@ -1,0 +1,1 @@
+"""Search: queries over the stored descriptors, index builds and re-ranking."""

@@ -1,0 +1,1 @@
+"""Training MANet and the plain classifier, on one process or many."""
