@@ -101,61 +101,79 @@ def build_training_set(
     Categories with fewer than ``min_per_category`` images are left out; fewer than two
     categories or an empty split is an error and stores nothing.
     """
+    _check_options(per_category, val_fraction, seed)
+    with db.begin() as conn:
+        source = _source(conn, source)
+        splits = _sampled_splits(conn, source, per_category, val_fraction, seed, min_per_category)
+        config = {"per_category": per_category, "val_fraction": val_fraction, "seed": seed,
+                  "source": source, "min_per_category": min_per_category}  # fmt: skip
+        _store(conn, name, config, splits)
+        return _summary(conn, name)
+
+
+def _check_options(per_category: int, val_fraction: float, seed: int) -> None:
     if per_category < 1:
         raise ManetError(f"--per-category must be at least 1, got {per_category}")
     if seed < 0:
         raise ManetError(f"--seed must be 0 or more, got {seed}")
     if not 0 <= val_fraction < 1:
         raise ManetError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    with db.begin() as conn:
-        source = _source(conn, source)
-        candidates = _candidates(conn, source)
-        kept = {n: ids for n, ids in sorted(candidates.items()) if len(ids) >= min_per_category}
-        if len(kept) < 2:
+
+
+def _sampled_splits(conn: sa.Connection, source: str, per_category: int, val_fraction: float, seed: int,
+                    min_per_category: int) -> dict[str, tuple[list[int], list[int]]]:
+    """{category: (train ids, val ids)} of every category with ``min_per_category`` trainable
+    images; an error when fewer than two categories qualify or a split would be empty."""
+    candidates = _candidates(conn, source)
+    kept = {n: ids for n, ids in sorted(candidates.items()) if len(ids) >= min_per_category}
+    if len(kept) < 2:
+        raise ManetError(
+            f"only {len(kept)} {source} categories have at least {min_per_category} trainable images "
+            f"(status ok, split train or none); a classifier needs 2 or more: mine more categories "
+            f"(manet categories mine --top K), ingest more images or lower --min-per-category"
+        )
+    splits = {n: _sample(n, ids, per_category, val_fraction, seed) for n, ids in kept.items()}
+    for index, split in enumerate(SPLITS):
+        if not any(s[index] for s in splits.values()):
+            fix = "raise --val-fraction above 0" if split == "val" else "lower --val-fraction"
             raise ManetError(
-                f"only {len(kept)} {source} categories have at least {min_per_category} trainable images "
-                f"(status ok, split train or none); a classifier needs 2 or more: mine more categories "
-                f"(manet categories mine --top K), ingest more images or lower --min-per-category"
+                f"the {split} split would be empty; {fix}, or ingest more images per category"
             )
-        splits = {n: _sample(n, ids, per_category, val_fraction, seed) for n, ids in kept.items()}
-        for index, split in enumerate(SPLITS):
-            if not any(s[index] for s in splits.values()):
-                fix = "raise --val-fraction above 0" if split == "val" else "lower --val-fraction"
-                raise ManetError(
-                    f"the {split} split would be empty; {fix}, or ingest more images per category"
-                )
-        config = {"per_category": per_category, "val_fraction": val_fraction, "seed": seed,
-                  "source": source, "min_per_category": min_per_category}  # fmt: skip
-        conn.execute(sa.text("DELETE FROM training_sets WHERE name = :name"), {"name": name})
-        set_id = conn.execute(
-            sa.text(
-                "INSERT INTO training_sets (name, config) VALUES (:name, CAST(:config AS jsonb)) RETURNING id"
-            ),
-            {"name": name, "config": json.dumps(config)},
-        ).scalar_one()
-        category_ids = dict(
-            conn.execute(
-                sa.text("SELECT name, id FROM categories WHERE name = ANY(:names)"), {"names": list(splits)}
-            ).all()
-        )
+    return splits
+
+
+def _store(conn: sa.Connection, name: str, config: dict[str, Any],
+           splits: dict[str, tuple[list[int], list[int]]]) -> None:
+    """Replace training set ``name`` with ``splits`` (in the caller's transaction)."""
+    conn.execute(sa.text("DELETE FROM training_sets WHERE name = :name"), {"name": name})
+    set_id = conn.execute(
+        sa.text(
+            "INSERT INTO training_sets (name, config) VALUES (:name, CAST(:config AS jsonb)) RETURNING id"
+        ),
+        {"name": name, "config": json.dumps(config)},
+    ).scalar_one()
+    category_ids = dict(
         conn.execute(
-            sa.text(
-                "INSERT INTO training_images (set_id, image_id, category_id, split) "
-                "VALUES (:set_id, :image_id, :category_id, :split)"
-            ),
-            [
-                {
-                    "set_id": set_id,
-                    "image_id": image_id,
-                    "category_id": category_ids[category],
-                    "split": split,
-                }
-                for category, parts in splits.items()
-                for split, ids in zip(SPLITS, parts)
-                for image_id in ids
-            ],
-        )
-        return _summary(conn, name)
+            sa.text("SELECT name, id FROM categories WHERE name = ANY(:names)"), {"names": list(splits)}
+        ).all()
+    )
+    conn.execute(
+        sa.text(
+            "INSERT INTO training_images (set_id, image_id, category_id, split) "
+            "VALUES (:set_id, :image_id, :category_id, :split)"
+        ),
+        [
+            {
+                "set_id": set_id,
+                "image_id": image_id,
+                "category_id": category_ids[category],
+                "split": split,
+            }
+            for category, parts in splits.items()
+            for split, ids in zip(SPLITS, parts)
+            for image_id in ids
+        ],
+    )
 
 
 def _summary(conn: sa.Connection, name: str) -> dict[str, Any]:

@@ -160,6 +160,56 @@ def commit_batch(conn: Any, model: ModelRecord, owner: str, ids: list[int], gall
     return len(keep), len(all_ids) - len(owned)
 
 
+@dataclass
+class _BatchStep:
+    """What one worker needs to decode, extract and commit a claimed batch: extraction's own
+    decoding and forward pass, and the database calls retried through an outage."""
+
+    db: Database
+    model: ModelRecord
+    forward: Any
+    owner: str
+    device: str
+    batch_decode: bool
+    max_attempts: int
+    max_pixels: int | None
+    max_outage: float
+    limits: ReadLimits | None
+    say: Callable[[str], None]
+
+    def retry(self, action: Callable[[], Any]) -> Any:
+        return with_reconnect(action, max_outage=self.max_outage, say=self.say)
+
+    def remaining(self) -> int:
+        with self.db.begin() as check:
+            return int(check.execute(REMAINING, {"m": self.model.id}).scalar_one())
+
+    def commit(self, *args: Any) -> tuple[int, int]:
+        with self.db.raw() as conn:
+            return commit_batch(conn, *args)
+
+    def process(self, batch: list[tuple[int, str, bool, int]]) -> tuple[int, int, int]:
+        """Decode, extract and commit one batch: (written, lost leases, failed)."""
+        from manet.catalog.batch_decode import on_device, read_batch
+
+        size, model = self.model.config.image_size, self.model
+        attempts = {image_id: tries for image_id, _, _, tries in batch}
+        images = on_device(read_batch([(image_id, gallery, uri) for image_id, uri, gallery, _ in batch],
+                                      size, self.max_pixels, self.batch_decode, self.limits),
+                           size, self.device, self.max_pixels, self.limits)
+        ids, gallery = images.ids, images.gallery
+        failures = [(image_id, error, attempts[image_id]) for image_id, error in images.failures]
+        try:
+            vectors = self.forward(images.pixels).result()
+        except (RuntimeError, ValueError) as exc:  # the model failed on this batch
+            failures += [(image_id, f"model error: {exc}", attempts[image_id]) for image_id in ids]
+            ids, gallery = [], []
+            vectors = np.zeros((0, model.dim), dtype=np.float32)
+        written, lost = self.retry(partial(self.commit, model, self.owner, ids, gallery, vectors, failures,
+                                           self.max_attempts))
+        return written, lost, len(failures)
+
+
 def run_worker(
     db: Database,
     model: ModelRecord,
@@ -187,51 +237,25 @@ def run_worker(
     A lost database connection is retried with backoff for up to ``max_outage`` seconds; a
     batch whose commit failed is committed again (the server rolled the failed one back).
     """
-    from manet.catalog.batch_decode import on_device, read_batch
     from manet.extract.run import Forward, device_decode_enabled, prepare_pipeline, resolve_batch_size
 
     report = WorkerReport(worker_name())
-
-    def retry(action: Callable[[], Any]) -> Any:
-        return with_reconnect(action, max_outage=max_outage, say=say)
-
-    def remaining() -> int:
-        with db.begin() as check:
-            return int(check.execute(REMAINING, {"m": model.id}).scalar_one())
-
-    def commit(*args: Any) -> tuple[int, int]:
-        with db.raw() as conn:
-            return commit_batch(conn, *args)
-
     size = model.config.image_size
     batch_decode = device_decode_enabled(device_decode, device)
     # The claim size sets database round trips; the forward pass runs in extraction's own chunks.
     fast = prepare_pipeline(pipeline, device)
     forward = Forward(fast, device, min(batch_size, resolve_batch_size(None, fast, size, device, precision)),
                       model.dim, precision)
-
-    def process(batch: list[tuple[int, str, bool, int]]) -> tuple[int, int, int]:
-        """Decode, extract and commit one batch: (written, lost leases, failed)."""
-        attempts = {image_id: tries for image_id, _, _, tries in batch}
-        images = on_device(read_batch([(image_id, gallery, uri) for image_id, uri, gallery, _ in batch],
-                                      size, max_pixels, batch_decode, limits), size, device, max_pixels, limits)
-        ids, gallery = images.ids, images.gallery
-        failures = [(image_id, error, attempts[image_id]) for image_id, error in images.failures]
-        try:
-            vectors = forward(images.pixels).result()
-        except (RuntimeError, ValueError) as exc:  # the model failed on this batch
-            failures += [(image_id, f"model error: {exc}", attempts[image_id]) for image_id in ids]
-            ids, gallery = [], []
-            vectors = np.zeros((0, model.dim), dtype=np.float32)
-        written, lost = retry(partial(commit, model, report.owner, ids, gallery, vectors, failures, max_attempts))
-        return written, lost, len(failures)
+    step = _BatchStep(db, model, forward, report.owner, device, batch_decode, max_attempts, max_pixels,
+                      max_outage, limits, say)
+    retry = step.retry
 
     retry(lambda: enqueue(db, model))
     last_enqueue = time.monotonic()
     while True:
         batch = retry(lambda: claim(db, model, report.owner, batch_size, lease_seconds, max_attempts))
         if not batch:
-            if until_empty and retry(remaining) == 0:
+            if until_empty and retry(step.remaining) == 0:
                 return report
             time.sleep(poll_seconds)
             if not until_empty and time.monotonic() - last_enqueue > 30:
@@ -239,7 +263,7 @@ def run_worker(
                 last_enqueue = time.monotonic()
             continue
         with heartbeat(db, model, report.owner, lease_seconds):
-            written, lost, failed = process(batch)
+            written, lost, failed = step.process(batch)
         report.batches += 1
         report.extracted += written
         report.failed += failed

@@ -78,6 +78,44 @@ def _train_demo_manet(retriever: Retriever, name: str, backbone: str, weights: s
     say(f"trained {name} in {time.perf_counter() - started:.0f} s")
 
 
+def _create_baselines(retriever: Retriever, backbone: str, weights: str, image_size: int) -> dict[str, str]:
+    """A fresh model per baseline pooling; returns {column: model name}."""
+    names = {}
+    for pooling in DEMO_POOLINGS:
+        names[pooling] = f"demo-{backbone}-{pooling}"
+        retriever.delete_model(names[pooling])  # a re-run on the same database starts over
+        retriever.create_model(names[pooling], backbone=backbone, weights=weights, image_size=image_size,
+                               pooling=pooling)
+    return names
+
+
+def _extract_index_evaluate(retriever: Retriever, name: str, say: Callable[[str], None]) -> dict[str, Any]:
+    """Extract model ``name``, build its index and return its figures on the val queries."""
+    extracted = retriever.extract(name)
+    index = retriever.build_index(name)
+    metrics = retriever.evaluate(name, split="val").as_dict()
+    say(f"{name}: {extracted.extracted} descriptors at {extracted.images_per_second:.1f} img/s "
+        f"on {extracted.device}, HNSW index in {index.seconds:.2f} s")
+    return metrics
+
+
+def _examples(retriever: Retriever, model: str, count: int) -> list[dict[str, Any]]:
+    """The top 7 of ``model`` for the first val photo of each of the first ``count`` products."""
+    import sqlalchemy as sa
+
+    with retriever.db.begin() as conn:
+        queries = conn.execute(
+            sa.text(
+                "SELECT DISTINCT ON (p.id) i.id, p.sku FROM images i JOIN products p ON p.id = i.product_id "
+                "WHERE i.domain = 'query' AND i.split = 'val' ORDER BY p.id, i.id LIMIT :n"
+            ),
+            {"n": count},
+        ).all()
+    return [{"query_image_id": query.id, "query_sku": query.sku,
+             "hits": [hit.as_dict() for hit in retriever.search(model, image_id=query.id, k=7)]}
+            for query in queries]
+
+
 def run_demo(
     retriever: Retriever,
     data_dir: Path,
@@ -107,12 +145,7 @@ def run_demo(
     report = retriever.ingest("manifest", manifest)
     say(f"ingested {report.images_added} images of {report.products_added} products")
     result = DemoResult(weights, backbone, image_size, report.products_added, report.images_added)
-    names = {}
-    for pooling in DEMO_POOLINGS:
-        names[pooling] = f"demo-{backbone}-{pooling}"
-        retriever.delete_model(names[pooling])  # a re-run on the same database starts over
-        retriever.create_model(names[pooling], backbone=backbone, weights=weights, image_size=image_size,
-                               pooling=pooling)
+    names = _create_baselines(retriever, backbone, weights, image_size)
     if epochs > 0:
         try:
             _train_demo_manet(retriever, f"demo-{backbone}-manet", backbone, weights, image_size, epochs, seed, say)
@@ -120,26 +153,8 @@ def run_demo(
         except ManetError as exc:  # e.g. too few products to mine two categories
             say(f"note: no MANet column: {exc}")
     for column, name in names.items():
-        extracted = retriever.extract(name)
-        index = retriever.build_index(name)
-        result.metrics[column] = retriever.evaluate(name, split="val").as_dict()
-        say(f"{name}: {extracted.extracted} descriptors at {extracted.images_per_second:.1f} img/s "
-            f"on {extracted.device}, HNSW index in {index.seconds:.2f} s")
-    import sqlalchemy as sa
-
-    with retriever.db.begin() as conn:
-        queries = conn.execute(
-            sa.text(
-                "SELECT DISTINCT ON (p.id) i.id, p.sku FROM images i JOIN products p ON p.id = i.product_id "
-                "WHERE i.domain = 'query' AND i.split = 'val' ORDER BY p.id, i.id LIMIT :n"
-            ),
-            {"n": examples},
-        ).all()
-    best = names[MANET_COLUMN] if MANET_COLUMN in names else names["srmac"]
-    result.example_model = best
-    for query in queries:
-        hits = retriever.search(best, image_id=query.id, k=7)
-        result.examples.append({"query_image_id": query.id, "query_sku": query.sku,
-                                "hits": [hit.as_dict() for hit in hits]})
+        result.metrics[column] = _extract_index_evaluate(retriever, name, say)
+    result.example_model = names[MANET_COLUMN] if MANET_COLUMN in names else names["srmac"]
+    result.examples = _examples(retriever, result.example_model, examples)
     result.seconds = time.perf_counter() - started
     return result
