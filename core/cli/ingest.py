@@ -1,0 +1,55 @@
+"""``manet ingest``: a dataset plugin fills the catalogue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from manet.cli.common import (
+    JSON_OPTION,
+    State,
+    _echo_json,
+    _params,
+    pass_state,
+)
+from manet.errors import ManetError
+
+
+@click.command()
+@click.argument("kind")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--protocol", help="Dataset protocol (grocery-store: iconic|instance).")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Dataset plugin parameter (repeatable); see `manet plugins list --json`.")
+@click.option("--allow-outside-root", is_flag=True,
+              help="Accept manifest/sidecar image paths outside the dataset's folder.")
+@click.option("--batch-size", default=256, show_default=True, help="Images per transaction.")
+@click.option("--max-outage", default=600.0, show_default=True,
+              help="Seconds to keep retrying while the database is unreachable.")
+@JSON_OPTION
+@pass_state
+def ingest(state: State, kind: str, path: Path, protocol: str | None, options: tuple[str, ...],
+           allow_outside_root: bool, batch_size: int, max_outage: float, as_json: bool) -> None:
+    """Ingest the dataset at PATH with dataset plugin KIND (folder, manifest, grocery-store, ...)."""
+    params: dict[str, Any] = _params(options)
+    if protocol is not None:
+        params["protocol"] = protocol
+    if allow_outside_root:
+        params["allow_outside_root"] = True
+    state.retriever.registry.create("dataset", kind, **params)  # bad kind/params fail before any I/O
+    if not path.exists():
+        raise ManetError(f"dataset path {path} does not exist; check the path and try again")
+    report = state.retriever.ingest(kind, path, batch_size=batch_size, max_outage=max_outage,
+                                    say=lambda message: click.echo(message, err=True), **params)
+    if as_json:
+        _echo_json(report.as_dict())
+        return
+    click.echo(f"{report.images_added} images added, {report.products_added} new products, "
+               f"{report.already_present} already present, {report.duplicates} duplicates, "
+               f"{report.failed} failed")
+    for _uri, error in report.failures[:20]:
+        click.echo(f"  failed: {error}", err=True)
+    if len(report.failures) > 20:
+        click.echo(f"  ... and {len(report.failures) - 20} more (see images.error in the database)", err=True)

@@ -1,0 +1,38 @@
+"""Options shared by several commands (the re-ranking trio of search, eval and models augment)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from manet.cli.common import (
+    _params,
+)
+
+#: The -r option of the commands taking --rerank, named in errors about its values.
+RERANK_PARAM = "-r/--rerank-param"
+
+
+def rerank_options(names: str, shortlist_help: str) -> Callable[[Any], Any]:
+    """--rerank NAME, -r KEY=VALUE and --shortlist S, as search and eval take them."""
+    options = [
+        click.option("--rerank", "rerank", help=f"Re-rank each query's shortlist with this re-ranker ({names})."),
+        click.option("-r", "--rerank-param", "rerank_params", multiple=True, metavar="KEY=VALUE",
+                     help="Re-ranker parameter (repeatable), e.g. -r top_n=3."),
+        click.option("--shortlist", default=50, show_default=True, help=shortlist_help),
+    ]
+
+    def decorate(command: Any) -> Any:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _rerank_params(rerank: str | None, pairs: tuple[str, ...]) -> dict[str, str]:
+    if pairs and rerank is None:
+        raise click.UsageError(f"{RERANK_PARAM} sets a re-ranker's parameters: add --rerank NAME")
+    return _params(pairs, RERANK_PARAM)

@@ -1,0 +1,89 @@
+"""``manet index`` and ``manet search``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from manet.cli.common import (
+    JSON_OPTION,
+    State,
+    _echo_json,
+    pass_state,
+)
+from manet.cli.options import _rerank_params, rerank_options
+
+
+@click.group()
+def index() -> None:
+    """Vector indexes."""
+
+
+@index.command("build")
+@click.option("--model", "model", required=True)
+@click.option("--m", "m", default=16, show_default=True, help="HNSW graph degree.")
+@click.option("--ef-construction", default=64, show_default=True)
+@click.option("--quantize", type=click.Choice(["none", "halfvec", "binary"]),
+              help="Index vector (<= 2,000 dims), halfvec (<= 4,000) or binary (Hamming + exact re-rank); "
+                   "default: as last built, else by dimension.")
+@click.option("--rerank-factor", type=click.IntRange(1, 100),
+              help="Candidates per result re-ranked exactly (halfvec default 4, binary 10).")
+@click.option("--maintenance-work-mem", help="Build memory, e.g. 2GB (default: estimated from the rows, <= 4GB).")
+@JSON_OPTION
+@pass_state
+def index_build(state: State, model: str, m: int, ef_construction: int, quantize: str | None, rerank_factor: int | None,
+                maintenance_work_mem: str | None, as_json: bool) -> None:
+    """Build the HNSW (inner product) index of a model's catalogue descriptors."""
+    report = state.retriever.build_index(model, m=m, ef_construction=ef_construction, quantize=quantize,
+                                         rerank_factor=rerank_factor, maintenance_work_mem=maintenance_work_mem)
+    if as_json:
+        _echo_json(report.as_dict())
+    else:
+        click.echo(f"index {report.name}: {report.rows} rows in {report.seconds:.2f} s "
+                   f"({report.quantize}, rerank factor {report.rerank_factor}, m={report.m}, "
+                   f"ef_construction={report.ef_construction}, maintenance_work_mem {report.maintenance_work_mem}, "
+                   f"parallel workers {report.parallel_workers}: {report.parallel_reason})")
+
+
+@click.command()
+@click.argument("image", required=False, type=click.Path(path_type=Path))
+@click.option("--model", "model", required=True)
+@click.option("--image-id", type=int, help="Search with a stored image instead of a file.")
+@click.option("-k", "k", default=7, show_default=True)
+@click.option("--category")
+@click.option("--brand")
+@click.option("--ef-search", type=int,
+              help="HNSW candidate list size for this query (default: the server's, 40; 400 with a filter).")
+@rerank_options("aqe, alpha-qe", "Candidates fetched for --rerank.")
+@click.option("--html", "html", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the results as a self-contained HTML page (thumbnails embedded) to this file.")
+@JSON_OPTION
+@pass_state
+def search(state: State, image: Path | None, model: str, image_id: int | None, k: int, category: str | None,
+           brand: str | None, ef_search: int | None, rerank: str | None, rerank_params: tuple[str, ...],
+           shortlist: int, html: Path | None, as_json: bool) -> None:
+    """Top-k catalogue products for IMAGE (a file) or --image-id."""
+    if (image is None) == (image_id is None):
+        raise click.UsageError("give an IMAGE path or --image-id (one of them)")
+    if html is not None:  # a bad path fails before the search runs
+        from manet.evaluate.report import check_output_path
+
+        check_output_path(html)
+    params = _rerank_params(rerank, rerank_params)
+    hits = state.retriever.search(model, image=image, image_id=image_id, k=k, category=category,
+                                  brand=brand, ef_search=ef_search, rerank=rerank, rerank_params=params,
+                                  shortlist=shortlist)
+    if as_json:
+        _echo_json([hit.as_dict() for hit in hits])
+    else:
+        for hit in hits:
+            click.echo(f"{hit.rank:>2}. {hit.score:.4f}  image {hit.image_id:<7} {hit.sku or '-':<24} "
+                       f"{hit.brand or '':<14} {hit.title or ''}")
+    if html is not None:
+        from manet.evaluate.report import search_report
+
+        reranker = None if rerank is None else {"name": rerank, "params": params, "shortlist": shortlist}
+        search_report(state.retriever.db, html, hits, model=model, k=k, image=image, image_id=image_id,
+                      filters={"category": category, "brand": brand}, reranker=reranker, limits=state.limits)
+        click.echo(f"wrote {html}", err=as_json)

@@ -1,0 +1,69 @@
+"""``manet train``: MANet or the plain classifier from a training set."""
+
+from __future__ import annotations
+
+import click
+
+from manet import config
+from manet.cli.common import (
+    JSON_OPTION,
+    State,
+    _echo_json,
+    pass_state,
+)
+from manet.train.distributed import LR_SCALING_RULES
+
+
+@click.command()
+@click.option("--name", required=True, help="Name of the trained model (a pipeline usable by extract/search/eval).")
+@click.option("--backbone", default=config.DEFAULT_BACKBONE, show_default=True)
+@click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH.")
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--batch-size", default=32, show_default=True,
+              help="Images per step and process (under torchrun the global batch is processes x this).")
+@click.option("--image-size", default=224, show_default=True)
+@click.option("--no-saliency", is_flag=True, help="No saliency branch (with --no-text: the plain classifier).")
+@click.option("--no-text", is_flag=True, help="No text branch.")
+@click.option("--lambda", "lambda_dice", default=1.0, show_default=True, help="Weight of the Dice loss.")
+@click.option("--lr", default=1e-3, show_default=True,
+              help="Learning rate of the attention branch and head for one process.")
+@click.option("--lr-scaling", type=click.Choice(LR_SCALING_RULES), default="sqrt", show_default=True,
+              help="Under torchrun with N processes the learning rate is --lr x sqrt(N), x N, or unchanged.")
+@click.option("--backbone-lr-scale", default=config.DEFAULT_BACKBONE_LR_SCALE, show_default=True,
+              help="Backbone learning rate relative to --lr; 0 freezes the backbone.")
+@click.option("--frozen-stages", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Backbone stages, from the input, kept as pretrained (0: fine-tune all).")
+@click.option("--training-set", default="default", show_default=True)
+@click.option("--labels", default="category", show_default=True,
+              help="Classes to learn: category (the mined categories, the paper's) | sku (each image's product).")
+@click.option("--text-detector", default="",
+              help="Text detector plugin [default: ppocr when installed; east if MANET_EAST_MODEL is set; else mser].")
+@click.option("--workers", "num_workers", type=int, default=None)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue after the last finished epoch.")
+@click.option("--device", help="Torch device for this run (overrides MANET_DEVICE / --device of manet).")
+@JSON_OPTION
+@pass_state
+def train(state: State, name: str, backbone: str, weights: str, epochs: int, batch_size: int, image_size: int,
+          no_saliency: bool, no_text: bool, lambda_dice: float, lr: float, lr_scaling: str,
+          backbone_lr_scale: float, frozen_stages: int, training_set: str, labels: str, text_detector: str,
+          num_workers: int | None, seed: int, resume: bool, device: str | None, as_json: bool) -> None:
+    """Train MANet on the training set (manet dataset build) and store it as a model.
+
+    Data-parallel on N GPUs or CPU processes: torchrun --nproc_per_node N --no-python manet train ...
+    (only rank 0 prints and writes; see docs/SCALING.md).
+    """
+    from manet.train.loop import TrainConfig
+
+    if device:
+        state.device = device
+    cfg = TrainConfig(name=name, backbone=backbone, weights=weights, image_size=image_size, epochs=epochs,
+                      batch_size=batch_size, saliency=not no_saliency, text=not no_text, lambda_dice=lambda_dice,
+                      lr=lr, backbone_lr_scale=backbone_lr_scale, frozen_stages=frozen_stages,
+                      training_set=training_set, labels=labels,
+                      text_detector=text_detector, seed=seed,
+                      num_workers=num_workers, lr_scaling=lr_scaling)
+    say = (lambda _m: None) if as_json else click.echo
+    report = state.retriever.train(cfg, resume=resume, say=say)
+    if as_json and report.rank == 0:
+        _echo_json(report.as_dict())
