@@ -17,7 +17,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-# manet_search with the index's own expression (manet.search.query.IndexLayout): vector, halfvec
+# manet_search with the index's own expression (manet.search.index.IndexLayout): vector, halfvec
 # (rerank_factor x k candidates) or binary_quantize(...)::bit with Hamming distance (rerank_factor x k
 # candidates), each re-ranked by the exact inner product (so the index scan may use relaxed
 # order); images and products are joined to the k winners only.

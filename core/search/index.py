@@ -1,0 +1,187 @@
+"""The per-model HNSW index: its layout (what it holds, the SQL that uses it) and its build.
+
+A model's index is one of three layouts (:class:`IndexLayout`), recorded in
+``models.index_options`` by :func:`build_index` so that search, ``manet_search`` and the
+index always agree on the indexed expression:
+
+- ``none``: HNSW on ``embedding::vector(D)`` (up to 2,000 dims), exact inner product;
+- ``halfvec``: HNSW on ``embedding::halfvec(D)`` (up to 4,000 dims; the default above 2,000),
+  ``rerank_factor`` x k candidates re-ranked by the float32 inner product;
+- ``binary``: HNSW on ``binary_quantize(embedding)::bit(D)`` with Hamming distance,
+  ``rerank_factor`` x k candidates re-ranked by the float32 inner product (pgvector's README recipe). Sign bits
+  only carry information for centred descriptors (e.g. PCA-whitened ones).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from manet.errors import ManetError
+from manet.search.index_progress import index_build_progress
+from manet.store import descriptors
+from manet.store.database import Database
+from manet.store.models import ModelRecord
+
+# pgvector releases before 0.8.2 overflow a buffer in parallel HNSW builds (CVE-2026-3172).
+SAFE_PARALLEL_PGVECTOR = (0, 8, 2)
+#: Index layouts; "auto" picks vector up to 2,000 dims and halfvec above.
+QUANTIZATIONS = ("none", "halfvec", "binary")
+#: The most dimensions pgvector's HNSW indexes per type.
+MAX_INDEX_DIMS = {"none": 2000, "halfvec": 4000, "binary": 64000}
+#: Candidates per result taken from a quantised index before exact re-ranking.
+DEFAULT_RERANK_FACTOR = {"none": 1, "halfvec": 4, "binary": 10}
+#: Largest maintenance_work_mem chosen automatically for an index build.
+MAX_AUTO_BUILD_MEMORY_MB = 4096
+
+
+
+def version_tuple(version: str | None) -> tuple[int, ...]:
+    """``"0.8.1"`` -> ``(0, 8, 1)``, for comparing server and extension versions (None -> (0,))."""
+    parts = []
+    for piece in (version or "0").split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def parallel_build_allowed(pgvector_version: str | None) -> bool:
+    """False on pgvector < 0.8.2, whose parallel HNSW build is unsafe (CVE-2026-3172)."""
+    return version_tuple(pgvector_version) >= SAFE_PARALLEL_PGVECTOR
+
+
+@dataclass(frozen=True)
+class IndexLayout:
+    """What a model's HNSW index holds, and the SQL that uses it (both from here, so they match)."""
+
+    quantize: str
+    dim: int
+    rerank_factor: int
+
+    @property
+    def opclass(self) -> str:
+        return {"none": "vector_ip_ops", "halfvec": "halfvec_ip_ops", "binary": "bit_hamming_ops"}[self.quantize]
+
+    def stored(self, column: str) -> str:
+        """The indexed expression over the ``embedding`` column named ``column``."""
+        if self.quantize == "binary":
+            return f"binary_quantize({column})::bit({self.dim})"
+        return f"{column}::{'halfvec' if self.quantize == 'halfvec' else 'vector'}({self.dim})"
+
+    def distance(self, column: str, query: str) -> str:
+        """The index's distance between a stored ``column`` and a query vector expression."""
+        if self.quantize == "binary":
+            return f"{self.stored(column)} <~> binary_quantize(CAST({query} AS vector({self.dim})))"
+        kind = "halfvec" if self.quantize == "halfvec" else "vector"
+        return f"{self.stored(column)} <#> CAST({query} AS {kind}({self.dim}))"
+
+
+def index_layout(model: ModelRecord, quantize: str | None = None, rerank_factor: int | None = None
+                 ) -> IndexLayout:
+    """The layout of ``model``'s index: from its recorded index options, else the default for
+    its dimension; ``quantize``/``rerank_factor`` override them (for a new build). Checks the limits."""
+    options = model.index_options
+    quantize = quantize or options.get("quantize") or ("halfvec" if model.dim > 2000 else "none")
+    if quantize not in QUANTIZATIONS:
+        raise ManetError(f"unknown quantization '{quantize}'; use one of: {', '.join(QUANTIZATIONS)}")
+    if model.dim > MAX_INDEX_DIMS[quantize]:
+        hint = "halfvec or binary" if model.dim <= MAX_INDEX_DIMS["halfvec"] else "binary (or PCA-whiten the model)"
+        raise ManetError(
+            f"a '{quantize}' HNSW index takes at most {MAX_INDEX_DIMS[quantize]} dimensions and model "
+            f"'{model.name}' has {model.dim}; use --quantize {hint}"
+        )
+    factor = rerank_factor
+    if factor is None:
+        factor = options.get("rerank_factor") if options.get("quantize") == quantize else None
+    factor = DEFAULT_RERANK_FACTOR[quantize] if factor is None else int(factor)
+    if not 1 <= factor <= 100:
+        raise ManetError(f"rerank factor {factor} is out of range; use 1..100")
+    return IndexLayout(quantize, model.dim, factor)
+
+
+def hnsw_build_memory_mb(rows: int, dim: int, quantize: str, m: int) -> int:
+    """An estimate of the memory an in-memory HNSW build needs (MiB, at least 64).
+
+    Per element: the indexed value (4, 2 or 1/8 bytes a dimension), its level-0 neighbour list
+    (2 m candidates of 16 bytes) and ~128 bytes of element overhead, plus 25 % headroom. A build
+    whose graph outgrows maintenance_work_mem continues on disk, many times slower.
+    """
+    value_bytes = {"none": 4 * dim, "halfvec": 2 * dim, "binary": (dim + 7) // 8}[quantize] + 8
+    per_row = value_bytes + 2 * m * 16 + 128
+    return max(64, int(np.ceil(rows * per_row * 1.25 / 2**20)))
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    name: str
+    rows: int
+    seconds: float
+    parallel_workers: int
+    m: int
+    ef_construction: int
+    quantize: str = "none"
+    rerank_factor: int = 1
+    maintenance_work_mem: str = ""
+    #: Why parallel_workers is what it is (pgvector version).
+    parallel_reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_index(db: Database, model: ModelRecord, *, m: int = 16, ef_construction: int = 64,
+                quantize: str | None = None, rerank_factor: int | None = None,
+                maintenance_work_mem: str | None = None, parallel_workers: int = 2,
+                progress: bool = False) -> IndexReport:
+    """(Re)build the HNSW index over ``model``'s gallery descriptors and record its options.
+
+    ``quantize`` is ``none``, ``halfvec`` or ``binary`` (default: the recorded one, else by
+    dimension); ``maintenance_work_mem`` defaults to an estimate of the graph's size
+    (:func:`hnsw_build_memory_mb`, at most 4 GB). Parallel workers are used only where pgvector
+    allows them safely (>= 0.8.2).
+    """
+    if not (2 <= m <= 100 and 4 <= ef_construction <= 1000 and ef_construction >= 2 * m):
+        raise ManetError(
+            f"invalid HNSW options m={m}, ef_construction={ef_construction}; "
+            f"use 2 <= m <= 100 and 2*m <= ef_construction <= 1000"
+        )
+    layout = index_layout(model, quantize, rerank_factor)
+    pgvector = db.server_versions()["pgvector"]
+    if parallel_build_allowed(pgvector):
+        workers, reason = parallel_workers, f"pgvector {pgvector} builds in parallel safely"
+    else:
+        workers, reason = 0, f"pgvector {pgvector} < 0.8.2: parallel HNSW builds are unsafe (CVE-2026-3172)"
+    options = {"quantize": layout.quantize, "rerank_factor": layout.rerank_factor, "m": int(m),
+               "ef_construction": int(ef_construction)}
+    name = model.index_name
+    started = time.perf_counter()
+    with db.begin() as conn:
+        rows = descriptors.count(conn, model.id, gallery=True)
+        if rows == 0:
+            raise ManetError(f"model '{model.name}' has no gallery descriptors; run: manet extract --model {model.name}")
+        memory = maintenance_work_mem or (
+            f"{min(MAX_AUTO_BUILD_MEMORY_MB, hnsw_build_memory_mb(rows, model.dim, layout.quantize, m))}MB")
+        conn.execute(sa.text("SELECT set_config('maintenance_work_mem', :v, true)"), {"v": memory})
+        conn.execute(sa.text("SELECT set_config('max_parallel_maintenance_workers', :v, true)"), {"v": str(workers)})
+        conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        with index_build_progress(db, pid, int(rows), model.name, progress):
+            conn.execute(
+                sa.text(
+                    f"CREATE INDEX {name} ON descriptors USING hnsw (({layout.stored('embedding')}) "
+                    f"{layout.opclass}) WITH (m = {int(m)}, ef_construction = {int(ef_construction)}) "
+                    f"WHERE model_id = {int(model.id)} AND gallery"
+                )
+            )
+        # Search and manet_search read these to query with the index's own expression.
+        conn.execute(sa.text("UPDATE models SET index_options = CAST(:o AS jsonb) WHERE id = :m"),
+                     {"o": json.dumps(options), "m": model.id})
+        # Fresh statistics after a bulk load, so the planner costs the index scan correctly.
+        conn.execute(sa.text("ANALYZE descriptors"))
+    return IndexReport(name, int(rows), time.perf_counter() - started, workers, m, ef_construction,
+                       layout.quantize, layout.rerank_factor, memory, reason)
