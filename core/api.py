@@ -16,7 +16,8 @@ from manet.extract.run import ExtractReport, embed_tensors, extract, read_query_
 from manet.nn.pipeline import PipelineConfig, build_pipeline, select_device
 from manet.plugin_manager import PluginInfo, Registry, default_registry
 from manet.safe_files import ReadLimits
-from manet.search.query import Hit, IndexReport, build_index, search_vector, stored_descriptor
+from manet.search.index import IndexReport, build_index
+from manet.search.query import Hit, search_vector, stored_descriptor
 from manet.store.database import Database
 from manet.store.models import ModelRecord, create_model, delete_model, derive_model, get_model, list_models
 
@@ -217,7 +218,7 @@ class Retriever:
 
     def build_index(self, model: str, *, m: int = 16, ef_construction: int = 64, quantize: str | None = None,
                     rerank_factor: int | None = None, maintenance_work_mem: str | None = None) -> IndexReport:
-        """(Re)build the model's HNSW index (see :func:`manet.search.query.build_index`)."""
+        """(Re)build the model's HNSW index (see :func:`manet.search.index.build_index`)."""
         return build_index(self.db, self.model(model), m=m, ef_construction=ef_construction, quantize=quantize,
                            rerank_factor=rerank_factor, maintenance_work_mem=maintenance_work_mem,
                            progress=self.progress)

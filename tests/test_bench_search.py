@@ -21,7 +21,7 @@ from manet.bench.search import (
 )
 from manet.cli.main import cli
 from manet.config import sqlalchemy_url
-from manet.search.query import hnsw_build_memory_mb
+from manet.search.index import hnsw_build_memory_mb
 
 SMALL = ["--n", "3000", "--dim", "32", "--intrinsic-dim", "8", "--queries", "60", "--ef-search", "10,40",
          "--no-faiss"]

@@ -5,7 +5,7 @@ Descriptors come from a ``.npy`` file (e.g. a model's real descriptors) or from
 (products, images, a filter category, descriptors by binary COPY) while the exact top-7 of
 every query is accumulated in numpy, so no stage holds more than one chunk (FAISS, when
 asked for, keeps one copy). Then the model's HNSW index is built with the project's own
-:func:`manet.search.query.build_index` and, for each ``ef_search``, four query series are timed one
+:func:`manet.search.index.build_index` and, for each ``ef_search``, four query series are timed one
 query at a time: the project's search (:func:`manet.search.query.search_vector`, the SQL top-7
 with the products join), the same with a category filter, raw pgvector (a bare
 ``ORDER BY ... LIMIT 7`` on the same index, session-level ``SET``, as pgvector-python's
@@ -26,14 +26,8 @@ import sqlalchemy as sa
 
 from manet.bench.common import latency_summary, peak_rss_mb
 from manet.errors import ManetError
-from manet.search.query import (
-    FILTERED_EF_SEARCH,
-    build_index,
-    execute_search,
-    index_layout,
-    search_query,
-    search_vector,
-)
+from manet.search.index import build_index, index_layout
+from manet.search.query import FILTERED_EF_SEARCH, execute_search, search_query, search_vector
 from manet.store import descriptors
 from manet.store.database import Database
 from manet.store.models import ModelRecord, create_vector_model, delete_model, get_model

@@ -136,7 +136,7 @@ def check_postgresql(ctx: DoctorContext) -> Check:
 
 def check_pgvector(ctx: DoctorContext) -> Check:
     """The ``vector`` extension: installed, available, and whether the release is one to keep."""
-    from manet.search.query import SAFE_PARALLEL_PGVECTOR, version_tuple
+    from manet.search.index import SAFE_PARALLEL_PGVECTOR, version_tuple
 
     installed, available = ctx.require_db().vector_extension()
     if installed is None and available is None:
