@@ -12,7 +12,7 @@ import numpy as np
 import sqlalchemy as sa
 from PIL import Image
 
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 from manet.store.database import as_array
 
 THREADS = 8

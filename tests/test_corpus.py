@@ -13,7 +13,7 @@ import numpy as np
 import sqlalchemy as sa
 from PIL import Image
 
-from conftest import TINY_MODEL, make_odd_paths, run_manet
+from helpers import TINY_MODEL, make_odd_paths, run_manet
 from manet.api import Retriever
 from manet.safe_files import ReadLimits
 from manet.store import embedded

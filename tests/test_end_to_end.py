@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from conftest import TINY_MODEL, search_plan
+from helpers import TINY_MODEL, search_plan
 from manet.store.database import as_array
 
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 import torch
 from PIL import Image
 
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 from manet.catalog.batch_decode import on_device, read_batch
 from manet.catalog.images import decode_jpeg_batch, jpeg_for_batch_decode, read_image_tensor
 from manet.errors import DatabaseError, ImageError, ManetError

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from conftest import TINY_MODEL, mixed_manifest, run_manet
+from helpers import TINY_MODEL, mixed_manifest, run_manet
 from manet.api import Retriever
 from manet.store import embedded
 

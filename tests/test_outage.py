@@ -13,7 +13,7 @@ import psycopg
 import sqlalchemy as sa
 from PIL import Image
 
-from conftest import TINY_MODEL, mixed_manifest
+from helpers import TINY_MODEL, mixed_manifest
 from manet.api import Retriever
 from manet.store import embedded
 

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from conftest import search_plan
+from helpers import search_plan
 from manet.bench.search import DescriptorGenerator, load_gallery
 from manet.errors import ManetError
 from manet.search.query import search_query

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from conftest import Node, parse_html
+from helpers import Node, parse_html
 
 THUMB_RULE = re.compile(r"\.(i\w+)\{background-image:url\(data:image/jpeg;base64,([A-Za-z0-9+/=]+)\)\}")
 

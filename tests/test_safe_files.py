@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_odd_paths
+from helpers import make_odd_paths
 from manet.catalog.images import inspect_image, jpeg_for_batch_decode, load_rgb, read_image_tensor
 from manet.errors import DatasetError, ImageError, ManetError
 from manet.safe_files import ReadLimits, open_limited, open_regular, read_limited

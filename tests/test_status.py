@@ -7,7 +7,7 @@ import json
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 from manet.cli.main import cli
 
 

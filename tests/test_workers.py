@@ -14,7 +14,7 @@ import numpy as np
 import sqlalchemy as sa
 from PIL import Image
 
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 
 IMAGES = 1000
 POISON = 3
