@@ -14,6 +14,7 @@ from manet.errors import ManetError
 from manet.evaluate.run import EvalResult, evaluate
 from manet.extract.run import ExtractReport, embed_tensors, extract, read_query_images
 from manet.nn.pipeline import PipelineConfig, build_pipeline, select_device
+from manet.plugin_base import CatalogueAugmenter, Reranker
 from manet.plugin_manager import PluginInfo, Registry, default_registry
 from manet.safe_files import ReadLimits
 from manet.search.index import IndexReport, build_index
@@ -164,16 +165,18 @@ class Retriever:
 
     def augment_model(self, name: str, base: str, *, rerank: str = "dba",
                       rerank_params: dict[str, Any] | None = None) -> ModelRecord:
-        """Model ``name``: ``base`` with its catalogue descriptors augmented by re-ranker ``rerank``
-        (DBA), for SQL search (see :func:`manet.store.models.augment_model`)."""
-        from manet.store.models import augment_model
+        """Model ``name``: ``base`` with its catalogue descriptors augmented by catalogue augmenter
+        ``rerank`` (DBA), for SQL search (see :func:`manet.store.models.augment_model`)."""
+        from manet.store.models import augment_model, check_catalogue_augmenter
 
-        reranker = self.reranker(rerank, rerank_params)
-        return augment_model(self.db, self.registry, name, base, reranker)
+        augmenter = check_catalogue_augmenter(self.reranker(rerank, rerank_params))
+        return augment_model(self.db, self.registry, name, base, augmenter)
 
-    def reranker(self, name: str, params: dict[str, Any] | None = None) -> Any:
-        """Re-ranker plugin ``name`` with validated ``params``."""
-        return self.registry.create("reranker", name, **(params or {}))
+    def reranker(self, name: str, params: dict[str, Any] | None = None) -> Reranker | CatalogueAugmenter:
+        """The plugin ``--rerank name`` names (a re-ranker or a catalogue augmenter), with validated ``params``."""
+        from manet.search.reranking import rerank_plugin
+
+        return rerank_plugin(self.registry, name, params)
 
     # -- extraction, index, search ----------------------------------------------------
     def extract(self, model: str, *, batch_size: int | None = None, num_workers: int | None = None,
@@ -257,8 +260,7 @@ class Retriever:
         if rerank is not None:  # bad names and parameters fail before any work
             from manet.search.shortlist import check_query_reranker
 
-            reranker = self.reranker(rerank, rerank_params)
-            check_query_reranker(reranker, k, shortlist)
+            reranker = check_query_reranker(self.reranker(rerank, rerank_params), k, shortlist)
         record = self.model(model)
         if image is not None:
             vector = self.embed(model, [image])[0]
@@ -278,9 +280,11 @@ class Retriever:
                  rerank: str | None = None, rerank_params: dict[str, Any] | None = None,
                  shortlist: int = 50) -> EvalResult:
         """Exact-ranking metrics of ``model``; with ``rerank``, each query's top ``shortlist`` is
-        re-ranked by that re-ranker plugin (DBA augments the catalogue instead)."""
-        reranker = None if rerank is None else self.reranker(rerank, rerank_params)
-        return evaluate(self.db, self.model(model), split=split, k=k, normaliser=normaliser, reranker=reranker,
+        re-ranked by that re-ranker plugin (a catalogue augmenter, DBA, augments the gallery instead)."""
+        plugin = None if rerank is None else self.reranker(rerank, rerank_params)
+        return evaluate(self.db, self.model(model), split=split, k=k, normaliser=normaliser,
+                        reranker=plugin if isinstance(plugin, Reranker) else None,
+                        augmenter=plugin if isinstance(plugin, CatalogueAugmenter) else None,
                         shortlist=shortlist, progress=self.progress)
 
     def compare(self, models: Sequence[str], *, split: str | None = None, k: int = 7,

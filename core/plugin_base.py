@@ -18,17 +18,6 @@ from manet.errors import PluginError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-KINDS = (
-    "backbone",
-    "attention_branch",
-    "pooling",
-    "text_detector",
-    "saliency_estimator",
-    "dataset",
-    "reranker",
-)
-
-
 def _coerce(value: Any, default: Any, plugin: str, key: str) -> Any:
     """Convert ``value`` (often a CLI string) to the type of ``default``."""
     if default is None or value is None:
@@ -190,20 +179,23 @@ class AttentionBranch(Plugin):
 
 
 class Reranker(Plugin):
-    """Re-orders a top-k result using the descriptors of the query and the candidates.
-
-    A re-ranker that transforms the whole catalogue instead (database-side augmentation) sets
-    ``augments_catalogue`` and implements :meth:`augment`; evaluation applies it to the gallery,
-    and ``manet models augment`` stores the augmented catalogue for SQL search.
-    """
+    """Re-orders a top-k result using the descriptors of the query and the candidates."""
 
     kind = "reranker"
-    #: True when the plugin implements :meth:`augment` (the catalogue changes, not the query).
-    augments_catalogue: ClassVar[bool] = False
 
     def rerank(self, query: Any, candidates: Any, scores: Any) -> Any:
         """Return new scores for ``candidates`` (k, D) given ``query`` (D,) and ``scores`` (k,)."""
         raise NotImplementedError
+
+
+class CatalogueAugmenter(Plugin):
+    """Transforms the whole catalogue's descriptors once (e.g. database-side augmentation).
+
+    The queries are left alone: evaluation augments the gallery it ranks, and
+    ``manet models augment`` stores an augmented catalogue as a new model for SQL search.
+    """
+
+    kind = "catalogue_augmenter"
 
     def augment(self, gallery: Any) -> Any:
         """Return the augmented catalogue descriptors (N, D) for ``gallery`` (N, D), L2-normalised."""
@@ -247,12 +239,41 @@ class Dataset(Plugin):
         raise NotImplementedError
 
 
-BASE_CLASSES: dict[str, type[Plugin]] = {
-    "backbone": Backbone,
-    "attention_branch": AttentionBranch,
-    "pooling": Pooling,
-    "text_detector": TextDetector,
-    "saliency_estimator": SaliencyEstimator,
-    "dataset": Dataset,
-    "reranker": Reranker,
-}
+@dataclass(frozen=True)
+class PluginKind:
+    """One kind of plugin: its base class, the hook that registers its classes, what it does.
+
+    :data:`PLUGIN_KINDS` is the one declaration of the kinds; the hookspecs
+    (:mod:`manet.hookspecs`), :data:`KINDS`, :data:`BASE_CLASSES` and the registry's hook
+    table are derived from it.
+    """
+
+    base: type[Plugin]
+    #: The registry hook, called as ``hook(register)``; pluggy matches hookimpls by this name.
+    hook: str
+    #: What a plugin of the kind does, in a few words (the hookspec's docstring).
+    role: str
+
+    @property
+    def name(self) -> str:
+        """The kind's name (``pooling``): the base class's ``kind``."""
+        return self.base.kind
+
+
+PLUGIN_KINDS: tuple[PluginKind, ...] = (
+    PluginKind(Backbone, "register_backbones", "CNNs giving a feature map"),
+    PluginKind(AttentionBranch, "register_attention_branches", "saliency/text branches"),
+    PluginKind(Pooling, "register_poolings", "feature map -> global descriptor"),
+    PluginKind(TextDetector, "register_text_detectors", "image -> soft text mask"),
+    PluginKind(SaliencyEstimator, "register_saliency_estimators", "image -> saliency map"),
+    PluginKind(Dataset, "register_datasets", "a path -> ingest records"),
+    PluginKind(Reranker, "register_rerankers", "re-order a top-k result"),
+    PluginKind(CatalogueAugmenter, "register_catalogue_augmenters",
+               "catalogue descriptors -> augmented catalogue descriptors"),
+)
+
+#: The kinds' names, in the order ``manet plugins list`` shows them.
+KINDS: tuple[str, ...] = tuple(kind.name for kind in PLUGIN_KINDS)
+
+#: Kind name -> the base class its plugins subclass.
+BASE_CLASSES: dict[str, type[Plugin]] = {kind.name: kind.base for kind in PLUGIN_KINDS}

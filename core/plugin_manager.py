@@ -9,17 +9,30 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, Literal, overload
 
 import pluggy
 
 from manet import hookspecs
 from manet.config import LOAD_PLUGINS_ENV
 from manet.errors import PluginError
-from manet.plugin_base import BASE_CLASSES, KINDS, Plugin
+from manet.plugin_base import (
+    BASE_CLASSES,
+    KINDS,
+    PLUGIN_KINDS,
+    AttentionBranch,
+    Backbone,
+    CatalogueAugmenter,
+    Dataset,
+    Plugin,
+    Pooling,
+    Reranker,
+    SaliencyEstimator,
+    TextDetector,
+)
 
 #: Built-in plugin modules, registered by dotted name exactly like third-party ones.
 DEFAULT_PLUGINS = (
@@ -35,15 +48,7 @@ DEFAULT_PLUGINS = (
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 
 #: Registry hook name -> plugin kind it registers.
-REGISTRY_HOOKS = {
-    "register_backbones": "backbone",
-    "register_attention_branches": "attention_branch",
-    "register_poolings": "pooling",
-    "register_text_detectors": "text_detector",
-    "register_saliency_estimators": "saliency_estimator",
-    "register_datasets": "dataset",
-    "register_rerankers": "reranker",
-}
+REGISTRY_HOOKS: dict[str, str] = {kind.hook: kind.name for kind in PLUGIN_KINDS}
 
 
 @dataclass
@@ -52,6 +57,17 @@ class PluginManagerInfo:
 
     failed: dict[str, str] = field(default_factory=dict)
     dists: dict[str, metadata.Distribution] = field(default_factory=dict)
+
+
+class ManetPluginManager(pluggy.PluginManager):
+    """pluggy's plugin manager with manet's hookspecs and what loading the plugins found."""
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT_NAME)
+        self.add_hookspecs(hookspecs)
+        #: Third-party plugins that failed to import, and the distribution of each loaded one.
+        self.manet_info = PluginManagerInfo()
+
 
 
 def _allowed_plugins(env: dict[str, str] | None) -> set[str] | None:
@@ -66,7 +82,7 @@ def make_plugin_manager(
     load_entrypoints: bool = True,
     extra_plugins: Iterable[Any] = (),
     env: dict[str, str] | None = None,
-) -> pluggy.PluginManager:
+) -> ManetPluginManager:
     """Build a new plugin manager with the built-ins and the installed plugins.
 
     ``MANET_LOAD_PLUGINS`` (comma-separated entry-point or distribution names; empty loads
@@ -74,9 +90,7 @@ def make_plugin_manager(
     plugin that fails to import is recorded in ``pm.manet_info.failed`` instead of
     breaking every command.
     """
-    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
-    pm.add_hookspecs(hookspecs)
-    pm.manet_info = PluginManagerInfo()  # type: ignore[attr-defined]
+    pm = ManetPluginManager()
     for dotted in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(dotted), name=dotted)
     if load_entrypoints:
@@ -90,10 +104,10 @@ def make_plugin_manager(
             try:
                 plugin = entry_point.load()
             except Exception as exc:  # a broken plugin must not break the CLI
-                pm.manet_info.failed[entry_point.name] = f"{type(exc).__name__}: {exc}"  # type: ignore[attr-defined]
+                pm.manet_info.failed[entry_point.name] = f"{type(exc).__name__}: {exc}"
                 continue
             pm.register(plugin, name=entry_point.name)
-            pm.manet_info.dists[entry_point.name] = entry_point.dist  # type: ignore[attr-defined]
+            pm.manet_info.dists[entry_point.name] = entry_point.dist
     for plugin in extra_plugins:
         pm.register(plugin)
     pm.check_pending()
@@ -130,8 +144,8 @@ class PluginInfo:
         }
 
 
-def _distribution_of(pm: pluggy.PluginManager, plugin_name: str) -> tuple[str, str]:
-    dist = pm.manet_info.dists.get(plugin_name)  # type: ignore[attr-defined]
+def _distribution_of(pm: ManetPluginManager, plugin_name: str) -> tuple[str, str]:
+    dist = pm.manet_info.dists.get(plugin_name)
     if dist is not None:
         return dist.name, dist.version
     if plugin_name.startswith("manet."):
@@ -144,16 +158,15 @@ def _distribution_of(pm: pluggy.PluginManager, plugin_name: str) -> tuple[str, s
 class Registry:
     """All plugin classes of a plugin manager, by kind and name."""
 
-    def __init__(self, pm: pluggy.PluginManager) -> None:
+    def __init__(self, pm: ManetPluginManager) -> None:
         self.pm = pm
         self._plugins: dict[str, dict[str, PluginInfo]] = {kind: {} for kind in KINDS}
-        for hook_name, kind in REGISTRY_HOOKS.items():
-            caller = getattr(pm.hook, hook_name)
-            for impl in caller.get_hookimpls():
+        for kind in PLUGIN_KINDS:
+            for impl in getattr(pm.hook, kind.hook).get_hookimpls():
                 source = impl.plugin_name
                 dist, version = _distribution_of(pm, source)
 
-                def register(cls: type, _kind: str = kind, _source: str = source,
+                def register(cls: type, _kind: str = kind.name, _source: str = source,
                              _dist: str = dist, _version: str = version) -> None:
                     self._add(PluginInfo(cls, _kind, _source, _dist, _version))
 
@@ -179,7 +192,7 @@ class Registry:
     @property
     def failed(self) -> dict[str, str]:
         """Third-party plugins that failed to import: entry-point name -> error."""
-        return dict(self.pm.manet_info.failed)  # type: ignore[attr-defined]
+        return dict(self.pm.manet_info.failed)
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._plugins[kind])
@@ -189,19 +202,44 @@ class Registry:
 
     def get(self, kind: str, name: str) -> PluginInfo:
         """Look a plugin up; an unknown name raises an error listing the known ones."""
-        if kind not in self._plugins:
-            raise PluginError(f"unknown plugin kind '{kind}'; known: {', '.join(KINDS)}")
-        try:
-            return self._plugins[kind][name]
-        except KeyError:
-            known = ", ".join(self.names(kind)) or "none installed"
-            label = kind.replace("_", " ")
-            raise PluginError(
-                f"unknown {label} '{name}'; known: {known} (see `manet plugins list`)"
-            ) from None
+        return self.find((kind,), name)
 
-    def create(self, kind: str, name: str, **params: Any) -> Any:
-        """Instantiate plugin ``name`` of ``kind`` with validated parameters."""
+    def find(self, kinds: Sequence[str], name: str) -> PluginInfo:
+        """Plugin ``name`` of the first of ``kinds`` that has one (for an option that takes
+        several kinds); an unknown name raises an error listing the names of all ``kinds``."""
+        unknown = [kind for kind in kinds if kind not in self._plugins]
+        if unknown:
+            raise PluginError(f"unknown plugin kind '{unknown[0]}'; known: {', '.join(KINDS)}")
+        for kind in kinds:
+            if name in self._plugins[kind]:
+                return self._plugins[kind][name]
+        known = ", ".join(sorted(known for kind in kinds for known in self._plugins[kind])) or "none installed"
+        label = kinds[0].replace("_", " ")
+        raise PluginError(f"unknown {label} '{name}'; known: {known} (see `manet plugins list`)")
+
+    # One overload per kind, so that create() returns the kind's base class to type checkers.
+    @overload
+    def create(self, kind: Literal["backbone"], name: str, **params: Any) -> Backbone: ...
+    @overload
+    def create(self, kind: Literal["attention_branch"], name: str, **params: Any) -> AttentionBranch: ...
+    @overload
+    def create(self, kind: Literal["pooling"], name: str, **params: Any) -> Pooling: ...
+    @overload
+    def create(self, kind: Literal["text_detector"], name: str, **params: Any) -> TextDetector: ...
+    @overload
+    def create(self, kind: Literal["saliency_estimator"], name: str, **params: Any) -> SaliencyEstimator: ...
+    @overload
+    def create(self, kind: Literal["dataset"], name: str, **params: Any) -> Dataset: ...
+    @overload
+    def create(self, kind: Literal["reranker"], name: str, **params: Any) -> Reranker: ...
+    @overload
+    def create(self, kind: Literal["catalogue_augmenter"], name: str, **params: Any) -> CatalogueAugmenter: ...
+    @overload
+    def create(self, kind: str, name: str, **params: Any) -> Plugin: ...
+
+    def create(self, kind: str, name: str, **params: Any) -> Plugin:
+        """Instantiate plugin ``name`` of ``kind`` with validated parameters: an instance of the
+        kind's base class (``create("pooling", "gem")`` is a :class:`~manet.plugin_base.Pooling`)."""
         return self.get(kind, name).cls(**params)
 
 

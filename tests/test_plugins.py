@@ -104,3 +104,44 @@ def test_load_plugins_env_empty_loads_only_builtins():
     pm = make_plugin_manager(env={"MANET_LOAD_PLUGINS": ""})
     names = {name for name, _ in pm.list_name_plugin()}
     assert all(name.startswith("manet.plugins.") for name in names)
+
+
+def test_kinds_are_declared_once_and_create_is_typed_by_kind():
+    import typing
+
+    from manet import hookspecs
+    from manet.plugin_base import BASE_CLASSES, KINDS, PLUGIN_KINDS
+    from manet.plugin_manager import REGISTRY_HOOKS
+
+    assert KINDS == tuple(kind.base.kind for kind in PLUGIN_KINDS)
+    assert BASE_CLASSES == {kind.name: kind.base for kind in PLUGIN_KINDS}
+    assert REGISTRY_HOOKS == {kind.hook: kind.name for kind in PLUGIN_KINDS}
+    for kind in PLUGIN_KINDS:  # a real pluggy hookspec, an attribute of manet.hookspecs
+        spec = getattr(hookspecs, kind.hook)
+        assert spec.__name__ == kind.hook and hasattr(spec, "manet_spec") and kind.base.__name__ in spec.__doc__
+    returns = {}
+    for overload in typing.get_overloads(Registry.create):
+        hints = typing.get_type_hints(overload)
+        if typing.get_origin(hints["kind"]) is typing.Literal:
+            returns[typing.get_args(hints["kind"])[0]] = hints["return"]
+    assert returns == BASE_CLASSES
+    registry = Registry(make_plugin_manager(load_entrypoints=False))
+    assert isinstance(registry.create("pooling", "gem"), Pooling)
+
+
+def test_manager_records_loading_in_a_typed_place():
+    from manet.plugin_manager import ManetPluginManager, PluginManagerInfo
+
+    pm = make_plugin_manager(load_entrypoints=False)
+    assert isinstance(pm, ManetPluginManager) and isinstance(pm.manet_info, PluginManagerInfo)
+    assert Registry(pm).failed == {} and pm.manet_info.dists == {}
+
+
+def test_one_lookup_over_several_kinds():
+    registry = Registry(make_plugin_manager(load_entrypoints=False))
+    assert registry.find(("reranker", "catalogue_augmenter"), "dba").kind == "catalogue_augmenter"
+    assert registry.find(("reranker", "catalogue_augmenter"), "aqe").kind == "reranker"
+    with pytest.raises(PluginError, match=r"unknown reranker 'x'; known: alpha-qe, aqe, dba \(see"):
+        registry.find(("reranker", "catalogue_augmenter"), "x")
+    with pytest.raises(PluginError, match="unknown plugin kind 'rerankers'; known: backbone, "):
+        registry.find(("rerankers",), "aqe")

@@ -1,4 +1,5 @@
-"""Re-rankers (AQE, alpha-QE, DBA): the math by hand, the plugins, and --rerank in eval and search."""
+"""Re-rankers (AQE, alpha-QE) and the catalogue augmenter DBA: the math by hand, the plugins, and
+--rerank in eval and search."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import pytest
 import sqlalchemy as sa
 
 from manet.errors import PluginError
+from manet.plugin_base import CatalogueAugmenter, Reranker
 from manet.plugin_manager import default_registry
 from manet.search.reranking import (
     database_side_augmentation,
     expand_query,
     expansion_weights,
     query_expansion_scores,
+    rerank_plugin,
     rerank_shortlist,
 )
 
@@ -72,23 +75,40 @@ def test_database_side_augmentation_by_hand():
     assert np.allclose(everything, np.tile(total / np.linalg.norm(total), (3, 1)), atol=1e-6)
 
 
-def test_dba_plugin_augments_and_keeps_query_scores():
-    dba = default_registry().create("reranker", "dba", top_n=1, alpha=1)
+def test_dba_plugin_augments_the_catalogue_and_is_no_reranker():
+    dba = default_registry().create("catalogue_augmenter", "dba", top_n=1, alpha=1)
     gallery = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], np.float32)
     assert np.allclose(dba.augment(gallery), database_side_augmentation(gallery, 1, 1.0))
-    assert np.allclose(dba.rerank(QUERY, CANDIDATES, SCORES), SCORES)
+    # Its own kind: no no-op rerank(); --rerank dba finds it next to the re-rankers.
+    assert isinstance(dba, CatalogueAugmenter) and not isinstance(dba, Reranker) and not hasattr(dba, "rerank")
+    assert isinstance(rerank_plugin(default_registry(), "dba", {"top_n": 1}), CatalogueAugmenter)
+    assert isinstance(rerank_plugin(default_registry(), "aqe"), Reranker)
+
+
+@pytest.mark.parametrize("kind, name, params, fragment", [
+    ("reranker", "aqe", {"top_n": 0}, "top_n=0 must be at least 1"),
+    ("reranker", "alpha-qe", {"alpha": -1}, "alpha=-1.0 must be 0 or more"),
+    ("catalogue_augmenter", "dba", {"top_n": "many"}, "parameter top_n='many' should be int"),
+    ("catalogue_augmenter", "dba", {"top_n": 0}, "catalogue augmenter 'dba': top_n=0 must be at least 1"),
+    ("reranker", "aqe", {"alpha": 3}, "has no parameter alpha; accepted: top_n"),
+    ("reranker", "nope", {}, "unknown reranker 'nope'; known: alpha-qe, aqe (see"),
+    ("catalogue_augmenter", "nope", {}, "unknown catalogue augmenter 'nope'; known: dba (see"),
+    ("reranker", "dba", {}, "unknown reranker 'dba'; known: alpha-qe, aqe (see"),
+])
+def test_bad_reranker_names_and_parameters(kind, name, params, fragment):
+    with pytest.raises(PluginError) as error:
+        default_registry().create(kind, name, **params)
+    assert fragment in str(error.value)
 
 
 @pytest.mark.parametrize("name, params, fragment", [
-    ("aqe", {"top_n": 0}, "top_n=0 must be at least 1"),
-    ("alpha-qe", {"alpha": -1}, "alpha=-1.0 must be 0 or more"),
     ("dba", {"top_n": "many"}, "parameter top_n='many' should be int"),
-    ("aqe", {"alpha": 3}, "has no parameter alpha; accepted: top_n"),
-    ("nope", {}, "unknown reranker 'nope'; known: alpha-qe, aqe, dba"),
+    ("aqe", {"top_n": 0}, "top_n=0 must be at least 1"),
+    ("nope", {}, "unknown reranker 'nope'; known: alpha-qe, aqe, dba"),  # --rerank takes both kinds
 ])
-def test_bad_reranker_names_and_parameters(name, params, fragment):
+def test_bad_rerank_names_and_parameters(name, params, fragment):
     with pytest.raises(PluginError) as error:
-        default_registry().create("reranker", name, **params)
+        rerank_plugin(default_registry(), name, params)
     assert fragment in str(error.value)
 
 
@@ -172,4 +192,7 @@ def test_rerank_errors_are_one_line(populated, run):
 
 def test_plugins_list_shows_the_rerankers(run):
     result = run("plugins", "list", "--kind", "reranker", "--json")
-    assert sorted(p["name"] for p in json.loads(result.output)) == ["alpha-qe", "aqe", "dba"]
+    assert sorted(p["name"] for p in json.loads(result.output)) == ["alpha-qe", "aqe"]
+    augmenters = json.loads(run("plugins", "list", "--kind", "catalogue_augmenter", "--json").output)
+    assert [(p["name"], p["source"], p["parameters"]) for p in augmenters] == [
+        ("dba", "manet.plugins.rerankers", {"top_n": 3, "alpha": 3.0})]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from manet.errors import ManetError
 from manet.evaluate.metrics import descending_order, evaluate_rankings
+from manet.plugin_base import CatalogueAugmenter, Reranker
 from manet.store import descriptors
 from manet.store.database import Database, as_array
 from manet.store.models import ModelRecord
@@ -33,7 +34,7 @@ class EvalResult:
     queries: int
     run_id: int | None = None
     skipped_queries: int = 0
-    #: The re-ranker applied (name, params, shortlist) and its cost, or None.
+    #: The re-ranker or catalogue augmenter applied (name, params, shortlist), or None.
     reranker: dict[str, Any] | None = None
     #: Milliseconds per query of the exact ranking and of the re-ranking; seconds of a catalogue
     #: augmentation (DBA), done once for all queries.
@@ -58,7 +59,39 @@ def _matrix(rows: list[Any], dim: int) -> np.ndarray:
     return np.stack([as_array(row.embedding) for row in rows])
 
 
-def _rerank(reranker: Any, queries: np.ndarray, gallery: np.ndarray, similarity: np.ndarray,
+@dataclass(frozen=True)
+class _Gallery:
+    """The catalogue side of an evaluation: product labels (-1: none), image ids, descriptors."""
+
+    labels: np.ndarray
+    ids: np.ndarray
+    matrix: np.ndarray
+
+    def relevant_counts(self) -> dict[Any, int]:
+        """Product label -> its catalogue images."""
+        return {label: count for label, count in zip(*np.unique(self.labels, return_counts=True))}
+
+
+def _gallery_and_queries(db: Database, model: ModelRecord, split: str | None) -> tuple[_Gallery, list[Any], int]:
+    """The gallery, the queries whose product it holds, and how many queries were left out."""
+    with db.begin() as conn:
+        gallery, queries = _load(conn, model, split)
+    if not gallery:
+        raise ManetError(f"model '{model.name}' has no catalogue descriptors; run: manet extract --model {model.name}")
+    labels = np.array([row.product_id if row.product_id is not None else -1 for row in gallery])
+    side = _Gallery(labels, np.array([row.image_id for row in gallery]), _matrix(gallery, model.dim))
+    counts = side.relevant_counts()
+    usable = [row for row in queries if counts.get(row.product_id, 0) > 0]
+    if not usable:
+        where = f" in split '{split}'" if split else ""
+        raise ManetError(
+            f"no query images with a known catalogue product{where} have descriptors for model "
+            f"'{model.name}'; ingest queries (domain=query, with sku) and run manet extract"
+        )
+    return side, usable, len(queries) - len(usable)
+
+
+def _rerank(reranker: Reranker, queries: np.ndarray, gallery: np.ndarray, similarity: np.ndarray,
             order: np.ndarray, shortlist: int) -> None:
     """Re-order each query's first ``shortlist`` gallery indices in ``order`` (in place) by
     ``reranker``; the rest of the ranking keeps its exact order."""
@@ -70,70 +103,75 @@ def _rerank(reranker: Any, queries: np.ndarray, gallery: np.ndarray, similarity:
         order[row, :shortlist] = head[permutation]
 
 
-def evaluate(db: Database, model: ModelRecord, *, split: str | None = None, k: int = 7,
-             normaliser: str = "min", store: bool = True, reranker: Any = None,
-             shortlist: int = 50, progress: bool = False) -> EvalResult:
-    """MAP@k (normaliser ``min``: min(|G|, k); ``hits``: hits in the top k), mAP, recall@1/5/7.
-
-    With ``reranker`` (a re-ranker plugin), each query's exact top ``shortlist`` is re-ranked
-    before scoring; one that augments the catalogue (DBA) is applied to the gallery first.
-    """
-    if normaliser not in ("min", "hits"):
-        raise ManetError(f"unknown normaliser '{normaliser}'; use min (the challenge's) or hits")
-    if reranker is not None and not k <= shortlist <= 10_000:
-        raise ManetError(f"--shortlist {shortlist} is out of range; use k ({k}) to 10000")
-    with db.begin() as conn:
-        gallery, queries = _load(conn, model, split)
-    if not gallery:
-        raise ManetError(f"model '{model.name}' has no catalogue descriptors; run: manet extract --model {model.name}")
-    gallery_labels = np.array([row.product_id if row.product_id is not None else -1 for row in gallery])
-    gallery_ids = np.array([row.image_id for row in gallery])
-    relevant_counts = {label: count for label, count in zip(*np.unique(gallery_labels, return_counts=True))}
-    usable = [row for row in queries if relevant_counts.get(row.product_id, 0) > 0]
-    if not usable:
-        where = f" in split '{split}'" if split else ""
-        raise ManetError(
-            f"no query images with a known catalogue product{where} have descriptors for model "
-            f"'{model.name}'; ingest queries (domain=query, with sku) and run manet extract"
-        )
-    gallery_matrix = _matrix(gallery, model.dim)
-    timing = {"augment_s": 0.0, "rank_ms_per_query": 0.0, "rerank_ms_per_query": 0.0}
-    augmenting = reranker is not None and reranker.augments_catalogue
-    if augmenting:  # the catalogue changes, the query side is the plain ranking
-        started = time.perf_counter()
-        gallery_matrix = reranker.augment(gallery_matrix)
-        timing["augment_s"] = time.perf_counter() - started
+def _rank(model: ModelRecord, usable: list[Any], gallery: _Gallery, k: int, reranker: Reranker | None,
+          shortlist: int, progress: bool) -> tuple[np.ndarray, list[list[int]], float, float]:
+    """Rank the gallery for every query, by chunks: (relevance of each ranked gallery image,
+    each query's top-k image ids, seconds of exact ranking, seconds of re-ranking)."""
     from tqdm import tqdm
 
-    relevance_chunks, top_ids = [], []
+    relevance_chunks, top_ids, rank_s, rerank_s = [], [], 0.0, 0.0
     with tqdm(total=len(usable), desc=f"eval {model.name}", unit="query", disable=not progress) as bar:
         for start in range(0, len(usable), QUERY_CHUNK):
             chunk = usable[start : start + QUERY_CHUNK]
             query_matrix = _matrix(chunk, model.dim)
             started = time.perf_counter()
-            similarity = query_matrix @ gallery_matrix.T
+            similarity = query_matrix @ gallery.matrix.T
             order = descending_order(similarity)  # one sort gives both the relevance and the top k
-            timing["rank_ms_per_query"] += time.perf_counter() - started
-            if reranker is not None and not augmenting:
+            rank_s += time.perf_counter() - started
+            if reranker is not None:
                 started = time.perf_counter()
-                _rerank(reranker, query_matrix, gallery_matrix, similarity, order, shortlist)
-                timing["rerank_ms_per_query"] += time.perf_counter() - started
+                _rerank(reranker, query_matrix, gallery.matrix, similarity, order, shortlist)
+                rerank_s += time.perf_counter() - started
             labels = np.array([row.product_id for row in chunk])
-            relevance_chunks.append(gallery_labels[order] == labels[:, None])
-            top_ids.extend(gallery_ids[order[:, :k]].tolist())
+            relevance_chunks.append(gallery.labels[order] == labels[:, None])
+            top_ids.extend(gallery.ids[order[:, :k]].tolist())
             bar.update(len(chunk))
-    relevance = np.concatenate(relevance_chunks)
-    n_relevant = np.array([relevant_counts[row.product_id] for row in usable])
-    summary = evaluate_rankings(relevance, n_relevant, k=k, normaliser=normaliser)
+    return np.concatenate(relevance_chunks), top_ids, rank_s, rerank_s
+
+
+def _check_options(normaliser: str, k: int, shortlist: int, reranker: Reranker | None,
+                   augmenter: CatalogueAugmenter | None) -> Reranker | CatalogueAugmenter | None:
+    """One-line errors for bad options; the re-ranking plugin (either one), or None."""
+    if normaliser not in ("min", "hits"):
+        raise ManetError(f"unknown normaliser '{normaliser}'; use min (the challenge's) or hits")
+    if reranker is not None and augmenter is not None:
+        raise ManetError("evaluate takes a reranker or a catalogue augmenter, not both; to re-rank an augmented "
+                         "catalogue, make it a model (manet models augment) and evaluate that with --rerank")
+    plugin = reranker if reranker is not None else augmenter
+    if plugin is not None and not k <= shortlist <= 10_000:
+        raise ManetError(f"--shortlist {shortlist} is out of range; use k ({k}) to 10000")
+    return plugin
+
+
+def evaluate(db: Database, model: ModelRecord, *, split: str | None = None, k: int = 7,
+             normaliser: str = "min", store: bool = True, reranker: Reranker | None = None,
+             augmenter: CatalogueAugmenter | None = None, shortlist: int = 50,
+             progress: bool = False) -> EvalResult:
+    """MAP@k (normaliser ``min``: min(|G|, k); ``hits``: hits in the top k), mAP, recall@1/5/7.
+
+    With ``reranker`` (a re-ranker plugin), each query's exact top ``shortlist`` is re-ranked
+    before scoring. With ``augmenter`` instead (a catalogue augmenter plugin, e.g. DBA), the
+    gallery is augmented first and the queries rank it plainly.
+    """
+    plugin = _check_options(normaliser, k, shortlist, reranker, augmenter)
+    gallery, usable, skipped = _gallery_and_queries(db, model, split)
+    augment_s = 0.0
+    if augmenter is not None:  # the catalogue changes, the query side is the plain ranking
+        started = time.perf_counter()
+        gallery = replace(gallery, matrix=augmenter.augment(gallery.matrix))
+        augment_s = time.perf_counter() - started
+    relevance, top_ids, rank_s, rerank_s = _rank(model, usable, gallery, k, reranker, shortlist, progress)
+    counts = gallery.relevant_counts()
+    summary = evaluate_rankings(relevance, np.array([counts[row.product_id] for row in usable]), k=k,
+                                normaliser=normaliser)
     per_query = summary.pop("per_query")
     metrics = {key: float(value) for key, value in summary.items() if isinstance(value, (int, float)) and key != "queries"}
-    for key in ("rank_ms_per_query", "rerank_ms_per_query"):
-        timing[key] = round(1000.0 * timing[key] / len(usable), 4)
-    timing["augment_s"] = round(timing["augment_s"], 4)
-    described = None if reranker is None else {"name": reranker.name, "params": dict(reranker.params),
-                                                 "shortlist": int(shortlist)}
+    timing = {"augment_s": round(augment_s, 4), "rank_ms_per_query": round(1000.0 * rank_s / len(usable), 4),
+              "rerank_ms_per_query": round(1000.0 * rerank_s / len(usable), 4)}
+    described = None if plugin is None else {"name": plugin.name, "params": dict(plugin.params),
+                                               "shortlist": int(shortlist)}
     result = EvalResult(model.name, split, k, normaliser, metrics, len(usable),
-                        skipped_queries=len(queries) - len(usable), reranker=described, timing=timing)
+                        skipped_queries=skipped, reranker=described, timing=timing)
     if store:
         result.run_id = _store(db, model, result, usable, per_query, top_ids, k)
     return result

@@ -1,4 +1,5 @@
-"""Re-ranking math (pure numpy) and applying a re-ranker plugin to a shortlist.
+"""Re-ranking math (pure numpy), the plugin ``--rerank NAME`` names, and applying a re-ranker
+plugin to a shortlist.
 
 Query expansion (Chum et al. 2007; alpha-QE: Radenović et al. 2018) builds a new query from
 the query and its best-scoring candidates and re-scores the shortlist with it. Database-side
@@ -10,12 +11,21 @@ All descriptors are L2-normalised and compared by inner product.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:  # pragma: no cover
+    from manet.plugin_base import CatalogueAugmenter, Reranker
+    from manet.plugin_manager import Registry
+
 #: Catalogue rows per similarity block in :func:`database_side_augmentation` (bounds memory).
 AUGMENT_CHUNK = 1024
+
+#: The plugin kinds ``--rerank NAME`` picks from: a shortlist re-ranker, or a catalogue augmenter
+#: (eval augments its gallery; ``manet models augment`` stores an augmented model).
+RERANK_KINDS = ("reranker", "catalogue_augmenter")
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -73,7 +83,17 @@ def database_side_augmentation(gallery: np.ndarray, top_n: int, alpha: float,
     return out
 
 
-def rerank_shortlist(reranker: Any, query: np.ndarray, candidates: np.ndarray,
+def rerank_plugin(registry: Registry, name: str,
+                  params: Mapping[str, Any] | None = None) -> Reranker | CatalogueAugmenter:
+    """The plugin ``--rerank NAME`` names, created with ``params``: a re-ranker or a catalogue
+    augmenter. An unknown name lists the names of both kinds."""
+    kind = registry.find(RERANK_KINDS, name).kind
+    if kind == "catalogue_augmenter":
+        return registry.create("catalogue_augmenter", name, **(params or {}))
+    return registry.create("reranker", name, **(params or {}))
+
+
+def rerank_shortlist(reranker: Reranker, query: np.ndarray, candidates: np.ndarray,
                      scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Apply a re-ranker plugin to one shortlist: (positions of the shortlist in the new order,
     the new scores by shortlist position). Ties keep the shortlist's order."""

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 
 from manet.errors import ManetError
+from manet.plugin_base import CatalogueAugmenter, Reranker
 from manet.search.query import Hit
 from manet.search.reranking import rerank_shortlist
 from manet.store import descriptors
@@ -21,15 +21,17 @@ from manet.store.database import Database
 from manet.store.models import ModelRecord
 
 
-def check_query_reranker(reranker: Any, k: int, shortlist: int) -> None:
-    """One-line errors for a re-ranker that cannot re-rank a search, or a shortlist shorter than k."""
-    if reranker.augments_catalogue:
+def check_query_reranker(plugin: Reranker | CatalogueAugmenter, k: int, shortlist: int) -> Reranker:
+    """``plugin`` as a search's re-ranker; one-line errors for a catalogue augmenter (it cannot
+    re-rank a search) or a shortlist shorter than k."""
+    if not isinstance(plugin, Reranker):
         raise ManetError(
-            f"reranker '{reranker.name}' augments the catalogue, not a query: make an augmented model with "
-            f"manet models augment BASE --name NEW --rerank {reranker.name}, and search NEW"
+            f"catalogue augmenter '{plugin.name}' augments the catalogue, not a query: make an augmented "
+            f"model with manet models augment BASE --name NEW --rerank {plugin.name}, and search NEW"
         )
     if not k <= shortlist <= 1000:
         raise ManetError(f"--shortlist {shortlist} is out of range; use k ({k}) to 1000")
+    return plugin
 
 
 def candidate_descriptors(db: Database, model: ModelRecord, image_ids: Sequence[int]) -> np.ndarray:
@@ -41,7 +43,7 @@ def candidate_descriptors(db: Database, model: ModelRecord, image_ids: Sequence[
     return np.stack([by_id[int(i)] for i in image_ids])
 
 
-def rerank_hits(db: Database, model: ModelRecord, query: np.ndarray, hits: Sequence[Hit], reranker: Any,
+def rerank_hits(db: Database, model: ModelRecord, query: np.ndarray, hits: Sequence[Hit], reranker: Reranker,
                 k: int) -> list[Hit]:
     """The top ``k`` of ``hits`` (a shortlist) re-ranked by ``reranker``, with the new scores."""
     if not hits:

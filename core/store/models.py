@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from manet.errors import ManetError, NotFoundError
 from manet.nn.pipeline import PipelineConfig
+from manet.plugin_base import CatalogueAugmenter, Reranker
 from manet.plugin_manager import Registry
 from manet.store import descriptors
 from manet.store.database import Database
@@ -280,9 +281,18 @@ def whiten_model(db: Database, registry: Registry, name: str, base_name: str, di
     return _derive(db, registry, name, config, metrics, fill)
 
 
-def augment_model(db: Database, registry: Registry, name: str, base_name: str, reranker: Any) -> ModelRecord:
+def check_catalogue_augmenter(plugin: Reranker | CatalogueAugmenter) -> CatalogueAugmenter:
+    """``plugin`` (named by ``--rerank``) as a catalogue augmenter; a re-ranker is refused in one line."""
+    if not isinstance(plugin, CatalogueAugmenter):
+        raise ManetError(f"reranker '{plugin.name}' re-scores a search shortlist and does not augment a "
+                         f"catalogue; use it with manet search/eval --rerank {plugin.name}, or augment with dba")
+    return plugin
+
+
+def augment_model(db: Database, registry: Registry, name: str, base_name: str,
+                  augmenter: CatalogueAugmenter) -> ModelRecord:
     """Model ``name``: ``base_name``'s pipeline and descriptors, its catalogue augmented by
-    ``reranker`` (one that augments a catalogue, e.g. ``dba``); query descriptors are copied.
+    ``augmenter`` (a catalogue augmenter plugin, e.g. ``dba``); query descriptors are copied.
 
     The augmentation sees the whole catalogue at once: catalogue images extracted later for
     ``name`` are not augmented, so run this again after the catalogue changes.
@@ -291,9 +301,6 @@ def augment_model(db: Database, registry: Registry, name: str, base_name: str, r
 
     import numpy as np
 
-    if not reranker.augments_catalogue:
-        raise ManetError(f"reranker '{reranker.name}' re-scores a search shortlist and does not augment a "
-                         f"catalogue; use it with manet search/eval --rerank {reranker.name}, or augment with dba")
     base = get_model(db, base_name)
     with db.raw() as conn:
         batches = list(descriptors.stream(conn, base.id, gallery=True, batch=DERIVE_BATCH))
@@ -302,9 +309,10 @@ def augment_model(db: Database, registry: Registry, name: str, base_name: str, r
                          f"run: manet extract --model {base_name}")
     ids = [image_id for batch in batches for image_id in batch[0]]
     started = time.perf_counter()
-    augmented = reranker.augment(np.concatenate([batch[2] for batch in batches]))
+    augmented = augmenter.augment(np.concatenate([batch[2] for batch in batches]))
     seconds = time.perf_counter() - started
-    metrics = {"derived_from": base_name, "augmented": {"reranker": reranker.name, "params": reranker.params,
+    # The key stays "reranker" (the option is --rerank), so models augmented before read the same.
+    metrics = {"derived_from": base_name, "augmented": {"reranker": augmenter.name, "params": augmenter.params,
                                                         "rows": len(ids), "seconds": round(seconds, 3)}}
 
     def fill(conn: Any, record: ModelRecord) -> None:
