@@ -97,9 +97,9 @@ def models_whiten(state: State, base: str, dims: int, name: str, max_rows: int, 
 @models.command("augment")
 @click.argument("base")
 @click.option("--name", required=True, help="Name of the new model with the augmented catalogue.")
-@click.option("--rerank", "rerank", default="dba", show_default=True, help="Re-ranker that augments a catalogue.")
+@click.option("--rerank", "rerank", default="dba", show_default=True, help="Catalogue augmenter (kind catalogue_augmenter).")
 @click.option("-r", "--rerank-param", "rerank_params", multiple=True, metavar="KEY=VALUE",
-              help="Re-ranker parameter (repeatable), e.g. -r top_n=3 -r alpha=3.")
+              help="Catalogue augmenter parameter (repeatable), e.g. -r top_n=3 -r alpha=3.")
 @JSON_OPTION
 @pass_state
 def models_augment(state: State, base: str, name: str, rerank: str, rerank_params: tuple[str, ...],
