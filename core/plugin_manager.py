@@ -8,7 +8,6 @@ classes by calling the registry hooks with a ``register`` callback.
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -70,34 +69,27 @@ class ManetPluginManager(pluggy.PluginManager):
 
 
 
-def _allowed_plugins(env: dict[str, str] | None) -> set[str] | None:
-    value = (env if env is not None else os.environ).get(LOAD_PLUGINS_ENV)
-    if value is None:
-        return None
-    return {name.strip() for name in value.split(",") if name.strip()}
-
-
 def make_plugin_manager(
     *,
     load_entrypoints: bool = True,
     extra_plugins: Iterable[Any] = (),
-    env: dict[str, str] | None = None,
+    allowed: Iterable[str] | None = None,
 ) -> ManetPluginManager:
     """Build a new plugin manager with the built-ins and the installed plugins.
 
-    ``MANET_LOAD_PLUGINS`` (comma-separated entry-point or distribution names; empty loads
-    none) restricts which third-party plugins load. Built-ins always load. A third-party
-    plugin that fails to import is recorded in ``pm.manet_info.failed`` instead of
-    breaking every command.
+    ``allowed`` (entry-point or distribution names: ``--load-plugins`` / ``MANET_LOAD_PLUGINS``
+    through :class:`manet.settings.Settings`; empty loads none, None all) restricts which
+    third-party plugins load. Built-ins always load. A third-party plugin that fails to import
+    is recorded in ``pm.manet_info.failed`` instead of breaking every command.
     """
     pm = ManetPluginManager()
     for dotted in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(dotted), name=dotted)
     if load_entrypoints:
-        allowed = _allowed_plugins(env)
+        names = None if allowed is None else set(allowed)
         for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist_name = entry_point.dist.name if entry_point.dist else None
-            if allowed is not None and entry_point.name not in allowed and dist_name not in allowed:
+            if names is not None and entry_point.name not in names and dist_name not in names:
                 continue
             if pm.get_plugin(entry_point.name) is not None:
                 continue
@@ -243,6 +235,7 @@ class Registry:
         return self.get(kind, name).cls(**params)
 
 
-def default_registry(env: dict[str, str] | None = None) -> Registry:
-    """A registry over a fresh plugin manager with built-ins and installed plugins."""
-    return Registry(make_plugin_manager(env=env))
+def default_registry(allowed: Iterable[str] | None = None) -> Registry:
+    """A registry over a fresh plugin manager with built-ins and the installed plugins (only
+    those named in ``allowed``, when given: see :func:`make_plugin_manager`)."""
+    return Registry(make_plugin_manager(allowed=allowed))

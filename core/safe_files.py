@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from manet.config import FILE_TIMEOUT_ENV, MAX_BYTES_ENV
+from manet.config import DEFAULT_MAX_PIXELS, FILE_TIMEOUT_ENV, MAX_BYTES_ENV, MAX_PIXELS_ENV
 from manet.errors import ImageError, ManetError
 
 #: Bytes one image file may have (200 MiB: far above any photo, far below the machine's memory).
@@ -37,16 +37,21 @@ _OPEN_FLAGS = (os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | geta
 
 @dataclass(frozen=True)
 class ReadLimits:
-    """Caps on reading one image file: ``max_bytes`` (enforced while reading) and ``timeout``,
-    the seconds that reading plus decoding it may take."""
+    """Caps on reading one image file: ``max_bytes`` (enforced while reading), ``timeout``, the
+    seconds that reading plus decoding it may take, and ``max_pixels``, checked from the image's
+    header before any pixel is decoded (:mod:`manet.catalog.images`)."""
 
     max_bytes: int = DEFAULT_MAX_BYTES
     timeout: float = DEFAULT_FILE_TIMEOUT
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_bytes, int) or isinstance(self.max_bytes, bool) or self.max_bytes < 1:
             raise ManetError(f"max_bytes must be a positive integer, got {self.max_bytes!r}; "
                              f"set --max-bytes / {MAX_BYTES_ENV} to a byte count")
+        if not isinstance(self.max_pixels, int) or isinstance(self.max_pixels, bool) or self.max_pixels < 1:
+            raise ManetError(f"max_pixels must be a positive integer, got {self.max_pixels!r}; "
+                             f"set --max-pixels / {MAX_PIXELS_ENV} to a pixel count")
         if not self.timeout > 0:
             raise ManetError(f"the per-file time budget must be a positive number of seconds, got "
                              f"{self.timeout!r}; set --file-timeout / {FILE_TIMEOUT_ENV}")

@@ -7,7 +7,9 @@ whose path the user gives, and uses its score map as the mask. ``mser`` needs no
 finds character-like MSER regions (Matas et al. 2002) and keeps those that line up with similar
 neighbours, the classic recipe of Neumann & Matas (2010) and Chen et al. (2011).
 :func:`default_text_detector` picks ``east`` when an EAST model is configured (an explicit
-choice), else ``ppocr`` when its model is installed, else ``mser``.
+choice: ``--east-model`` / ``MANET_EAST_MODEL``, through :class:`manet.settings.Settings`), else
+``ppocr`` when its model is installed, else ``mser``; :func:`create_text_detector` makes the
+detector a pipeline or a training run uses, EAST reading the configured model.
 
 All map RGB images (B, 3, H, W) in [0, 1] on any device to (B, 1, h, w) float32 masks on the
 same device. OpenCV and torch are imported inside the functions so that listing plugins stays
@@ -17,7 +19,6 @@ cheap.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,17 +128,25 @@ def installed_ppocr_model() -> Path:
     return path
 
 
-def default_text_detector(env: Mapping[str, str] | None = None) -> str:
-    """``"east"`` when ``MANET_EAST_MODEL`` is set (non-empty): the user chose it; else
-    ``"ppocr"`` when its model is installed; else the weight-free fallback."""
-    value = (env if env is not None else os.environ).get(EAST_MODEL_ENV, "")
-    if value.strip():
+def default_text_detector(east_model: str | Path | None = None) -> str:
+    """``"east"`` when an EAST model is configured (``east_model``, from ``MANET_EAST_MODEL``;
+    non-empty): the user chose it; else ``"ppocr"`` when its model is installed; else the
+    weight-free fallback."""
+    if str(east_model or "").strip():
         return "east"
     try:
         installed_ppocr_model()
     except WeightsError:
         return FALLBACK_DETECTOR
     return PPOCR_DETECTOR
+
+
+def create_text_detector(registry: Any, name: str | None = None, east_model: str | Path | None = None) -> TextDetector:
+    """Text detector ``name`` from ``registry`` (default: :func:`default_text_detector`), EAST
+    reading ``east_model`` unless its ``model`` parameter names another file."""
+    name = name or default_text_detector(east_model)
+    configured = {"east_model": east_model} if name == EastTextDetector.name else {}
+    return registry.create("text_detector", name, **configured)
 
 
 def _check_inputs(images: "Tensor", size: tuple[int, int]) -> tuple[int, int]:
@@ -406,9 +415,12 @@ class EastTextDetector(TextDetector):
     )
     defaults = {"model": "", "input_size": 320, "threshold": 0.0}
 
-    def __init__(self, **params: Any) -> None:
+    def __init__(self, *, east_model: str | Path | None = None, **params: Any) -> None:
+        """``params`` are the plugin's; ``east_model`` is the model the settings name
+        (``MANET_EAST_MODEL``), used when the ``model`` parameter is empty."""
         super().__init__(**params)
         _check_dnn_params(self)
+        self._configured = str(east_model or "").strip()
         self._net: Any = None  # cv2.dnn.Net, loaded on first use
 
     def model_path(self) -> Path:
@@ -416,7 +428,7 @@ class EastTextDetector(TextDetector):
         configured = self.params["model"].strip()
         source = "model option"
         if not configured:
-            configured, source = os.environ.get(EAST_MODEL_ENV, "").strip(), EAST_MODEL_ENV
+            configured, source = self._configured, EAST_MODEL_ENV
         if not configured:
             raise WeightsError(
                 "EAST text detector needs the frozen graph: pass -o model=PATH or set "

@@ -144,8 +144,9 @@ STUCK_PEER = """
 import sys, time
 from manet.train.distributed import session
 from manet.errors import ManetError
+from manet.settings import Settings
 
-with session("cpu") as group:
+with session("cpu", Settings.from_environment().torchrun) as group:
     if group.info.rank == 1:
         time.sleep(300)  # a stuck rank: alive, never joins the collective
     try:

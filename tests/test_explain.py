@@ -20,6 +20,7 @@ from manet.nn.attention_math import weight_features
 from manet.nn.network import MANetConfig, build_manet
 from manet.nn.pipeline import LEARNED, UNIFORM, PipelineConfig, build_pipeline
 from manet.nn.pooling import l2_normalize, salient_cells, srmac, srmac_weights
+from manet.settings import Settings
 from manet.tools.explain import DPI, FIGURE_INCHES, cells_to_pixels, group_regions, mask_edges, top_regions
 
 TINY = {"backbone": "resnet18", "weights": "none", "image_size": 64}
@@ -158,7 +159,7 @@ def test_attention_maps_rebuild_the_descriptor(images, manet_checkpoint, setting
 @pytest.fixture(scope="module")
 def state(populated, database_url):
     """One State for the module's invocations, so the pipelines are built once."""
-    shared = State(database_url, None, "cpu", quiet=True)
+    shared = State(Settings(database_url=database_url, device="cpu"), quiet=True)
     yield shared
     shared.retriever.close()
 

@@ -17,15 +17,14 @@ from helpers import TINY_MODEL
 from manet.catalog.batch_decode import on_device, read_batch
 from manet.catalog.images import decode_jpeg_batch, jpeg_for_batch_decode, read_image_tensor
 from manet.errors import DatabaseError, ImageError, ManetError
+from manet.extract.forward import auto_batch_size, oom_backoff
 from manet.extract.run import (
-    auto_batch_size,
-    cpu_flags,
     default_workers,
     device_decode_enabled,
     extract,
-    oom_backoff,
-    use_bf16,
 )
+from manet.nn.device import cpu_flags, use_bf16
+from manet.settings import Settings
 
 SIZE = 64
 
@@ -78,7 +77,7 @@ def test_decode_workers_and_device_decode_rules():
 
 
 def test_forward_chunks_and_pads_like_one_pass(retriever):
-    from manet.extract.run import Forward, prepare_pipeline, run_pipeline
+    from manet.extract.forward import Forward, prepare_pipeline, run_pipeline
 
     record = retriever.create_model("chunks", pooling="gem", **TINY_MODEL)
     pipeline = prepare_pipeline(retriever.pipeline("chunks"), "cpu")
@@ -167,7 +166,7 @@ def test_precision_rule(monkeypatch):
     assert not use_bf16("mps")
     assert not use_bf16("cuda", "fp32") and use_bf16("cpu", "bf16", native_cpu=False)
     monkeypatch.setenv("MANET_PRECISION", "fp32")
-    assert not use_bf16("cuda")  # the environment variable is the default
+    assert not use_bf16("cuda", Settings.from_environment().precision)  # the environment variable is the default
     with pytest.raises(ManetError, match="unknown precision 'fp16'"):
         use_bf16("cpu", "fp16")
     with pytest.raises(ManetError, match="use --precision fp32"):

@@ -12,14 +12,14 @@ import torch
 from PIL import Image, ImageFile
 
 from manet.catalog.images import (
-    DEFAULT_MAX_PIXELS,
     ImageInfo,
     inspect_image,
     load_rgb,
-    max_pixels_from_env,
     read_image_tensor,
 )
+from manet.config import DEFAULT_MAX_PIXELS
 from manet.errors import ImageError, ManetError
+from manet.settings import Settings
 
 
 def _noise(width: int = 40, height: int = 30, seed: int = 0) -> Image.Image:
@@ -152,9 +152,9 @@ def test_bomb_guard_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     path = _save(_noise(20, 20), tmp_path / "bomb.jpg")
     monkeypatch.setenv("MANET_MAX_PIXELS", "399")
     with pytest.raises(ImageError, match="over the cap of 399"):
-        load_rgb(path)
+        load_rgb(path, limits=Settings.from_environment().limits)
     monkeypatch.setenv("MANET_MAX_PIXELS", "400")
-    assert load_rgb(path).size == (20, 20)
+    assert load_rgb(path, limits=Settings.from_environment().limits).size == (20, 20)
 
 
 def test_pil_globals_do_not_change_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,6 +169,9 @@ def test_pil_globals_do_not_change_the_cap(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_max_pixels_from_env() -> None:
+    def max_pixels_from_env(env: dict[str, str]) -> int:
+        return Settings.from_environment(env).max_pixels
+
     assert max_pixels_from_env({}) == DEFAULT_MAX_PIXELS == 89_478_485
     assert max_pixels_from_env({"MANET_MAX_PIXELS": ""}) == DEFAULT_MAX_PIXELS
     assert max_pixels_from_env({"MANET_MAX_PIXELS": " 2000 "}) == 2000

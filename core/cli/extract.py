@@ -58,15 +58,11 @@ def extract(state: State, model: str, batch_size: int | None, processes: int, nu
 
 def _run_local_workers(state: State, model: str, processes: int, batch_size: int) -> dict[str, Any]:
     """Start ``processes`` workers on this machine and wait for them to empty the queue."""
-    import os
     import subprocess
 
     state.retriever.model(model)  # a clear error for an unknown model before forking
-    env = {**os.environ, config.DATABASE_URL_ENV: config.libpq_url(state.retriever.db.url)}
-    if state.device:
-        env[config.DEVICE_ENV] = state.device
-    if state.precision:
-        env[config.PRECISION_ENV] = state.precision
+    # Each worker builds this invocation's settings from its environment, on the database reached here.
+    env = state.settings.with_options(database_url=config.libpq_url(state.retriever.db.url)).as_environment()
     limits = state.limits
     command = [sys.executable, "-m", "manet.cli", "-q", "--max-bytes", str(limits.max_bytes),
                "--file-timeout", repr(limits.timeout), "worker", "--model", model, "--until-empty",

@@ -26,7 +26,8 @@ from manet.cli.search import index, search
 from manet.cli.train import train
 from manet.cli.training_data import categories, dataset
 from manet.errors import ManetError
-from manet.safe_files import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_BYTES, ReadLimits
+from manet.safe_files import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_BYTES
+from manet.settings import Settings
 
 
 @click.group(cls=ManetGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,17 +75,12 @@ def cli(ctx: click.Context, database_url: str | None, home: Path | None, device:
       eval "$(_MANET_COMPLETE=bash_source manet)"
     More: docs/cli.md
     """
-    # These settings are read from the environment where they are used (plugin loading, the EAST
-    # detector, the image decoder, worker subprocesses); options given here are exported for the
-    # duration of this invocation only.
-    ctx.with_resource(config.environ_overrides({
-        config.LOAD_PLUGINS_ENV: load_plugins,
-        config.EAST_MODEL_ENV: str(east_model.resolve()) if east_model else None,
-        config.MAX_PIXELS_ENV: str(max_pixels) if max_pixels else None,
-    }))
-    # The read caps travel as parameters (State -> Retriever -> each reader), not through os.environ.
-    limits = ReadLimits(max_bytes or DEFAULT_MAX_BYTES, file_timeout or DEFAULT_FILE_TIMEOUT)
-    ctx.obj = State(database_url, home.resolve() if home else None, device, quiet, precision, limits)
+    # One Settings for the invocation (click has already fallen back to each option's variable);
+    # it travels down as parameters: State -> Retriever -> each reader.
+    settings = Settings.from_environment(
+        database_url=database_url, home=home, device=device, precision=precision, load_plugins=load_plugins,
+        east_model=east_model, max_pixels=max_pixels, max_bytes=max_bytes, file_timeout=file_timeout)
+    ctx.obj = State(settings, quiet)
 
 
 
@@ -111,9 +107,10 @@ cli.add_command(explain)
 def main() -> None:
     """Console-script entry point: adds plugin commands, then runs the group."""
     from manet.plugin_manager import make_plugin_manager
+    from manet.settings import load_plugins_from_environment
 
-    try:
-        make_plugin_manager().hook.register_commands(cli=cli)
+    try:  # before the options are parsed: the plugins MANET_LOAD_PLUGINS allows
+        make_plugin_manager(allowed=load_plugins_from_environment()).hook.register_commands(cli=cli)
     except ManetError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)

@@ -231,13 +231,14 @@ def run_worker(
     """Claim and process batches until the queue is empty (``until_empty``) or forever.
 
     Decoding and the forward pass are extraction's own (:mod:`manet.catalog.batch_decode`,
-    :class:`manet.extract.run.Forward`): batched JPEG decoding on the device (``device_decode``,
+    :class:`manet.extract.forward.Forward`): batched JPEG decoding on the device (``device_decode``,
     auto = on CUDA), bf16 and channels_last on CUDA, a smaller chunk after running out of memory.
 
     A lost database connection is retried with backoff for up to ``max_outage`` seconds; a
     batch whose commit failed is committed again (the server rolled the failed one back).
     """
-    from manet.extract.run import Forward, device_decode_enabled, prepare_pipeline, resolve_batch_size
+    from manet.extract.forward import Forward, prepare_pipeline, resolve_batch_size
+    from manet.extract.run import device_decode_enabled
 
     report = WorkerReport(worker_name())
     size = model.config.image_size

@@ -139,14 +139,15 @@ class Attention:
 
 
 def build_pipeline(config: PipelineConfig, registry: Registry, projection: Any = None,
-                   manet: Any = None) -> "DescriptorPipeline":
+                   manet: Any = None, *, east_model: str | Path | None = None) -> "DescriptorPipeline":
     """Build the :class:`manet.nn.modules.DescriptorPipeline` module for ``config``
     (loads weights), in eval mode.
 
     ``projection`` (a :class:`manet.nn.whitening.Projection`) is required when ``config`` has one:
     its arrays live in the database (:func:`manet.nn.whitening.load_projection`). ``manet``: the
     network of a trained ``config`` already in memory (training evaluates its epochs with it),
-    instead of loading its checkpoint.
+    instead of loading its checkpoint. ``east_model``: the EAST graph the settings configure
+    (``MANET_EAST_MODEL``), for the text mask's default detector.
     """
     from manet.nn.modules import DescriptorPipeline
 
@@ -165,27 +166,9 @@ def build_pipeline(config: PipelineConfig, registry: Registry, projection: Any =
                  if pooling.uses_saliency and config.manet is None else None)
     text = None
     if config.text_mask:
-        from manet.plugins.text_detectors import default_text_detector
+        from manet.plugins.text_detectors import create_text_detector
 
-        text = registry.create("text_detector", config.text_detector or default_text_detector())
+        text = create_text_detector(registry, config.text_detector, east_model)
     return DescriptorPipeline(backbone, network, pool, uses_saliency=pooling.uses_saliency, estimator=estimator,
                               text=text, projection=projection, learned_saliency=config.learned_saliency,
                               saliency_name=config.saliency).eval()
-
-
-def select_device(requested: str | None = None) -> str:
-    """``requested`` or ``MANET_DEVICE``, else cuda > mps > cpu."""
-    import os
-
-    import torch
-
-    device = requested or os.environ.get("MANET_DEVICE") or ""
-    if device and device != "auto":
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ManetError(f"device '{device}' requested but CUDA is not available; use --device cpu")
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"

@@ -25,10 +25,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def resolve_url(url: str | None = None, home: Path | None = None) -> str:
-    """The SQLAlchemy URL to use: ``url``, ``MANET_DATABASE_URL`` or the embedded server."""
-    url = url or config.database_url_from_env()
-    if url is None:
-        url = embedded.start(home or config.manet_home())
+    """The SQLAlchemy URL to use: ``url`` (``--database-url`` / ``MANET_DATABASE_URL``, through
+    :class:`manet.settings.Settings`), else the embedded server under ``home`` (default: the user
+    data dir)."""
+    if not url:
+        url = embedded.start(home or config.default_home())
     return config.sqlalchemy_url(url)
 
 

@@ -116,7 +116,7 @@ def explain_image(retriever: Any, model: str, image_path: str | Path, out_path: 
     (a model with one always shows its own mask).
     """
     from manet.catalog.images import inspect_image, read_image_tensor
-    from manet.extract.run import forward_pass
+    from manet.extract.forward import forward_pass
 
     image_path, out_path = Path(image_path), Path(out_path)
     _check_out(out_path)

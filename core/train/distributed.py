@@ -2,9 +2,10 @@
 work is sharded, and the few collectives training needs, each with a timeout.
 
 torchrun (``python -m torch.distributed.run``) starts N copies of ``manet train`` and sets
-RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT in each. Without
-them the run is one ordinary process and every collective here returns its input, so the
-training loop has one code path.
+RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT in each; they reach
+this module as a mapping (:attr:`manet.settings.Settings.torchrun`). Without them the run is one
+ordinary process and every collective here returns its input, so the training loop has one
+code path.
 
 Rules (docs/SCALING.md):
 - one process per GPU (LOCAL_RANK picks it) with NCCL; N CPU processes with Gloo;
@@ -17,18 +18,17 @@ Rules (docs/SCALING.md):
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from manet.config import DIST_TIMEOUT_ENV as TIMEOUT_ENV
 from manet.errors import ManetError, one_line
 
 T = TypeVar("T")
 
-TIMEOUT_ENV = "MANET_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_SECONDS = 600.0
 #: How the learning rate grows with the number of processes (the global batch).
 LR_SCALING_RULES = ("sqrt", "linear", "none")
@@ -53,9 +53,9 @@ class ProcessInfo:
         return self.world_size > 1
 
 
-def process_info(environ: Mapping[str, str] | None = None) -> ProcessInfo:
-    """Read torchrun's variables (``environ`` defaults to the process environment)."""
-    env = os.environ if environ is None else environ
+def process_info(environ: Mapping[str, str]) -> ProcessInfo:
+    """This process's place in the run from torchrun's variables in ``environ``."""
+    env = environ
     if "WORLD_SIZE" not in env:
         return ProcessInfo()
     try:
@@ -127,10 +127,9 @@ def default_loader_workers(cpu_count: int, local_world_size: int) -> int:
     return min(4, max(0, cpu_count // max(1, local_world_size) - 1))
 
 
-def timeout_seconds(environ: Mapping[str, str] | None = None) -> float:
-    """``MANET_DIST_TIMEOUT`` in seconds (default 600)."""
-    env = os.environ if environ is None else environ
-    value = env.get(TIMEOUT_ENV, "")
+def timeout_seconds(environ: Mapping[str, str]) -> float:
+    """``MANET_DIST_TIMEOUT`` of ``environ`` in seconds (default 600)."""
+    value = environ.get(TIMEOUT_ENV, "")
     if not value:
         return DEFAULT_TIMEOUT_SECONDS
     try:
@@ -249,11 +248,13 @@ class Session:
 
 @contextmanager
 def session(device: str, environ: Mapping[str, str] | None = None) -> Iterator[Session]:
-    """Join the run's process group (when torchrun started this process) for the body.
+    """Join the run's process group (when torchrun's variables in ``environ`` say this process is
+    one rank of several; None: a single process) for the body.
 
     The group is left without a clean shutdown when the body fails: a peer may be stuck, and
     the process is about to exit, which lets torchrun stop the other ranks.
     """
+    environ = environ or {}
     info = process_info(environ)
     if not info.distributed:
         yield Session(info, device)
@@ -276,7 +277,7 @@ def session(device: str, environ: Mapping[str, str] | None = None) -> Iterator[S
         reason = one_line(exc)
         raise ManetError(
             f"rank {info.rank} could not join the {info.world_size} training processes "
-            f"(MASTER_ADDR={os.environ.get('MASTER_ADDR')}, MASTER_PORT={os.environ.get('MASTER_PORT')}) within "
+            f"(MASTER_ADDR={environ.get('MASTER_ADDR')}, MASTER_PORT={environ.get('MASTER_PORT')}) within "
             f"{timeout:.0f} s: {reason}; start every process with the same torchrun command"
         ) from exc
     yield Session(info, device, timeout, objects)

@@ -115,7 +115,7 @@ class TrainReport:
 
 
 def checkpoint_dir(cfg: TrainConfig) -> Path:
-    root = Path(cfg.checkpoint_root) if cfg.checkpoint_root else manet_config.manet_home() / "checkpoints"
+    root = Path(cfg.checkpoint_root) if cfg.checkpoint_root else manet_config.default_home() / "checkpoints"
     return root / cfg.name
 
 
@@ -251,7 +251,7 @@ def _evaluate(model: Any, pipeline: Any, loader: Any, device: str, cfg: TrainCon
     """Correct predictions (when ``classify``) and the descriptors ``manet extract`` would
     store (one CPU tensor per batch) of an evaluation pass over ``loader``; ``pipeline`` is
     extraction's pipeline around ``model``."""
-    from manet.extract.run import forward_pass
+    from manet.extract.forward import forward_pass
 
     model.eval()
     correct = 0
