@@ -166,7 +166,9 @@ def _text_mask(retriever: Any, pipeline: Any, maps: dict[str, Any], batch: Any, 
         return _map(maps["text_mask"]), f"text branch ({pipeline.text.name})"
     if not name:
         return None, None
-    detector = retriever.registry.create("text_detector", name)
+    from manet.plugins.text_detectors import create_text_detector
+
+    detector = create_text_detector(retriever.registry, name, retriever.settings.east_model)
     mask = detector.detect(batch.float() / 255.0, size)
     return _map(mask), f"{name}, display only: the model has no text branch"
 
