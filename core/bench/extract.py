@@ -25,18 +25,17 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 
 from manet.bench.common import peak_rss_mb
+from manet.bench.extract_phases import first_images, measure_model_only, measure_naive, text_detection
+from manet.bench.memory import child_peak_rss, phase_peak_rss_mb, reset_peak_rss
 from manet.errors import ManetError
 from manet.nn.pipeline import PipelineConfig
 from manet.store.database import Database
@@ -74,6 +73,10 @@ class ExtractBenchOptions:
     seed: int = 0
     #: auto | fp32 | bf16 for the model-only and end-to-end phases (the naive loop is fp32).
     precision: str | None = None
+    #: The EAST graph the settings configure (``--east-model``), for the default text detector.
+    east_model: Path | None = None
+    #: The pixel cap of every image read (``--max-pixels``; None: the default).
+    max_pixels: int | None = None
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -122,9 +125,11 @@ def _records(options: ExtractBenchOptions, workdir: Path, registry: Any) -> list
     return records
 
 
-def untrained_manet(config: PipelineConfig, registry: Any, folder: Path) -> PipelineConfig:
+def untrained_manet(config: PipelineConfig, registry: Any, folder: Path,
+                    east_model: Path | None = None) -> PipelineConfig:
     """``config`` as an untrained MANet (both attention branches, SR-MAC on the learned saliency,
-    the text mask), its random weights saved under ``folder``: MANet + SR-MAC's cost to measure."""
+    the text mask: the default detector, EAST when ``east_model`` is set), its random weights saved
+    under ``folder``: MANet + SR-MAC's cost to measure."""
     import torch
 
     from manet.nn.network import MANetConfig, build_manet
@@ -135,177 +140,108 @@ def untrained_manet(config: PipelineConfig, registry: Any, folder: Path) -> Pipe
     checkpoint = folder / "untrained-manet.pt"
     torch.save({"model": build_manet(manet, registry).state_dict()}, checkpoint)
     return replace(config, pooling="srmac", manet=asdict(manet), checkpoint=str(checkpoint),
-                   learned_saliency=True, text_mask=True, text_detector=default_text_detector())
-
-
-# -- memory ---------------------------------------------------------------------------------
-def _status_kib(path: str, field: str) -> int | None:
-    try:
-        with open(path, encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's resident-memory high-water mark (Linux only); False if not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def phase_peak_rss_mb() -> float:
-    """This process's resident-memory high-water mark in MiB (VmHWM; else the lifetime peak)."""
-    kib = _status_kib("/proc/self/status", "VmHWM")
-    return kib / 1024 if kib is not None else peak_rss_mb()
-
-
-def _children() -> list[int]:
-    pids: list[int] = []
-    try:
-        for task in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{task}/children", encoding="ascii") as fh:
-                pids += [int(pid) for pid in fh.read().split()]
-    except OSError:
-        pass
-    return pids
-
-
-@contextmanager
-def child_peak_rss(interval: float = 0.2) -> Iterator[dict[str, float | None]]:
-    """Yield a dict whose ``mb`` is, afterwards, the largest own peak (VmHWM) of the child
-    processes (DataLoader workers) seen while the body ran: sampled, since a child's figures
-    vanish when it exits. Without /proc: the largest peak of any finished child (getrusage)."""
-    result: dict[str, float | None] = {"mb": None}
-    seen: dict[int, int] = {}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while True:
-            for pid in _children():
-                kib = _status_kib(f"/proc/{pid}/status", "VmHWM")
-                if kib is not None:
-                    seen[pid] = max(kib, seen.get(pid, 0))
-            if stop.wait(interval):
-                return
-
-    thread = threading.Thread(target=sample, name="manet-bench-rss", daemon=True)
-    thread.start()
-    try:
-        yield result
-    finally:
-        stop.set()
-        thread.join()
-        if seen:
-            result["mb"] = max(seen.values()) / 1024
-        elif not os.path.isdir("/proc/self/task"):
-            result["mb"] = peak_rss_mb(children=True) or None
-
-
-# -- phases ---------------------------------------------------------------------------------
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize(device)
-
-
-def measure_model_only(forward: Any, batches: list[Any], device: str, min_batches: int,
-                       min_seconds: float) -> tuple[float, int]:
-    """Images/s of ``forward`` cycling over ``batches`` (on the device) after one warm-up pass
-    over each: at least ``min_batches`` passes and ``min_seconds``. ``forward`` returns what it
-    started, waited for by its ``result()`` (:class:`manet.extract.run.PendingVectors`), so that a
-    CUDA pipeline queues the next batch meanwhile. Returns (images/s, images)."""
-    for batch in batches:
-        forward(batch).result()
-    _sync(device)
-    pending, images, started = [], 0, time.perf_counter()
-    while len(pending) < min_batches or time.perf_counter() - started < min_seconds:
-        batch = batches[len(pending) % len(batches)]
-        pending.append(forward(batch))
-        images += len(batch)
-    for result in pending:
-        result.result()
-    _sync(device)
-    return images / (time.perf_counter() - started), images
-
-
-class _Finished:
-    """A result computed already, waited for as :func:`measure_model_only` waits for a forward's."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def result(self) -> Any:
-        return self.value
-
-
-def text_detection(pipeline: Any, batches: list[Any]) -> tuple[Callable[[Any], _Finished], list[Any]]:
-    """``pipeline``'s text detector alone as :func:`measure_model_only` times a forward, and its
-    inputs for ``batches`` (uint8, on the device): the call of the pipeline's forward pass,
-    ``detect(unit, size)``, on the images in [0, 1] (float32, channels_last as
-    :func:`manet.extract.run.start_pipeline` feeds them) at the size of the feature map. That size
-    comes from one real forward pass: a size that is not a multiple of the backbone's stride
-    rounds up or down depending on the network."""
-    import torch
-
-    units = [batch.contiguous(memory_format=torch.channels_last).float().div_(255.0) for batch in batches]
-    with torch.inference_mode():
-        size = tuple(pipeline.attention_maps(batches[0][:1])["features"].shape[-2:])
-
-    def detect(unit: Any) -> _Finished:
-        with torch.inference_mode():  # as in every forward pass (manet.extract.run.forward_pass)
-            return _Finished(pipeline.text.detect(unit, size))
-
-    return detect, units
-
-
-def measure_naive(db: Database, model_id: int, pipeline: Any, items: list[tuple[int, bool, str]], size: int,
-                  device: str) -> tuple[float, int]:
-    """Images/s of the one-image loop of pgvector-python's image-search example (see the module
-    docstring) over ``items``, after one untimed warm-up image. Returns (images/s, images)."""
-    import psycopg
-    import torch
-    from pgvector.psycopg import register_vector
-    from PIL import Image
-    from torchvision.transforms import functional as F
-
-    from manet import config
-    from manet.store import descriptors
-
-    with psycopg.connect(config.libpq_url(db.url), autocommit=True) as conn:
-        register_vector(conn)
-
-        def one(image_id: int, gallery: bool, uri: str) -> None:
-            with Image.open(uri) as image:
-                pixels = F.pil_to_tensor(F.resize(image.convert("RGB"), [size, size]))
-            with torch.inference_mode():
-                vector = pipeline(pixels.unsqueeze(0).to(device)).cpu().numpy()[0]
-            descriptors.insert_row(conn, model_id, image_id, gallery, vector)
-
-        one(*items[0])
-        started = time.perf_counter()
-        for item in items[1:]:
-            one(*item)
-        seconds = time.perf_counter() - started
-    return (len(items) - 1) / seconds if seconds > 0 else 0.0, len(items) - 1
-
-
-def _first_images(db: Database, count: int) -> list[tuple[int, bool, str]]:
-    with db.begin() as conn:
-        rows = conn.execute(sa.text("SELECT id, domain = 'catalog' AS gallery, uri FROM images "
-                                    "WHERE status = 'ok' ORDER BY id LIMIT :n"), {"n": count}).all()
-    return [(row.id, row.gallery, row.uri) for row in rows]
+                   learned_saliency=True, text_mask=True, text_detector=default_text_detector(east_model))
 
 
 def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b > 0 else None
+
+
+@dataclass
+class _ModelOnly:
+    """Figures of the model-only phase (and of the text detector alone, when there is one)."""
+
+    ips: float
+    images: int
+    text_ips: float | None
+
+
+@dataclass
+class _EndToEnd:
+    """Figures of the end-to-end phase: the extraction report, its time and its memory peaks."""
+
+    report: Any
+    seconds: float
+    peak_rss_mb: float
+    peak_rss_reset: bool
+    worker_peak_rss_mb: float | None
+    gpu_peak_mb: float | None
+
+
+def _check(options: ExtractBenchOptions) -> None:
+    import torch
+
+    if options.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ManetError(f"device '{options.device}' requested but CUDA is not available; use --device cpu")
+    if options.images < 2:
+        raise ManetError(f"--images {options.images} is too few to measure; use at least 2")
+
+
+def _set_up(db: Database, registry: Any, options: ExtractBenchOptions, workdir: Path,
+            say: Callable[[str], None]) -> tuple[PipelineConfig, Any, Any]:
+    """Ingest the images and create the two models: (pipeline config, model, naive model)."""
+    from manet.catalog.ingest import ingest_records
+    from manet.store.models import create_model
+
+    config = (untrained_manet(options.config, registry, workdir, options.east_model) if options.manet
+              else options.config)
+    say(f"writing and ingesting {options.images} images" if options.image_dir is None
+        else f"ingesting images from {options.image_dir}")
+    ingest_report = ingest_records(db, _records(options, workdir, registry), max_pixels=options.max_pixels)
+    if ingest_report.images_added < 2:
+        raise ManetError(f"only {ingest_report.images_added} usable images were ingested; "
+                         f"give --image-dir a folder with more images")
+    return config, create_model(db, registry, BENCH_MODEL, config), create_model(db, registry, NAIVE_MODEL, config)
+
+
+def _model_only_phase(db: Database, pipeline: Any, forward: Any, batch_size: int, size: int,
+                      options: ExtractBenchOptions, say: Callable[[str], None]) -> _ModelOnly:
+    """The model alone on decoded batches already on the device, then its text detector alone."""
+    from manet.catalog.batch_decode import read_batch
+
+    device = options.device
+    # Several distinct batches: per-image costs that depend on the content (MSER text
+    # detection, saliency) must average out as they do over the end-to-end images.
+    sample = first_images(db, max(2 * batch_size, MODEL_ONLY_SAMPLE))
+    # Full batches only (a short last one would understate the model), unless there is no other.
+    decoded = [read_batch(sample[i:i + batch_size], size, options.max_pixels, False).pixels
+               for i in range(0, max(1, len(sample) // batch_size) * batch_size, batch_size)]
+    batches = [pixels.to(device) for pixels in decoded if pixels is not None]
+    if not batches:
+        raise ManetError("none of the first images could be decoded; check the image folder")
+    model_ips, model_count = measure_model_only(forward, batches, device,
+                                                max(options.model_batches, len(batches)),
+                                                options.min_model_seconds)
+    text_ips = None
+    if pipeline.text is not None:
+        say(f"text detection alone ({pipeline.text.name})")
+        detect, units = text_detection(pipeline, batches)
+        text_ips, _ = measure_model_only(detect, units, device, max(options.model_batches, len(units)),
+                                         options.min_model_seconds)
+    return _ModelOnly(model_ips, model_count, text_ips)
+
+
+def _end_to_end_phase(db: Database, model: Any, fast: Any, batch_size: int,
+                      options: ExtractBenchOptions) -> _EndToEnd:
+    """:func:`manet.extract.run.extract` from files to committed rows, with its memory peaks."""
+    import torch
+
+    from manet.extract.run import extract
+
+    device = options.device
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    hwm_reset = reset_peak_rss()
+    with child_peak_rss() as workers_rss:
+        started = time.perf_counter()
+        report = extract(db, model, fast, device=device, batch_size=batch_size,
+                         num_workers=options.decode_workers, device_decode=options.device_decode,
+                         precision=options.precision, max_pixels=options.max_pixels)
+        seconds = time.perf_counter() - started
+    peak = phase_peak_rss_mb()
+    gpu_peak = (torch.cuda.max_memory_allocated(device) / 2**20) if device.startswith("cuda") else None
+    return _EndToEnd(report, seconds, peak, hwm_reset, workers_rss["mb"], gpu_peak)
 
 
 def run_extract_bench(db: Database, registry: Any, options: ExtractBenchOptions, *, pipeline: Any = None,
@@ -317,87 +253,48 @@ def run_extract_bench(db: Database, registry: Any, options: ExtractBenchOptions,
     """
     import torch
 
-    from manet.catalog.batch_decode import read_batch
-    from manet.catalog.ingest import ingest_records
-    from manet.extract.run import (
-        Forward,
-        device_decode_enabled,
-        extract,
-        prepare_pipeline,
-        resolve_batch_size,
-    )
+    from manet.extract.forward import Forward, prepare_pipeline, resolve_batch_size
+    from manet.extract.run import device_decode_enabled
     from manet.nn.pipeline import build_pipeline
-    from manet.store.models import create_model
 
     device = options.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ManetError(f"device '{device}' requested but CUDA is not available; use --device cpu")
-    if options.images < 2:
-        raise ManetError(f"--images {options.images} is too few to measure; use at least 2")
+    _check(options)
     device_decode = device_decode_enabled(options.device_decode, device)
     if options.threads is not None:
         torch.set_num_threads(options.threads)
     with tempfile.TemporaryDirectory(prefix="manet-bench-") as tmp:
-        workdir = Path(tmp)
-        config = untrained_manet(options.config, registry, workdir) if options.manet else options.config
-        say(f"writing and ingesting {options.images} images" if options.image_dir is None
-            else f"ingesting images from {options.image_dir}")
-        ingest_report = ingest_records(db, _records(options, workdir, registry))
-        if ingest_report.images_added < 2:
-            raise ManetError(f"only {ingest_report.images_added} usable images were ingested; "
-                             f"give --image-dir a folder with more images")
-        model = create_model(db, registry, BENCH_MODEL, config)
-        naive_model = create_model(db, registry, NAIVE_MODEL, config)
+        config, model, naive_model = _set_up(db, registry, options, Path(tmp), say)
         if pipeline is None:
-            pipeline = build_pipeline(config, registry)
+            pipeline = build_pipeline(config, registry, east_model=options.east_model)
         pipeline = pipeline.to(device).eval()
         size = config.image_size
 
         say("naive loop")  # first, on the module as built: the naive user does not prepare it
-        naive_ips, naive_count = measure_naive(db, naive_model.id, pipeline,
-                                               _first_images(db, max(2, options.naive_images + 1)), size, device)
+        naive = measure_naive(db, naive_model.id, pipeline, first_images(db, max(2, options.naive_images + 1)),
+                              size, device)
 
         fast = prepare_pipeline(pipeline, device, compile=options.compile)
         batch_size = resolve_batch_size(options.batch_size, fast, size, device, options.precision)
         forward = Forward(fast, device, batch_size, model.dim, options.precision)
         say(f"model only (batch {batch_size})")
-        # Several distinct batches: per-image costs that depend on the content (MSER text
-        # detection, saliency) must average out as they do over the end-to-end images.
-        sample = _first_images(db, max(2 * batch_size, MODEL_ONLY_SAMPLE))
-        # Full batches only (a short last one would understate the model), unless there is no other.
-        decoded = [read_batch(sample[i:i + batch_size], size, None, False).pixels
-                   for i in range(0, max(1, len(sample) // batch_size) * batch_size, batch_size)]
-        batches = [pixels.to(device) for pixels in decoded if pixels is not None]
-        if not batches:
-            raise ManetError("none of the first images could be decoded; check the image folder")
-        model_ips, model_count = measure_model_only(forward, batches, device,
-                                                    max(options.model_batches, len(batches)),
-                                                    options.min_model_seconds)
-        text_ips = None
-        if pipeline.text is not None:
-            say(f"text detection alone ({pipeline.text.name})")
-            detect, units = text_detection(pipeline, batches)
-            text_ips, _ = measure_model_only(detect, units, device, max(options.model_batches, len(units)),
-                                             options.min_model_seconds)
-            del units
-        del batches, decoded
+        model_only = _model_only_phase(db, pipeline, forward, batch_size, size, options, say)
         batch_size = forward.chunk  # after any out-of-memory back-off
 
         say("end to end")
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        hwm_reset = reset_peak_rss()
-        with child_peak_rss() as workers_rss:
-            started = time.perf_counter()
-            report = extract(db, model, fast, device=device, batch_size=batch_size,
-                             num_workers=options.decode_workers, device_decode=options.device_decode,
-                             precision=options.precision)
-            e2e_seconds = time.perf_counter() - started
-        e2e_peak = phase_peak_rss_mb()
-        gpu_peak = (torch.cuda.max_memory_allocated(device) / 2**20) if device.startswith("cuda") else None
+        end_to_end = _end_to_end_phase(db, model, fast, batch_size, options)
+    return _report(options, config, model, pipeline, batch_size, device_decode, naive, model_only, end_to_end)
 
-    e2e_ips = report.extracted / e2e_seconds if e2e_seconds > 0 else 0.0
+
+def _report(options: ExtractBenchOptions, config: PipelineConfig, model: Any, pipeline: Any, batch_size: int,
+            device_decode: bool, naive: tuple[float, int], model_only: _ModelOnly, e2e: _EndToEnd
+            ) -> dict[str, Any]:
+    """The figures of ``manet bench extract --json``."""
+    import torch
+
+    device, report = options.device, e2e.report
+    naive_ips, naive_count = naive
+    model_ips, text_ips = model_only.ips, model_only.text_ips
+    e2e_ips = report.extracted / e2e.seconds if e2e.seconds > 0 else 0.0
     return {
         "device": device,
         "gpu_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
@@ -405,7 +302,7 @@ def run_extract_bench(db: Database, registry: Any, options: ExtractBenchOptions,
         "pooling": config.pooling,
         "manet": config.manet is not None,
         "weights": config.weights,
-        "image_size": size,
+        "image_size": config.image_size,
         "dim": model.dim,
         "source": (f"generated {options.source_size} px JPEG shopper photos" if options.image_dir is None
                    else str(options.image_dir)),
@@ -421,22 +318,22 @@ def run_extract_bench(db: Database, registry: Any, options: ExtractBenchOptions,
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "model_only_ips": round(model_ips, 2),
-        "model_only_images": model_count,
+        "model_only_images": model_only.images,
         "text_detector": pipeline.text.name if pipeline.text is not None else None,
         "text_detection_ips": round(text_ips, 2) if text_ips is not None else None,
         # (1 / text_ips) / (1 / model_ips): the share of the model-only time per image.
         "text_detection_share": _ratio(model_ips, text_ips) if text_ips is not None else None,
         "end_to_end_ips": round(e2e_ips, 2),
-        "end_to_end_seconds": round(e2e_seconds, 3),
+        "end_to_end_seconds": round(e2e.seconds, 3),
         "naive_ips": round(naive_ips, 2),
         "naive_images": naive_count,
         "e2e_over_model": _ratio(e2e_ips, model_ips),
         "e2e_over_naive": _ratio(e2e_ips, naive_ips),
-        "peak_rss_mb": round(e2e_peak, 1),
-        "peak_rss_scope": "end-to-end phase" if hwm_reset else "whole process",
-        "decode_worker_peak_rss_mb": round(workers_rss["mb"], 1) if workers_rss["mb"] else None,
+        "peak_rss_mb": round(e2e.peak_rss_mb, 1),
+        "peak_rss_scope": "end-to-end phase" if e2e.peak_rss_reset else "whole process",
+        "decode_worker_peak_rss_mb": round(e2e.worker_peak_rss_mb, 1) if e2e.worker_peak_rss_mb else None,
         "process_peak_rss_mb": round(peak_rss_mb(), 1),
-        "gpu_peak_memory_mb": round(gpu_peak, 1) if gpu_peak is not None else None,
+        "gpu_peak_memory_mb": round(e2e.gpu_peak_mb, 1) if e2e.gpu_peak_mb is not None else None,
     }
 
 
