@@ -10,15 +10,8 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from manet.bench.search import (
-    CHUNK_ROWS,
-    DescriptorGenerator,
-    RunningTopK,
-    category_members,
-    filtered_rows,
-    merge_top_k,
-    recall_at_k,
-)
+from manet.bench.search_data import CHUNK_ROWS, DescriptorGenerator
+from manet.bench.search_truth import RunningTopK, category_members, filtered_rows, merge_top_k, recall_at_k
 from manet.cli.main import cli
 from manet.config import sqlalchemy_url
 from manet.search.index import hnsw_build_memory_mb

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from manet.bench.common import peak_rss_mb
-from manet.bench.search import CHUNK_ROWS, DescriptorGenerator, clear_scratch, insert_catalogue_rows
+from manet.bench.search_data import CHUNK_ROWS, DescriptorGenerator
+from manet.bench.search_load import clear_scratch, insert_catalogue_rows
 from manet.errors import ManetError
 from manet.store import descriptors
 from manet.store.database import Database
