@@ -133,8 +133,7 @@ class State:
         if self._admin is None:
             from manet.admin import Admin
 
-            self._admin = Admin(self.settings.database_url, self.settings.home,
-                                load_plugins=self.settings.load_plugins)
+            self._admin = Admin(self.settings)
         return self._admin
 
 

@@ -1,13 +1,10 @@
-"""``manet plugins``: what is installed."""
+"""``manet plugins``: what is installed (through :class:`manet.admin.Admin`)."""
 
 from __future__ import annotations
 
 import click
 
-from manet.cli.common import (
-    JSON_OPTION,
-    _echo_json,
-)
+from manet.cli.common import JSON_OPTION, State, _echo_json, pass_state
 
 
 @click.group()
@@ -18,16 +15,14 @@ def plugins() -> None:
 @plugins.command("list")
 @JSON_OPTION
 @click.option("--kind", help="Only plugins of this kind (e.g. pooling).")
-def plugins_list(as_json: bool, kind: str | None) -> None:
+@pass_state
+def plugins_list(state: State, as_json: bool, kind: str | None) -> None:
     """List every built-in and installed plugin."""
-    from manet.plugin_manager import default_registry
-
-    registry = default_registry()
-    infos = [info for info in registry.all() if kind is None or info.kind == kind]
+    infos = state.admin.plugins(kind)
     if as_json:
         _echo_json([info.as_dict() for info in infos])
         return
     for info in infos:
         click.echo(f"{info.kind:<19} {info.name:<18} {info.distribution} {info.version}  {info.description}")
-    for name, error in registry.failed.items():
+    for name, error in state.admin.failed_plugins().items():
         click.echo(f"failed to load plugin {name}: {error}", err=True)
