@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from manet import config
 from manet.catalog.ingest import IngestReport, ingest
 from manet.errors import ManetError
 from manet.evaluate.run import EvalResult, evaluate
@@ -127,8 +128,8 @@ class Retriever:
         return self.registry.all()
 
     # -- catalogue --------------------------------------------------------------------
-    def ingest(self, kind: str, path: str | Path, *, batch_size: int = 256,
-               max_pixels: int | None = None, max_outage: float = 600.0, say: Any = None,
+    def ingest(self, kind: str, path: str | Path, *, batch_size: int = config.DEFAULT_INGEST_BATCH,
+               max_pixels: int | None = None, max_outage: float = config.DEFAULT_MAX_OUTAGE, say: Any = None,
                **params: Any) -> IngestReport:
         """Ingest the dataset at ``path`` read by dataset plugin ``kind`` (params go to it); a
         database outage is waited out for up to ``max_outage`` seconds (``say`` hears about it)."""
@@ -173,7 +174,8 @@ class Retriever:
                                                    east_model=self.settings.east_model).to(self.device)
         return self._pipelines[name]
 
-    def whiten_model(self, name: str, base: str, dims: int, *, max_rows: int = 20_000) -> ModelRecord:
+    def whiten_model(self, name: str, base: str, dims: int, *,
+                     max_rows: int = config.DEFAULT_WHITEN_ROWS) -> ModelRecord:
         """Model ``name``: ``base`` followed by a PCA-whitening to ``dims`` learned on its catalogue;
         every descriptor ``base`` has is projected into it (see :func:`manet.store.models.whiten_model`)."""
         from manet.store.models import whiten_model
@@ -208,8 +210,9 @@ class Retriever:
                        device_decode=device_decode, compile=compile, precision=self.precision,
                        limits=self.limits)
 
-    def work(self, model: str, *, batch_size: int = 32, lease_seconds: float = 300.0, max_attempts: int = 3,
-             until_empty: bool = False, max_outage: float = 600.0, say: Any = None) -> Any:
+    def work(self, model: str, *, batch_size: int = config.DEFAULT_WORKER_BATCH,
+             lease_seconds: float = config.DEFAULT_LEASE_SECONDS, max_attempts: int = config.DEFAULT_MAX_ATTEMPTS,
+             until_empty: bool = False, max_outage: float = config.DEFAULT_MAX_OUTAGE, say: Any = None) -> Any:
         """Run one extraction worker for ``model`` (see :mod:`manet.extract.worker`)."""
         from manet.extract.worker import run_worker
 
@@ -236,7 +239,8 @@ class Retriever:
 
         return retry_failed(self.db, self.model(model) if model else None, limits=self.limits)
 
-    def build_index(self, model: str, *, m: int = 16, ef_construction: int = 64, quantize: str | None = None,
+    def build_index(self, model: str, *, m: int = config.DEFAULT_HNSW_M,
+                    ef_construction: int = config.DEFAULT_EF_CONSTRUCTION, quantize: str | None = None,
                     rerank_factor: int | None = None, maintenance_work_mem: str | None = None) -> IndexReport:
         """(Re)build the model's HNSW index (see :func:`manet.search.index.build_index`)."""
         return build_index(self.db, self.model(model), m=m, ef_construction=ef_construction, quantize=quantize,
@@ -257,13 +261,13 @@ class Retriever:
         image: str | Path | None = None,
         image_id: int | None = None,
         vector: np.ndarray | None = None,
-        k: int = 7,
+        k: int = config.DEFAULT_K,
         category: str | None = None,
         brand: str | None = None,
         ef_search: int | None = None,
         rerank: str | None = None,
         rerank_params: dict[str, Any] | None = None,
-        shortlist: int = 50,
+        shortlist: int = config.DEFAULT_SHORTLIST,
     ) -> list[Hit]:
         """Top-k catalogue images for an image file, a stored image id, or a vector.
 
@@ -293,9 +297,9 @@ class Retriever:
 
         return rerank_hits(self.db, record, vector, hits, reranker, k)
 
-    def evaluate(self, model: str, *, split: str | None = None, k: int = 7, normaliser: str = "min",
+    def evaluate(self, model: str, *, split: str | None = None, k: int = config.DEFAULT_K, normaliser: str = "min",
                  rerank: str | None = None, rerank_params: dict[str, Any] | None = None,
-                 shortlist: int = 50) -> EvalResult:
+                 shortlist: int = config.DEFAULT_SHORTLIST) -> EvalResult:
         """Exact-ranking metrics of ``model``; with ``rerank``, each query's top ``shortlist`` is
         re-ranked by that re-ranker plugin (a catalogue augmenter, DBA, augments the gallery instead)."""
         plugin = None if rerank is None else self.reranker(rerank, rerank_params)
@@ -304,7 +308,7 @@ class Retriever:
                         augmenter=plugin if isinstance(plugin, CatalogueAugmenter) else None,
                         shortlist=shortlist, progress=self.progress)
 
-    def compare(self, models: Sequence[str], *, split: str | None = None, k: int = 7,
+    def compare(self, models: Sequence[str], *, split: str | None = None, k: int = config.DEFAULT_K,
                 normaliser: str = "min") -> list[EvalResult]:
         """Evaluate several pipelines on the same queries and catalogue (extracting what is missing)."""
         records = [self.model(name) for name in models]  # unknown names fail before any work

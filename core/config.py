@@ -34,6 +34,28 @@ DEFAULT_BACKBONE = "efficientnet-lite0"
 #: (MAP@7 0.48 plain, 0.45 MANet); x1 moves them to the photo domain (0.71 plain, 0.69 MANet).
 DEFAULT_BACKBONE_LR_SCALE = 1.0
 
+# Defaults of the commands and of Retriever's methods, written once: the CLI's options show them
+# and the functions below the CLI take them as their parameter defaults.
+#: Results per query: MAP@7 is the challenge's metric.
+DEFAULT_K = 7
+#: Candidates a query-side re-ranker (aqe, alpha-qe) re-orders.
+DEFAULT_SHORTLIST = 50
+#: Images per ingest transaction.
+DEFAULT_INGEST_BATCH = 256
+#: Images a queue worker claims at a time.
+DEFAULT_WORKER_BATCH = 32
+#: Seconds after which a claimed batch whose worker stopped answering returns to the queue.
+DEFAULT_LEASE_SECONDS = 300.0
+#: Attempts before an image is marked failed.
+DEFAULT_MAX_ATTEMPTS = 3
+#: Seconds to keep retrying while the database is unreachable.
+DEFAULT_MAX_OUTAGE = 600.0
+#: HNSW graph degree and build candidate list (pgvector's own defaults).
+DEFAULT_HNSW_M = 16
+DEFAULT_EF_CONSTRUCTION = 64
+#: Catalogue rows read to fit a PCA-whitening.
+DEFAULT_WHITEN_ROWS = 20_000
+
 
 def default_home() -> Path:
     """The folder used when ``MANET_HOME`` / ``--home`` is not set: the user data dir."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from manet import config
 from manet.catalog.images import ImageInfo, inspect_image
 from manet.errors import DatasetError, ImageError
 from manet.plugin_base import Dataset, Record
@@ -192,11 +193,11 @@ def ingest_records(
     db: Database,
     records: Sequence[Record],
     *,
-    batch_size: int = 256,
+    batch_size: int = config.DEFAULT_INGEST_BATCH,
     max_pixels: int | None = None,
     limits: ReadLimits | None = None,
     progress: bool = False,
-    max_outage: float = 600.0,
+    max_outage: float = config.DEFAULT_MAX_OUTAGE,
     say: Callable[[str], None] | None = None,
 ) -> IngestReport:
     """Store ``records`` batch by batch; safe to re-run, and it waits out database outages
@@ -231,11 +232,11 @@ def ingest(
     dataset: Dataset,
     path: Path,
     *,
-    batch_size: int = 256,
+    batch_size: int = config.DEFAULT_INGEST_BATCH,
     max_pixels: int | None = None,
     limits: ReadLimits | None = None,
     progress: bool = False,
-    max_outage: float = 600.0,
+    max_outage: float = config.DEFAULT_MAX_OUTAGE,
     say: Callable[[str], None] | None = None,
 ) -> IngestReport:
     """Read every record of ``dataset`` at ``path`` first (a malformed file stores nothing),

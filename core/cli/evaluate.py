@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from manet import config
 from manet.cli.common import (
     JSON_OPTION,
     State,
@@ -21,7 +22,7 @@ from manet.cli.options import _rerank_params, rerank_options
               help="Evaluate several models on the same queries (repeat, or list after it).")
 @click.argument("more_models", nargs=-1)
 @click.option("--split", type=click.Choice(["train", "val", "test"]), help="Only queries of this split.")
-@click.option("-k", "k", default=7, show_default=True)
+@click.option("-k", "k", default=config.DEFAULT_K, show_default=True)
 @click.option("--normaliser", type=click.Choice(["min", "hits"]), default="min", show_default=True,
               help="AP@k denominator: min(|G|,k) (challenge) or hits in the top k.")
 @rerank_options("aqe, alpha-qe, dba", "Exact top-S re-ranked by --rerank (dba changes the whole catalogue instead).")

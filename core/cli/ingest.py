@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from manet import config
 from manet.cli.common import (
     JSON_OPTION,
     State,
@@ -25,8 +26,8 @@ from manet.errors import ManetError
               help="Dataset plugin parameter (repeatable); see `manet plugins list --json`.")
 @click.option("--allow-outside-root", is_flag=True,
               help="Accept manifest/sidecar image paths outside the dataset's folder.")
-@click.option("--batch-size", default=256, show_default=True, help="Images per transaction.")
-@click.option("--max-outage", default=600.0, show_default=True,
+@click.option("--batch-size", default=config.DEFAULT_INGEST_BATCH, show_default=True, help="Images per transaction.")
+@click.option("--max-outage", default=config.DEFAULT_MAX_OUTAGE, show_default=True,
               help="Seconds to keep retrying while the database is unreachable.")
 @JSON_OPTION
 @pass_state

@@ -80,7 +80,7 @@ def models_list(state: State, as_json: bool) -> None:
 @click.argument("base")
 @click.option("--dims", required=True, type=int, help="Output dimensions (fewer than the catalogue's images).")
 @click.option("--name", required=True, help="Name of the new, whitened model.")
-@click.option("--max-rows", default=20_000, show_default=True,
+@click.option("--max-rows", default=config.DEFAULT_WHITEN_ROWS, show_default=True,
               help="Catalogue descriptors to fit on (a uniform sample above this).")
 @JSON_OPTION
 @pass_state

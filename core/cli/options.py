@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from manet import config
 from manet.cli.common import (
     _params,
 )
@@ -21,7 +22,7 @@ def rerank_options(names: str, shortlist_help: str) -> Callable[[Any], Any]:
         click.option("--rerank", "rerank", help=f"Re-rank each query's shortlist with this re-ranker ({names})."),
         click.option("-r", "--rerank-param", "rerank_params", multiple=True, metavar="KEY=VALUE",
                      help="Re-ranker parameter (repeatable), e.g. -r top_n=3."),
-        click.option("--shortlist", default=50, show_default=True, help=shortlist_help),
+        click.option("--shortlist", default=config.DEFAULT_SHORTLIST, show_default=True, help=shortlist_help),
     ]
 
     def decorate(command: Any) -> Any:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from manet import config
 from manet.cli.common import (
     JSON_OPTION,
     State,
@@ -22,8 +23,8 @@ def index() -> None:
 
 @index.command("build")
 @click.option("--model", "model", required=True)
-@click.option("--m", "m", default=16, show_default=True, help="HNSW graph degree.")
-@click.option("--ef-construction", default=64, show_default=True)
+@click.option("--m", "m", default=config.DEFAULT_HNSW_M, show_default=True, help="HNSW graph degree.")
+@click.option("--ef-construction", default=config.DEFAULT_EF_CONSTRUCTION, show_default=True)
 @click.option("--quantize", type=click.Choice(["none", "halfvec", "binary"]),
               help="Index vector (<= 2,000 dims), halfvec (<= 4,000) or binary (Hamming + exact re-rank); "
                    "default: as last built, else by dimension.")
@@ -50,7 +51,7 @@ def index_build(state: State, model: str, m: int, ef_construction: int, quantize
 @click.argument("image", required=False, type=click.Path(path_type=Path))
 @click.option("--model", "model", required=True)
 @click.option("--image-id", type=int, help="Search with a stored image instead of a file.")
-@click.option("-k", "k", default=7, show_default=True)
+@click.option("-k", "k", default=config.DEFAULT_K, show_default=True)
 @click.option("--category")
 @click.option("--brand")
 @click.option("--ef-search", type=int,

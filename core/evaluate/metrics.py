@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from manet import config
+
 __all__ = [
     "NORMALISERS",
     "average_precision",
@@ -85,7 +87,7 @@ def _safe_divide(num: npt.NDArray[np.float64], den: npt.NDArray[np.float64]) -> 
 
 
 def average_precision_at_k(
-    relevance: BoolLike, n_relevant: int, k: int = 7, normaliser: str = "min"
+    relevance: BoolLike, n_relevant: int, k: int = config.DEFAULT_K, normaliser: str = "min"
 ) -> float:
     """AP@k = (1/Z) * sum_{i<=k} P(i) * rel(i) for one ranked list.
 
@@ -162,7 +164,7 @@ def ranked_relevance(
 
 
 def evaluate_rankings(
-    relevance: npt.ArrayLike, n_relevant: npt.ArrayLike, k: int = 7, normaliser: str = "min"
+    relevance: npt.ArrayLike, n_relevant: npt.ArrayLike, k: int = config.DEFAULT_K, normaliser: str = "min"
 ) -> dict[str, Any]:
     """Aggregate metrics over Q ranked queries.
 

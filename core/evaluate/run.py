@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from manet import config
 from manet.errors import ManetError
 from manet.evaluate.metrics import descending_order, evaluate_rankings
 from manet.plugin_base import CatalogueAugmenter, Reranker
@@ -143,9 +144,9 @@ def _check_options(normaliser: str, k: int, shortlist: int, reranker: Reranker |
     return plugin
 
 
-def evaluate(db: Database, model: ModelRecord, *, split: str | None = None, k: int = 7,
+def evaluate(db: Database, model: ModelRecord, *, split: str | None = None, k: int = config.DEFAULT_K,
              normaliser: str = "min", store: bool = True, reranker: Reranker | None = None,
-             augmenter: CatalogueAugmenter | None = None, shortlist: int = 50,
+             augmenter: CatalogueAugmenter | None = None, shortlist: int = config.DEFAULT_SHORTLIST,
              progress: bool = False) -> EvalResult:
     """MAP@k (normaliser ``min``: min(|G|, k); ``hits``: hits in the top k), mAP, recall@1/5/7.
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from manet import config
 from manet.safe_files import ReadLimits
 from manet.store import descriptors
 from manet.store.database import Database, with_reconnect
@@ -216,13 +217,13 @@ def run_worker(
     pipeline: Any,
     *,
     device: str,
-    batch_size: int = 32,
-    lease_seconds: float = 300.0,
-    max_attempts: int = 3,
+    batch_size: int = config.DEFAULT_WORKER_BATCH,
+    lease_seconds: float = config.DEFAULT_LEASE_SECONDS,
+    max_attempts: int = config.DEFAULT_MAX_ATTEMPTS,
     until_empty: bool = False,
     poll_seconds: float = 2.0,
     max_pixels: int | None = None,
-    max_outage: float = 600.0,
+    max_outage: float = config.DEFAULT_MAX_OUTAGE,
     device_decode: str = "auto",
     precision: str | None = None,
     limits: ReadLimits | None = None,

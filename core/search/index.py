@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from manet import config
 from manet.errors import ManetError
 from manet.search.index_progress import index_build_progress
 from manet.store import descriptors
@@ -134,7 +135,7 @@ class IndexReport:
         return asdict(self)
 
 
-def build_index(db: Database, model: ModelRecord, *, m: int = 16, ef_construction: int = 64,
+def build_index(db: Database, model: ModelRecord, *, m: int = config.DEFAULT_HNSW_M, ef_construction: int = config.DEFAULT_EF_CONSTRUCTION,
                 quantize: str | None = None, rerank_factor: int | None = None,
                 maintenance_work_mem: str | None = None, parallel_workers: int = 2,
                 progress: bool = False) -> IndexReport:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from manet import config
 from manet.errors import ManetError, NotFoundError
 from manet.search.index import IndexLayout, index_layout
 from manet.store import descriptors
@@ -73,7 +74,7 @@ def search_query(
     model: ModelRecord,
     vector: np.ndarray,
     *,
-    k: int = 7,
+    k: int = config.DEFAULT_K,
     category: str | None = None,
     brand: str | None = None,
     exact: bool = False,
@@ -116,7 +117,7 @@ def search_vector(
     model: ModelRecord,
     vector: np.ndarray,
     *,
-    k: int = 7,
+    k: int = config.DEFAULT_K,
     category: str | None = None,
     brand: str | None = None,
     ef_search: int | None = None,

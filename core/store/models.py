@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from manet import config
 from manet.errors import ManetError, NotFoundError
 from manet.nn.pipeline import PipelineConfig
 from manet.plugin_base import CatalogueAugmenter, Reranker
@@ -239,7 +240,7 @@ def _copy_projection(conn: Any, base: ModelRecord, record: ModelRecord) -> None:
 
 
 def whiten_model(db: Database, registry: Registry, name: str, base_name: str, dims: int, *,
-                 max_rows: int = 20_000, seed: int = 0) -> ModelRecord:
+                 max_rows: int = config.DEFAULT_WHITEN_ROWS, seed: int = 0) -> ModelRecord:
     """Model ``name``: ``base_name``'s pipeline followed by a PCA-whitening to ``dims``
     dimensions (then L2), learned on up to ``max_rows`` of its catalogue descriptors.
 
