@@ -239,6 +239,44 @@ class Retriever:
 
         return retry_failed(self.db, self.model(model) if model else None, limits=self.limits)
 
+    # -- training data: categories and training sets ------------------------------------
+    def categories(self, source: str | None = None) -> list[dict[str, Any]]:
+        """Each category (or those of ``source``: tfidf or manual) with its products and images."""
+        from manet.catalog.categories import list_categories
+
+        return list_categories(self.db, source)
+
+    def mine_categories(self, top: int, min_images: int = 1, *,
+                        keywords: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """TF-IDF category keywords over product text (or ``keywords``), replacing the mined ones
+        (see :func:`manet.catalog.categories.mine_categories`)."""
+        from manet.catalog.categories import mine_categories
+
+        return mine_categories(self.db, top, min_images, keywords=keywords)
+
+    def categories_from_column(self, column: str) -> list[dict[str, Any]]:
+        """Manual categories from the manifest's category column or a product attribute."""
+        from manet.catalog.categories import categories_from_column
+
+        return categories_from_column(self.db, column)
+
+    def has_training_set(self, name: str) -> bool:
+        from manet.catalog.trainset import training_set_exists
+
+        return training_set_exists(self.db, name)
+
+    def build_training_set(self, name: str = "default", **options: Any) -> dict[str, Any]:
+        """Sample a balanced training set (options: see :func:`manet.catalog.trainset.build_training_set`)."""
+        from manet.catalog.trainset import build_training_set
+
+        return build_training_set(self.db, name=name, **options)
+
+    def training_set(self, name: str = "default") -> dict[str, Any]:
+        """Counts per split and per category of training set ``name``."""
+        from manet.catalog.trainset import show_training_set
+
+        return show_training_set(self.db, name)
+
     def build_index(self, model: str, *, m: int = config.DEFAULT_HNSW_M,
                     ef_construction: int = config.DEFAULT_EF_CONSTRUCTION, quantize: str | None = None,
                     rerank_factor: int | None = None, maintenance_work_mem: str | None = None) -> IndexReport:
@@ -296,6 +334,17 @@ class Retriever:
         from manet.search.shortlist import rerank_hits
 
         return rerank_hits(self.db, record, vector, hits, reranker, k)
+
+    def write_search_page(self, path: str | Path, hits: Sequence[Hit], *, model: str,
+                          k: int = config.DEFAULT_K, image: str | Path | None = None,
+                          image_id: int | None = None, **context: Any) -> Path:
+        """A self-contained HTML page of a search's ``hits`` for ``image`` or ``image_id``
+        (``context``: ``filters``, ``reranker``, shown on the page); files read under the caps."""
+        from manet.evaluate.report import search_report
+
+        return search_report(self.db, Path(path), hits, model=model, k=k,
+                             image=Path(image) if image is not None else None, image_id=image_id,
+                             limits=self.limits, **context)
 
     def evaluate(self, model: str, *, split: str | None = None, k: int = config.DEFAULT_K, normaliser: str = "min",
                  rerank: str | None = None, rerank_params: dict[str, Any] | None = None,

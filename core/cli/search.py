@@ -82,9 +82,7 @@ def search(state: State, image: Path | None, model: str, image_id: int | None, k
             click.echo(f"{hit.rank:>2}. {hit.score:.4f}  image {hit.image_id:<7} {hit.sku or '-':<24} "
                        f"{hit.brand or '':<14} {hit.title or ''}")
     if html is not None:
-        from manet.evaluate.report import search_report
-
         reranker = None if rerank is None else {"name": rerank, "params": params, "shortlist": shortlist}
-        search_report(state.retriever.db, html, hits, model=model, k=k, image=image, image_id=image_id,
-                      filters={"category": category, "brand": brand}, reranker=reranker, limits=state.limits)
+        state.retriever.write_search_page(html, hits, model=model, k=k, image=image, image_id=image_id,
+                                          filters={"category": category, "brand": brand}, reranker=reranker)
         click.echo(f"wrote {html}", err=as_json)

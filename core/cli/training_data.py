@@ -14,12 +14,12 @@ from manet.cli.common import JSON_OPTION, YES_OPTION, State, _echo_json, confirm
 SOURCE_CHOICE = click.Choice(["tfidf", "manual"])
 
 
-def _db() -> Any:
-    """The database of the invocation's shared Retriever (the root command's State)."""
+def _retriever() -> Any:
+    """The invocation's shared Retriever (the root command's State)."""
     state = click.get_current_context().find_object(State)
     if state is None:  # pragma: no cover - only when called outside the manet group
         raise click.UsageError("run this command through `manet`")
-    return state.retriever.db
+    return state.retriever
 
 
 def _echo(data: Any, as_json: bool, human: Any) -> None:
@@ -82,19 +82,17 @@ def categories_mine(
 
     Replaces the previously mined (tfidf) categories; manual ones are kept.
     """
-    from manet.catalog.categories import categories_from_column, list_categories, mine_categories
-
     if column is not None and keywords:
         raise click.UsageError("give --from-column or --keyword, not both")
-    db = _db()
+    retriever = _retriever()
     if column is not None:
-        rows = categories_from_column(db, column)
+        rows = retriever.categories_from_column(column)
     else:
-        mined = list_categories(db, "tfidf")
+        mined = retriever.categories("tfidf")
         if mined:
             confirm_destructive(yes, f"Replace the {len(mined)} mined categories (training sets built on them "
                                      f"change)?")
-        rows = mine_categories(db, top, min_images, keywords=keywords or None)
+        rows = retriever.mine_categories(top, min_images, keywords=keywords or None)
     _echo(rows, as_json, _echo_categories)
 
 
@@ -103,9 +101,7 @@ def categories_mine(
 @JSON_OPTION
 def categories_list(source: str | None, as_json: bool) -> None:
     """Show each category with its keywords, products and images."""
-    from manet.catalog.categories import list_categories
-
-    _echo(list_categories(_db(), source), as_json, _echo_categories)
+    _echo(_retriever().categories(source), as_json, _echo_categories)
 
 
 def _echo_training_set(summary: dict[str, Any]) -> None:
@@ -170,12 +166,10 @@ def dataset_build(
 
     Photos that ingest marked val or test are evaluation queries and never enter it.
     """
-    from manet.catalog.trainset import build_training_set, training_set_exists
-
-    if training_set_exists(_db(), name):
+    retriever = _retriever()
+    if retriever.has_training_set(name):
         confirm_destructive(yes, f"Replace training set '{name}'?")
-    summary = build_training_set(
-        _db(),
+    summary = retriever.build_training_set(
         name=name,
         per_category=per_category,
         val_fraction=val_fraction,
@@ -191,6 +185,4 @@ def dataset_build(
 @JSON_OPTION
 def dataset_show(name: str, as_json: bool) -> None:
     """Image counts per split and per category of a training set."""
-    from manet.catalog.trainset import show_training_set
-
-    _echo(show_training_set(_db(), name), as_json, _echo_training_set)
+    _echo(_retriever().training_set(name), as_json, _echo_training_set)
