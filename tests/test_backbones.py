@@ -15,7 +15,8 @@ def registry() -> Registry:
     return Registry(make_plugin_manager(load_entrypoints=False))
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "vgg16"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101",
+                                  pytest.param("vgg16", marks=pytest.mark.slow)])  # 138M random weights
 def test_feature_map_shape(registry, name):
     backbone = registry.create("backbone", name)
     model = backbone.build("none")

@@ -20,7 +20,8 @@ from PIL import Image
 from helpers import parse_html
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH (apt-get install chromium)")
+pytestmark = [pytest.mark.slow,  # each test starts Chromium
+              pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH (apt-get install chromium)")]
 
 WINDOW = (1280, 1600)
 HIT_GREEN = (0x18, 0x80, 0x38)  # --hit in manet.evaluate.report.CSS

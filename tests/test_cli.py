@@ -193,6 +193,7 @@ def test_imagenet_weights_offline(populated, run, tmp_path, monkeypatch):
     assert counts(populated)["descriptors"] > before["descriptors"]
 
 
+@pytest.mark.slow  # a Python process importing manet
 def test_database_unreachable(tmp_path):
     url = "postgresql://manet@127.0.0.1:9/manet"
     result = subprocess.run(

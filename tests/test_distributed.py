@@ -157,6 +157,7 @@ with session("cpu", Settings.from_environment().torchrun) as group:
 """
 
 
+@pytest.mark.slow  # two Python processes with torch and a process group
 def test_a_stuck_rank_times_out_instead_of_hanging():
     base = {**os.environ, "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(_free_port()), "MANET_DIST_TIMEOUT": "3"}

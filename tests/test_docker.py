@@ -138,6 +138,7 @@ def rendered() -> dict[str, Any]:
     return _load_yaml(done.stdout)
 
 
+@pytest.mark.slow  # runs docker-compose
 @needs_compose
 @pytest.mark.parametrize("profile", [None, *PROFILES])
 def test_compose_config_is_valid(profile: str | None) -> None:
@@ -159,6 +160,7 @@ def _mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
     return mounts
 
 
+@pytest.mark.slow  # rendered runs docker-compose
 def test_compose_database(rendered: dict[str, Any]) -> None:
     db = rendered["services"]["db"]
     version, major = pgvector_tag(db["image"])
@@ -175,6 +177,7 @@ def test_compose_database(rendered: dict[str, Any]) -> None:
     assert env["POSTGRES_USER"] and env["POSTGRES_DB"] and env["POSTGRES_PASSWORD"]
 
 
+@pytest.mark.slow  # rendered runs docker-compose
 def test_compose_workers(rendered: dict[str, Any]) -> None:
     services = rendered["services"]
     gpu, cpu, tool = services["worker"], services["worker-cpu"], services["manet"]

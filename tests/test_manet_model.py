@@ -93,7 +93,7 @@ def test_saliency_weights_the_features(registry):
     torch.testing.assert_close(out["weighted"], expected)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg16"])
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("vgg16", marks=pytest.mark.slow)])
 def test_stages_equal_build(registry, name):
     backbone = registry.create("backbone", name)
     stages = backbone.build_stages("none")
@@ -135,6 +135,7 @@ def test_attention_plugin_is_registered(registry):
     assert module(maps).shape == (1, 1, 9, 10)
 
 
+@pytest.mark.slow  # VGG16: 138M random weights
 def test_vgg16_manet(registry):
     model = tiny(registry, backbone="vgg16", text=False, head_pooling="avg")
     with torch.inference_mode():
