@@ -20,8 +20,8 @@ from click.testing import CliRunner
 from manet.cli.main import cli
 from manet.errors import ManetError
 from manet.train import distributed
+from manet.train.data import augmentation_seed, epoch_seed
 from manet.train.distributed import ProcessInfo
-from manet.train.loop import augmentation_seed, epoch_seed
 
 
 # -- pure pieces ---------------------------------------------------------------------------------
@@ -94,12 +94,12 @@ def test_epoch_and_augmentation_seeds():
 def test_restored_schedule_continues_with_this_runs_learning_rate():
     """A run resumed with another number of processes: the schedule continues at the step of
     the finished epochs, with the new base learning rates."""
-    from manet.train.loop import _restore_schedule, warmup_cosine
+    from manet.train.optimizer import restore_schedule, warmup_cosine
 
     optimizer = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.5},
                                    {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.05}])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, 10, 0))
-    _restore_schedule(optimizer, scheduler, [2.0, 0.2], step=5)  # halfway: cosine factor 0.5
+    restore_schedule(optimizer, scheduler, [2.0, 0.2], step=5)  # halfway: cosine factor 0.5
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1.0, 0.1])
     optimizer.step()
     scheduler.step()  # step 6: 0.5 * (1 + cos(0.6 pi))

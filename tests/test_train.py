@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from manet.cli.main import cli
 from manet.errors import ManetError
-from manet.train.loop import TrainConfig, warmup_cosine
+from manet.train.loop import TrainConfig
+from manet.train.optimizer import warmup_cosine
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +180,7 @@ def test_sku_labels_frozen_stages_and_the_extraction_descriptors(prepared, run):
     import sqlalchemy as sa
 
     from manet.catalog.trainset import training_images
-    from manet.train.loop import _retrieval_map7
+    from manet.train.validation import retrieval_map7
 
     result = run("train", "--name", "sku1", "--epochs", "1", *TINY, "--no-text", "--labels", "sku",
                  "--frozen-stages", "2", "--json")
@@ -210,6 +211,6 @@ def test_sku_labels_frozen_stages_and_the_extraction_descriptors(prepared, run):
 
     with prepared.db.begin() as conn:
         product_of = dict(conn.execute(sa.text("SELECT id, product_id FROM images")).all())
-    recomputed = _retrieval_map7(stacked(val_rows), np.array([product_of[r[0]] for r in val_rows]),
-                                 stacked(train_rows), np.array([product_of[r[0]] for r in train_rows]))
+    recomputed = retrieval_map7(stacked(val_rows), np.array([product_of[r[0]] for r in val_rows]),
+                                stacked(train_rows), np.array([product_of[r[0]] for r in train_rows]))
     assert recomputed == pytest.approx(reported, abs=1e-6)
