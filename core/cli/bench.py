@@ -124,7 +124,8 @@ def bench_extract(state: State, model: str | None, backbone: str, pooling: str, 
         config=config, device=device, images=n_images, image_dir=image_dir, batch_size=batch_size,
         decode_workers=decode_workers, device_decode=device_decode, compile=compile_model, manet=manet,
         threads=threads, source_size=source_size, naive_images=naive_images,
-        precision=precision or state.precision)
+        precision=precision or state.precision, east_model=state.settings.east_model,
+        max_pixels=state.settings.max_pixels)
     report = run_extract_bench(_scratch_database(state), default_registry(state.settings.load_plugins), options,
                                pipeline=pipeline,
                                say=_say(state))
