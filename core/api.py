@@ -381,5 +381,5 @@ class Retriever:
         if restart:
             self.delete_model(config.name)
             shutil.rmtree(checkpoint_dir(config), ignore_errors=True)
-        return train(self.db, self.registry, config, device=self.device, resume=resume,
+        return train(self.db, self.registry, config, device=self.device, settings=self.settings, resume=resume,
                      progress=self.progress, say=say or (lambda _m: None))

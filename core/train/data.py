@@ -23,8 +23,9 @@ class TrainingImages:
     """Decoded, jointly augmented (image, saliency mask, text mask, label) samples."""
 
     def __init__(self, items: Sequence[tuple[int, str, int]], masks: dict[int, Any], image_size: int,
-                 train: bool) -> None:
+                 train: bool, max_pixels: int | None = None) -> None:
         self.items = items
+        self.max_pixels = max_pixels  # the pixel cap of every image read (None: the default)
         self.masks = masks
         self.image_size = image_size
         self.train = train
@@ -58,7 +59,7 @@ class TrainingImages:
             self._transform = self._augment()
         image_id, uri, label = self.items[index]
         base = round(self.image_size * BASE_SCALE) if self.train else self.image_size
-        image = tv_tensors.Image(read_image_tensor(Path(uri), base))
+        image = tv_tensors.Image(read_image_tensor(Path(uri), base, self.max_pixels))
         stacked = torch.nn.functional.interpolate(
             self.masks[image_id].float().unsqueeze(0), size=(base, base), mode="nearest"
         )[0]
@@ -67,7 +68,7 @@ class TrainingImages:
 
 
 def compute_masks(items: Sequence[tuple[int, str, int]], estimator: Any, detector: Any | None,
-                  size: int, progress: bool) -> dict[int, Any]:
+                  size: int, progress: bool, max_pixels: int | None = None) -> dict[int, Any]:
     """Per image: [binarised pseudo-saliency, soft text mask] as uint8 (2, 64, 64), once."""
     import torch
     from tqdm import tqdm
@@ -79,7 +80,7 @@ def compute_masks(items: Sequence[tuple[int, str, int]], estimator: Any, detecto
     batch = 32
     for start in tqdm(range(0, len(items), batch), desc="pseudo-saliency", disable=not progress):
         chunk = items[start:start + batch]
-        images = torch.stack([read_image_tensor(Path(uri), size) for _, uri, _ in chunk]).float() / 255
+        images = torch.stack([read_image_tensor(Path(uri), size, max_pixels) for _, uri, _ in chunk]).float() / 255
         saliency = estimator.estimate(images)
         saliency = torch.nn.functional.interpolate(saliency, size=(MASK_CACHE_SIZE,) * 2, mode="bilinear",
                                                    align_corners=False)
@@ -93,13 +94,13 @@ def compute_masks(items: Sequence[tuple[int, str, int]], estimator: Any, detecto
 
 
 def shared_masks(group: Any, items: Sequence[tuple[int, str, int]], estimator: Any, detector: Any | None,
-                 image_size: int, progress: bool) -> dict[int, Any]:
+                 image_size: int, progress: bool, max_pixels: int | None = None) -> dict[int, Any]:
     """Each rank computes the masks of its shard of ``items`` once; every rank then holds all of them."""
     from manet.train.distributed import shard
 
     masks: dict[int, Any] = {}
     for part in group.all_gather(compute_masks(shard(items, group.info.rank, group.info.world_size), estimator,
-                                               detector, round(image_size * BASE_SCALE), progress)):
+                                               detector, round(image_size * BASE_SCALE), progress, max_pixels)):
         masks.update(part)
     return masks
 
@@ -139,8 +140,10 @@ class Loaders:
 
 
 def make_loaders(cfg: TrainConfig, info: Any, device: str, items_train: list[tuple[int, str, int]],
-                 items_val: list[tuple[int, str, int]], masks: dict[int, Any]) -> Loaders:
-    """The loaders of rank ``info.rank`` of ``info.world_size``."""
+                 items_val: list[tuple[int, str, int]], masks: dict[int, Any],
+                 max_pixels: int | None = None) -> Loaders:
+    """The loaders of rank ``info.rank`` of ``info.world_size``, reading images under the pixel
+    cap ``max_pixels`` (None: the default)."""
     from torch.utils.data.distributed import DistributedSampler
 
     from manet.train.distributed import default_loader_workers, shard
@@ -148,15 +151,15 @@ def make_loaders(cfg: TrainConfig, info: Any, device: str, items_train: list[tup
     rank, world = info.rank, info.world_size
     workers = (cfg.num_workers if cfg.num_workers is not None
                else default_loader_workers(os.cpu_count() or 1, info.local_world_size))
-    train_set = TrainingImages(items_train, masks, cfg.image_size, True)
+    train_set = TrainingImages(items_train, masks, cfg.image_size, True, max_pixels)
     # The shuffle of epoch e is seeded with epoch_seed(seed, e) (DistributedSampler adds the epoch
     # to its seed); every rank shuffles alike and takes its own slice of the permutation.
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
                                  seed=epoch_seed(cfg.seed, 0))
     train_loader = loader(train_set, cfg.batch_size, workers, device, sampler)
     # Evaluation: each rank its shard, descriptors gathered in gathered_order.
-    eval_train = loader(TrainingImages(shard(items_train, rank, world), masks, cfg.image_size, False),
+    eval_train = loader(TrainingImages(shard(items_train, rank, world), masks, cfg.image_size, False, max_pixels),
                         cfg.batch_size, workers, device)
-    eval_val = loader(TrainingImages(shard(items_val, rank, world), masks, cfg.image_size, False),
+    eval_val = loader(TrainingImages(shard(items_val, rank, world), masks, cfg.image_size, False, max_pixels),
                       cfg.batch_size, workers, device)
     return Loaders(sampler, train_loader, eval_train, eval_val)

@@ -27,22 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from manet.errors import ManetError
+from manet.nn.device import training_autocast
 from manet.plugin_manager import Registry
+from manet.settings import Settings
 from manet.store.database import Database
 from manet.train.checkpoint import checkpoint_dir, restore, save_checkpoint, starting_point
 from manet.train.config import LABELS, EpochMetrics, TrainConfig, TrainReport
 from manet.train.data import Loaders, augmentation_seed, make_loaders, shared_masks
 from manet.train.optimizer import build_optimizer, train_mode
 from manet.train.validation import validate, validation_products
-
-
-def _autocast(device: str) -> Any:
-    """bf16 autocast on CUDA; plain float32 elsewhere."""
-    import contextlib
-
-    import torch
-
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
 
 
 def _relabel_by_product(db: Database, *splits: list[tuple[int, str, int, str]]
@@ -62,13 +55,14 @@ def _relabel_by_product(db: Database, *splits: list[tuple[int, str, int, str]]
             for rows in splits], classes
 
 
-def train(db: Database, registry: Registry, cfg: TrainConfig, *, device: str, resume: bool = False,
-          progress: bool = False, say: Callable[[str], None] = lambda _m: None) -> TrainReport:
+def train(db: Database, registry: Registry, cfg: TrainConfig, *, device: str, settings: Settings | None = None,
+          resume: bool = False, progress: bool = False, say: Callable[[str], None] = lambda _m: None) -> TrainReport:
     """Train MANet (or the plain classifier with both branches off) and register the model.
 
     One process, or one rank of a torchrun job (see :mod:`manet.train.distributed`): then only
     rank 0 calls ``say``, shows progress, writes the checkpoint and the models row; every rank
-    returns the same report.
+    returns the same report. ``settings`` (default: the defaults) give torchrun's variables, the
+    EAST model, the pixel cap and the precision of the validation passes.
     """
     from manet.catalog.trainset import training_images
     from manet.train import distributed
@@ -98,11 +92,12 @@ def train(db: Database, registry: Registry, cfg: TrainConfig, *, device: str, re
         empty = "train" if not train_rows else "val"
         raise ManetError(f"the {empty} split of training set '{cfg.training_set}' is empty; "
                          f"rebuild it with more images or another --val-fraction")
-    with distributed.session(device) as group:
+    settings = settings or Settings()
+    with distributed.session(device, settings.torchrun) as group:
         main = group.info.is_main
         return _fit(db, registry, cfg, group, classes, [(r[0], r[1], r[2]) for r in train_rows],
                     [(r[0], r[1], r[2]) for r in val_rows], resume=resume, progress=progress and main,
-                    say=say if main else (lambda _m: None))
+                    say=say if main else (lambda _m: None), settings=settings)
 
 
 @dataclass
@@ -127,11 +122,12 @@ class _Run:
     val_images: int
     last: Path
     history: list[dict[str, Any]] = field(default_factory=list)
+    settings: Settings = field(default_factory=Settings)
 
 
 def _fit(db: Database, registry: Registry, cfg: TrainConfig, group: Any, classes: list[str],
          items_train: list[tuple[int, str, int]], items_val: list[tuple[int, str, int]], *, resume: bool,
-         progress: bool, say: Callable[[str], None]) -> TrainReport:
+         progress: bool, say: Callable[[str], None], settings: Settings) -> TrainReport:
     """The training loop of :func:`train` inside its (possibly single-process) session ``group``."""
     from manet.nn.pipeline import build_pipeline
     from manet.store.models import trained_pipeline_config
@@ -145,14 +141,14 @@ def _fit(db: Database, registry: Registry, cfg: TrainConfig, group: Any, classes
     cfg.epochs = max(cfg.epochs, start_epoch)
     cfg.world_size = info.world_size
     run, report = _set_up(db, registry, cfg, group, classes, items_train, items_val, last, start_epoch, progress,
-                          say)
+                          say, settings)
     if state is not None:
         run.history = restore(state, run.net, run.optimizer, run.scheduler, start_epoch * len(run.loaders.train))
         say(f"resuming '{cfg.name}' after epoch {start_epoch}")
     run.model = group.wrap(run.net)
     # Validation descriptors come from extraction's own pipeline around the network in training.
     run.pipeline = build_pipeline(trained_pipeline_config(cfg, asdict(run.manet), str(last)), registry,
-                                  manet=run.net).to(group.device)
+                                  manet=run.net, east_model=settings.east_model).to(group.device)
 
     if info.is_main:
         directory.mkdir(parents=True, exist_ok=True)
@@ -171,7 +167,8 @@ def _fit(db: Database, registry: Registry, cfg: TrainConfig, group: Any, classes
 
 def _set_up(db: Database, registry: Registry, cfg: TrainConfig, group: Any, classes: list[str],
             items_train: list[tuple[int, str, int]], items_val: list[tuple[int, str, int]], last: Path,
-            start_epoch: int, progress: bool, say: Callable[[str], None]) -> tuple[_Run, TrainReport]:
+            start_epoch: int, progress: bool, say: Callable[[str], None],
+            settings: Settings) -> tuple[_Run, TrainReport]:
     """The network, its masks and loaders and its optimizer (in this order: the seeded weights
     come first), and the run's empty report; :func:`_fit` wraps the network and builds the
     validation pipeline once any checkpoint is loaded."""
@@ -188,11 +185,12 @@ def _set_up(db: Database, registry: Registry, cfg: TrainConfig, group: Any, clas
     # channels_last: faster on CUDA and on the CPU (EfficientNet-Lite0 training 1.7x on 2 cores).
     net = net.to(memory_format=torch.channels_last)
 
-    estimator, detector = _mask_makers(registry, cfg)
+    estimator, detector = _mask_makers(registry, cfg, settings.east_model)
     say(f"{len(items_train)} training / {len(items_val)} validation images, {len(classes)} classes ({cfg.labels})"
         + (f", {world} processes" if world > 1 else ""))
-    masks = shared_masks(group, items_train + items_val, estimator, detector, cfg.image_size, progress)
-    loaders = make_loaders(cfg, info, device, items_train, items_val, masks)
+    masks = shared_masks(group, items_train + items_val, estimator, detector, cfg.image_size, progress,
+                         settings.max_pixels)
+    loaders = make_loaders(cfg, info, device, items_train, items_val, masks, settings.max_pixels)
     products = validation_products(db, items_train, items_val, world)
 
     lr = scaled_learning_rate(cfg.lr, world, cfg.lr_scaling)
@@ -200,20 +198,20 @@ def _set_up(db: Database, registry: Registry, cfg: TrainConfig, group: Any, clas
     report = TrainReport(cfg.name, device, str(last), resumed_from=start_epoch, world_size=world,
                          global_batch_size=world * cfg.batch_size, learning_rate=lr, rank=info.rank)
     run = _Run(cfg, group, device, manet_cfg, classes, net, None, None, optimizer, scheduler, loaders, products,
-               len(items_val), last)
+               len(items_val), last, settings=settings)
     return run, report
 
 
-def _mask_makers(registry: Registry, cfg: TrainConfig) -> tuple[Any, Any | None]:
+def _mask_makers(registry: Registry, cfg: TrainConfig, east_model: Path | None = None) -> tuple[Any, Any | None]:
     """The pseudo-saliency estimator and the text detector (None without the text branch; the
-    default detector is recorded in ``cfg``)."""
+    default detector, EAST when ``east_model`` is set, is recorded in ``cfg``)."""
     estimator = registry.create("saliency_estimator", cfg.saliency_estimator)
     detector = None
     if cfg.text:
-        from manet.plugins.text_detectors import default_text_detector
+        from manet.plugins.text_detectors import create_text_detector, default_text_detector
 
-        cfg.text_detector = cfg.text_detector or default_text_detector()
-        detector = registry.create("text_detector", cfg.text_detector)
+        cfg.text_detector = cfg.text_detector or default_text_detector(east_model)
+        detector = create_text_detector(registry, cfg.text_detector, east_model)
     return estimator, detector
 
 
@@ -225,7 +223,7 @@ def _run_epoch(db: Database, registry: Registry, run: _Run, epoch: int, progress
         [totals["loss"], totals["ce"], totals["dice"], totals["correct"], totals["seen"]])
     run.group.sync_buffers(run.net)
     val_accuracy, val_map7 = validate(run.group, run.net, run.pipeline, run.loaders, run.device, run.cfg,
-                                      run.products, run.val_images)
+                                      run.products, run.val_images, run.settings.precision)
     seen = max(1.0, seen)
     metrics = EpochMetrics(epoch, loss_sum / seen, ce_sum / seen, dice_sum / seen, correct / seen,
                            val_accuracy, val_map7, time.perf_counter() - started)
@@ -264,7 +262,7 @@ def _train_step(run: _Run, images: Any, masks_batch: Any, target: Any, totals: d
     images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     masks_batch = masks_batch.to(device, non_blocking=True).float() / 255
     target = target.to(device, non_blocking=True)
-    with _autocast(device):
+    with training_autocast(device):
         out = run.model(run.pipeline.backbone.normalise(images.float() / 255),
                         masks_batch[:, 1:2] if cfg.text else None)
         ce = torch.nn.functional.cross_entropy(out["logits"].float(), target)

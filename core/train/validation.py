@@ -15,16 +15,16 @@ from manet.train.optimizer import train_mode
 
 
 def evaluation_pass(model: Any, pipeline: Any, loader: Any, device: str, cfg: TrainConfig,
-              classify: bool = True) -> tuple[int, list[Any]]:
+              classify: bool = True, precision: str = "auto") -> tuple[int, list[Any]]:
     """Correct predictions (when ``classify``) and the descriptors ``manet extract`` would
-    store (one CPU tensor per batch) of an evaluation pass over ``loader``; ``pipeline`` is
-    extraction's pipeline around ``model``."""
+    store (one CPU tensor per batch) of an evaluation pass over ``loader`` at ``precision``;
+    ``pipeline`` is extraction's pipeline around ``model``."""
     from manet.extract.forward import forward_pass
 
     model.eval()
     correct = 0
     descriptors = []
-    with forward_pass(device):
+    with forward_pass(device, precision):
         for images, masks, target in loader:
             images, masks = images.to(device), masks.to(device)
             text = masks[:, 1:2].float() / 255 if cfg.text else None  # the detector's mask, cached
@@ -71,14 +71,15 @@ def validation_products(db: Database, items_train: list[tuple[int, str, int]], i
 
 
 def validate(group: Any, net: Any, pipeline: Any, loaders: Loaders, device: str, cfg: TrainConfig,
-             products: tuple[np.ndarray, np.ndarray], val_images: int) -> tuple[float, float]:
-    """(val accuracy, val MAP@7) over every rank's shard; ``products`` from
-    :func:`validation_products`."""
+             products: tuple[np.ndarray, np.ndarray], val_images: int, precision: str = "auto") -> tuple[float, float]:
+    """(val accuracy, val MAP@7) over every rank's shard, forward passes at ``precision`` (as
+    extraction's); ``products`` from :func:`validation_products`."""
     import torch
 
     gallery_products, val_products = products
-    val_correct, val_desc = evaluation_pass(net, pipeline, loaders.eval_val, device, cfg)
-    _, gallery_desc = evaluation_pass(net, pipeline, loaders.eval_train, device, cfg, classify=False)
+    val_correct, val_desc = evaluation_pass(net, pipeline, loaders.eval_val, device, cfg, precision=precision)
+    _, gallery_desc = evaluation_pass(net, pipeline, loaders.eval_train, device, cfg, classify=False,
+                                      precision=precision)
     parts = group.all_gather((val_correct, val_desc, gallery_desc))
     return (sum(p[0] for p in parts) / val_images,
             retrieval_map7(torch.cat([t for p in parts for t in p[1]]), val_products,
