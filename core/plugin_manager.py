@@ -68,7 +68,6 @@ class ManetPluginManager(pluggy.PluginManager):
         self.manet_info = PluginManagerInfo()
 
 
-
 def make_plugin_manager(
     *,
     load_entrypoints: bool = True,
