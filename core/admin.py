@@ -105,12 +105,22 @@ class Admin:
             raise ManetError("MANET_DATABASE_URL points at an external server; stop it with its own tools")
         return embedded.stop(self.settings.home_dir)
 
+    def demo_database_url(self) -> str:
+        """The demo's database: the configured one, else a fresh ``manet_demo`` database on the
+        embedded server, so the demo never mixes with the user's catalogue."""
+        from manet.store import embedded
+
+        return self.settings.database_url or embedded.start(self.settings.home_dir, "manet_demo", recreate=True)
+
     def scratch_database(self) -> "Database":
-        """A separate database next to the configured one, for benchmarks that create and drop rows."""
+        """A separate database next to the configured one (migrated), for benchmarks that create
+        and drop rows (see :func:`manet.bench.common.scratch_database_url`)."""
         from manet.bench.common import scratch_database_url
         from manet.store.database import Database
 
-        return Database(scratch_database_url(self.settings.database_url, self.settings.home))
+        db = Database(scratch_database_url(self.settings.database_url, self.settings.home))
+        db.upgrade_if_needed()
+        return db
 
     # -- plugins --------------------------------------------------------------------------
     @property
@@ -128,3 +138,11 @@ class Admin:
     def failed_plugins(self) -> dict[str, str]:
         """Third-party plugins that failed to import: name -> error."""
         return dict(self.registry.failed)
+
+    # -- diagnosis --------------------------------------------------------------------------
+    def doctor(self) -> list[Any]:
+        """Every installation check of :mod:`manet.tools.doctor` (database, pgvector, migrations,
+        torch and device, weights, plugins), each with its fix."""
+        from manet.tools.doctor import DoctorContext, run_checks
+
+        return run_checks(DoctorContext(self.settings))

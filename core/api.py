@@ -335,6 +335,14 @@ class Retriever:
 
         return rerank_hits(self.db, record, vector, hits, reranker, k)
 
+    def write_eval_page(self, run_id: int, path: str | Path, *, limit: int | None = None) -> Path:
+        """A self-contained HTML page of stored evaluation run ``run_id`` (misses first, at most
+        ``limit`` queries; default :data:`manet.evaluate.report.DEFAULT_REPORT_LIMIT`)."""
+        from manet.evaluate.report import DEFAULT_REPORT_LIMIT, eval_report
+
+        return eval_report(self.db, run_id, Path(path), limit=DEFAULT_REPORT_LIMIT if limit is None else limit,
+                           limits=self.limits)
+
     def write_search_page(self, path: str | Path, hits: Sequence[Hit], *, model: str,
                           k: int = config.DEFAULT_K, image: str | Path | None = None,
                           image_id: int | None = None, **context: Any) -> Path:

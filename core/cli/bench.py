@@ -34,16 +34,6 @@ def _emit(report: dict[str, Any], as_json: bool, human: Any) -> None:
         human(report)
 
 
-def _scratch_database(state: State):
-    """The benchmark database (see :func:`manet.bench.common.scratch_database_url`), migrated."""
-    from manet.bench.common import scratch_database_url
-    from manet.store.database import Database
-
-    db = Database(scratch_database_url(state.database_url, state.home))
-    db.upgrade_if_needed()
-    return db
-
-
 def _say(state: State):
     return (lambda message: click.echo(message, err=True)) if state.progress else (lambda message: None)
 
@@ -108,7 +98,6 @@ def bench_extract(state: State, model: str | None, backbone: str, pooling: str, 
     from manet.bench.extract import ExtractBenchOptions, format_report, run_extract_bench
     from manet.nn.device import select_device
     from manet.nn.pipeline import PipelineConfig
-    from manet.plugin_manager import default_registry
 
     device = select_device(bench_device or state.device)
     pipeline = None
@@ -126,7 +115,7 @@ def bench_extract(state: State, model: str | None, backbone: str, pooling: str, 
         threads=threads, source_size=source_size, naive_images=naive_images,
         precision=precision or state.precision, east_model=state.settings.east_model,
         max_pixels=state.settings.max_pixels)
-    report = run_extract_bench(_scratch_database(state), default_registry(state.settings.load_plugins), options,
+    report = run_extract_bench(state.admin.scratch_database(), state.admin.registry, options,
                                pipeline=pipeline,
                                say=_say(state))
     _emit(report, as_json, lambda r: click.echo(format_report(r)))
@@ -164,7 +153,7 @@ def bench_search(state: State, n: int | None, dim: int | None, queries: int, fil
         n=n, dim=dim, queries=queries, filter_selectivity=filter_selectivity, ef_search=tuple(_int_list(ef_search)),
         vectors=vectors, queries_file=queries_file, intrinsic_dim=intrinsic_dim, seed=seed, m=m,
         ef_construction=ef_construction, quantize=None if quantize == "auto" else quantize, faiss=use_faiss)
-    report = run_search_bench(_scratch_database(state), options, _say(state))
+    report = run_search_bench(state.admin.scratch_database(), options, _say(state))
     _emit(report, as_json, lambda r: click.echo(format_report(r)))
 
 
@@ -179,5 +168,5 @@ def bench_ingest(state: State, rows: int, dim: int, insert_rows: int | None, as_
     """Descriptor rows/s: binary COPY vs executemany INSERT."""
     from manet.bench.ingest import format_report, run_ingest_bench
 
-    report = run_ingest_bench(_scratch_database(state), rows=rows, dim=dim, insert_rows=insert_rows)
+    report = run_ingest_bench(state.admin.scratch_database(), rows=rows, dim=dim, insert_rows=insert_rows)
     _emit(report, as_json, lambda r: click.echo(format_report(r)))

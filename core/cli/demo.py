@@ -38,12 +38,10 @@ def demo(state: State, products: int, photos_per_product: int, train_photos_per_
     """
     from manet.api import Retriever
     from manet.safe_files import ReadLimits
-    from manet.store import embedded
     from manet.tools.demo import run_demo
 
     home = state.settings.home_dir
-    # The demo gets its own empty database so it never mixes with the user's catalogue.
-    url = state.database_url or embedded.start(home, "manet_demo", recreate=True)
+    url = state.admin.demo_database_url()
     say: Callable[[str], None] = (lambda _msg: None) if as_json else click.echo
     # The demo reads only the files it generates: under the default byte and time caps, as always.
     with Retriever(url, home=home, progress=state.progress, auto_upgrade=True, limits=ReadLimits(),

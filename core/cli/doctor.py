@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from manet.cli.common import JSON_OPTION, State, _echo_json, pass_state
-from manet.tools.doctor import FAIL, Check, DoctorContext, overall, run_checks
+from manet.tools.doctor import FAIL, Check, overall
 
 
 def format_checks(checks: list[Check]) -> str:
@@ -31,7 +31,7 @@ def doctor(state: State, as_json: bool) -> None:
     Read only: starts the embedded server like any command, never migrates or downloads.
     Exit 1 when a check failed (warnings allowed).
     """
-    checks = run_checks(DoctorContext(state.settings))
+    checks = state.admin.doctor()
     status = overall(checks)
     if as_json:
         _echo_json({"status": status, "checks": [check.as_dict() for check in checks]})

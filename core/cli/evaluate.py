@@ -67,10 +67,7 @@ def eval_(state: State, model: str | None, compare: tuple[str, ...], more_models
     result = state.retriever.evaluate(model, split=split, k=k, normaliser=normaliser, rerank=rerank,
                                       rerank_params=_rerank_params(rerank, rerank_params), shortlist=shortlist)
     if report is not None:
-        from manet.evaluate.report import DEFAULT_REPORT_LIMIT, eval_report
-
-        eval_report(state.retriever.db, result.run_id, report,
-                    limit=DEFAULT_REPORT_LIMIT if report_limit is None else report_limit, limits=state.limits)
+        state.retriever.write_eval_page(result.run_id, report, limit=report_limit)
     if as_json:
         _echo_json(result.as_dict())
         if report is not None:
