@@ -5,7 +5,6 @@ per test module, and small generated catalogues. Every test that needs the serve
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -16,14 +15,6 @@ from manet.store import embedded
 
 #: The session fixture that starts the server; every database fixture is built on it.
 SERVER_FIXTURE = "pg_home"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """One OpenMP thread per process unless the caller set one. The tests' tensors are tiny, so
-    a second thread gains little alone and costs much on shared cores (two runs of the
-    ``not db and not slow`` lane on 2 busy cores: 53-89 s with 2 threads, 38 s with 1). Set
-    before any test module imports torch; subprocesses inherit it."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
