@@ -23,7 +23,7 @@ COMPOSE = ROOT / "docker" / "compose.yaml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 MIN_PGVECTOR = (0, 8, 4)  # CVE-2026-3172 is fixed from 0.8.2; the design asks for >= 0.8.4
 PG_MAJOR = 18
-PROFILES = ("gpu", "cpu", "tools")
+PROFILES = ("gpu", "cpu", "tools", "api")
 
 
 def pgvector_tag(image: str) -> tuple[tuple[int, ...], int]:
@@ -200,3 +200,31 @@ def test_compose_workers(rendered: dict[str, Any]) -> None:
         assert mounts[service["environment"]["TORCH_HOME"]][0] == "torch-cache"
         assert mounts[service["environment"]["MANET_HOME"]][0] == "manet-home"
         assert mounts["/data"][1], "the data folder is mounted read-only"
+
+
+def _published(port: str | dict[str, Any]) -> tuple[str, str, str]:
+    """(host IP, host port, container port) of a ``ports`` entry, short or long syntax."""
+    if isinstance(port, dict):
+        return port.get("host_ip", ""), str(port.get("published", "")), str(port["target"])
+    host_ip, published, target = port.split(":")
+    return host_ip, published, target.split("/")[0]
+
+
+@pytest.mark.slow  # rendered runs docker-compose
+def test_compose_api(rendered: dict[str, Any]) -> None:
+    api = rendered["services"]["api"]
+    assert api.get("profiles") == ["api"]  # a bare `up` starts the database only, as before
+    assert api["command"] == ["serve", "--host", "0.0.0.0", "--port", "8000"]
+    assert api["image"] == rendered["services"]["manet"]["image"]  # the CPU image, built once
+    assert Path(api["build"]["context"]).resolve() == ROOT and "deploy" not in api
+    assert [_published(port) for port in api["ports"]] == [("127.0.0.1", "8000", "8000")]
+    assert api["depends_on"]["db"]["condition"] == "service_healthy"
+    assert api["restart"] == "unless-stopped"
+    env = api["environment"]
+    assert env["MANET_DATABASE_URL"] == "postgresql://manet:manet@db:5432/manet"
+    assert env["MANET_DEVICE"] == "cpu"
+    mounts = _mounts(api)
+    assert mounts["/data"][1], "thumbnails read the data folder, read-only"
+    assert mounts[env["MANET_HOME"]][0] == "manet-home" and mounts[env["TORCH_HOME"]][0] == "torch-cache"
+    probe = " ".join(api["healthcheck"]["test"])
+    assert "http://127.0.0.1:8000/healthz" in probe and "curl" not in probe  # the image has no curl
