@@ -335,6 +335,18 @@ class Retriever:
 
         return rerank_hits(self.db, record, vector, hits, reranker, k)
 
+    def product(self, sku: str) -> dict[str, Any]:
+        """Product ``sku`` with its categories and images (see :func:`manet.catalog.lookup.product_by_sku`)."""
+        from manet.catalog.lookup import product_by_sku
+
+        return product_by_sku(self.db, sku)
+
+    def image_file(self, image_id: int) -> tuple[str, str | None]:
+        """The stored file and content hash of image ``image_id`` (NotFoundError when unknown)."""
+        from manet.catalog.lookup import image_file
+
+        return image_file(self.db, image_id)
+
     def write_eval_page(self, run_id: int, path: str | Path, *, limit: int | None = None) -> Path:
         """A self-contained HTML page of stored evaluation run ``run_id`` (misses first, at most
         ``limit`` queries; default :data:`manet.evaluate.report.DEFAULT_REPORT_LIMIT`)."""

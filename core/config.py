@@ -56,6 +56,29 @@ DEFAULT_EF_CONSTRUCTION = 64
 #: Catalogue rows read to fit a PCA-whitening.
 DEFAULT_WHITEN_ROWS = 20_000
 
+# `manet serve` (manet.serve): its options' variables and defaults.
+SERVE_HOST_ENV = "MANET_SERVE_HOST"
+SERVE_PORT_ENV = "MANET_SERVE_PORT"
+SERVE_MODEL_ENV = "MANET_SERVE_MODEL"
+SERVE_WORKERS_ENV = "MANET_SERVE_WORKERS"
+SERVE_MAX_BATCH_ENV = "MANET_SERVE_MAX_BATCH"
+SERVE_BATCH_WAIT_MS_ENV = "MANET_SERVE_BATCH_WAIT_MS"
+SERVE_MAX_UPLOAD_BYTES_ENV = "MANET_SERVE_MAX_UPLOAD_BYTES"
+#: The key clients must send (``Authorization: Bearer KEY`` or ``X-API-Key``); unset: none needed.
+API_KEY_ENV = "MANET_API_KEY"
+#: Loopback only: another machine reaches the service only when the operator says so (--host 0.0.0.0).
+DEFAULT_SERVE_HOST = "127.0.0.1"
+DEFAULT_SERVE_PORT = 8000
+#: Queries grouped into one forward pass at most; 1: every query its own pass (no micro-batching).
+DEFAULT_SERVE_MAX_BATCH = 16
+#: Milliseconds the first query of a batch waits for others to join it: short next to a forward
+#: pass (tens of ms on a CPU), so a lone query hardly waits and a busy service fills its batches.
+DEFAULT_SERVE_BATCH_WAIT_MS = 5.0
+#: Bytes a photo upload may have (a phone photo is 2-10 MB); larger ones get 413.
+DEFAULT_SERVE_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+#: Long side of the thumbnails the service sends, pixels.
+DEFAULT_THUMBNAIL_SIZE = 256
+
 
 def default_home() -> Path:
     """The folder used when ``MANET_HOME`` / ``--home`` is not set: the user data dir."""

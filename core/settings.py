@@ -236,3 +236,28 @@ def _from_env(options: Mapping[str, Any], env: Mapping[str, str]) -> frozenset[s
         if raw and (given is None or str(given) == raw):
             names.add(name)
     return frozenset(names)
+
+
+def serve_options(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``manet serve``'s own options from their variables (``MANET_SERVE_*``, ``MANET_API_KEY``),
+    as :func:`manet.serve.app.create_app` takes them: what each worker process of
+    ``manet serve --workers N`` gets from the command that started it. Unset ones are left out."""
+    from manet import config
+
+    env = os.environ if environ is None else environ
+    kinds: dict[str, tuple[str, Any]] = {
+        "model": (config.SERVE_MODEL_ENV, str),
+        "api_key": (config.API_KEY_ENV, str),
+        "max_batch": (config.SERVE_MAX_BATCH_ENV, int),
+        "batch_wait_ms": (config.SERVE_BATCH_WAIT_MS_ENV, float),
+        "max_upload_bytes": (config.SERVE_MAX_UPLOAD_BYTES_ENV, int),
+    }
+    options: dict[str, Any] = {}
+    for name, (variable, kind) in kinds.items():
+        raw = env.get(variable, "").strip()
+        if raw:
+            try:
+                options[name] = kind(raw)
+            except ValueError:
+                raise ManetError(f"{variable}={raw!r} is not a valid {kind.__name__}; fix it or unset it") from None
+    return options

@@ -256,6 +256,11 @@ def _load(path: Path, max_pixels: int | None, draft_size: tuple[int, int] | None
     reader, head = _open(path, limits)
     with reader:
         image, _ = _open_checked(path, reader, head, _cap(max_pixels, limits), draft_size)
+    return _oriented_rgb(path, image)
+
+
+def _oriented_rgb(path: Path, image: Image.Image) -> Image.Image:
+    """A decoded image with its EXIF orientation applied, as 8-bit RGB."""
     try:
         oriented = ImageOps.exif_transpose(image)
     except Exception:  # damaged EXIF: keep the stored orientation rather than reject the image
@@ -289,6 +294,29 @@ def read_image_tensor(path: Path, size: int, max_pixels: int | None = None,
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
     image = _load(path, max_pixels, (size, size), limits)  # first: a bad file fails before torch loads
+    return _square_tensor(image, size)
+
+
+def decode_image_tensor(data: bytes, size: int, *, name: str = "upload",
+                        limits: ReadLimits | None = None) -> "torch.Tensor":
+    """:func:`read_image_tensor` for an image held in memory (an HTTP upload): the same checks
+    (format from the content, pixel cap from the header, truncation, ``limits``' byte cap and
+    time budget) and the same tensor; messages call it ``name``."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    path = Path(name)
+    if not data:
+        raise ImageError(f"image {name} is empty (0 bytes); send an image file")
+    limits = limits or ReadLimits()
+    # The in-memory bytes behind the same capped reader a file gets (it only reads, seeks and tells).
+    reader = LimitedReader(io.BytesIO(data), path, limits, limits.deadline())  # type: ignore[arg-type]
+    with reader:
+        image, _ = _open_checked(path, reader, data[:16], limits.max_pixels, (size, size))
+    return _square_tensor(_oriented_rgb(path, image), size)
+
+
+def _square_tensor(image: Image.Image, size: int) -> "torch.Tensor":
+    """An RGB image squashed to ``size`` x ``size`` as a uint8 (3, size, size) tensor."""
     import numpy as np
     import torch
 

@@ -23,6 +23,7 @@ from manet.cli.ingest import ingest
 from manet.cli.models import models
 from manet.cli.plugins import plugins
 from manet.cli.search import index, search
+from manet.cli.serve import serve
 from manet.cli.train import train
 from manet.cli.training_data import categories, dataset
 from manet.errors import ManetError
@@ -94,6 +95,7 @@ cli.add_command(status)
 cli.add_command(retry)
 cli.add_command(index)
 cli.add_command(search)
+cli.add_command(serve)
 cli.add_command(eval_)
 cli.add_command(train)
 cli.add_command(demo)
