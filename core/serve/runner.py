@@ -45,7 +45,10 @@ class ServerThread:
 
         # Bound here, not by uvicorn, so that port 0 yields the real port before the thread starts.
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP: accepted sockets inherit it, and asyncio turns Nagle off (TCP_NODELAY)
+        # only on those that report it; with 0 every keep-alive answer waits ~40 ms on the client's
+        # delayed ACK (uvicorn issue 3149).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
