@@ -170,3 +170,62 @@ def bench_ingest(state: State, rows: int, dim: int, insert_rows: int | None, as_
 
     report = run_ingest_bench(state.admin.scratch_database(), rows=rows, dim=dim, insert_rows=insert_rows)
     _emit(report, as_json, lambda r: click.echo(format_report(r)))
+
+
+@bench.command("serve")
+@click.option("--model", "model", default=None,
+              help="A stored model of your database to measure (its config is recreated in the scratch database).")
+@click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True, help="Without --model: the backbone.")
+@click.option("--pooling", default="srmac", show_default=True, help="Without --model: the pooling.")
+@click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 4096),
+              help="Without --model: input size in pixels.")
+# none: as for bench extract, the same operations run whatever the weights' values.
+@click.option("--weights", default="none", show_default=True,
+              help="Without --model: imagenet, none (random) or a checkpoint path; speed does not depend on it.")
+@click.option("--images", "n_images", default=300, show_default=True, type=click.IntRange(min=1),
+              help="Generated catalogue images to ingest, extract and index.")
+@click.option("--photos", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Generated shopper photos the requests cycle through (not in the catalogue).")
+@click.option("--photo-size", default=384, show_default=True, type=click.IntRange(32, 4096),
+              help="Side of the generated photos in pixels.")
+@click.option("--clients", default="1,8,32", show_default=True, help="Concurrent clients of each level.")
+@click.option("--requests", "n_requests", default=320, show_default=True, type=click.IntRange(min=1),
+              help="Timed requests per level and mode (after 2 untimed ones per client).")
+@click.option("--max-batch", type=click.IntRange(min=2), default=None,
+              help="The batched server's micro-batch cap  [default: the server's]")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=None,
+              help="The batched server's wait for a batch to fill  [default: the server's]")
+@click.option("--device", "bench_device", default=None,
+              help="cpu or cuda[:N]  [default: the global --device, else the best available]")
+@JSON_OPTION
+@pass_state
+def bench_serve(state: State, model: str | None, backbone: str, pooling: str, image_size: int, weights: str,
+                n_images: int, photos: int, photo_size: int, clients: str, n_requests: int, max_batch: int | None,
+                batch_wait_ms: float | None, bench_device: str | None, as_json: bool) -> None:
+    """manet serve (with and without micro-batching) vs the in-process search, at 1, 8 and 32 clients.
+
+    \b
+    in_process   Retriever.search on the photo file from N threads
+    batched      POST /v1/search to manet serve's app (micro-batching), N keep-alive clients
+    unbatched    the same app with --max-batch 1
+    Each: p50_ms, p99_ms, requests_per_s, failed, agreement (answers equal to a
+    one-at-a-time Retriever.search); servers: the batches they ran (mean_batch).
+    batched_over_unbatched: requests/s of the batched over the unbatched server.
+    """
+    from manet.bench.serve import ServeBenchOptions, check_options, format_report, run_serve_bench
+    from manet.nn.pipeline import PipelineConfig
+
+    if model is not None:
+        config = state.retriever.model(model).config
+        if getattr(config, "projection", None) is not None:
+            raise click.UsageError(f"model {model} has a projection stored in your database, which the scratch "
+                                   f"database lacks; measure its base model instead")
+    else:
+        config = PipelineConfig(backbone=backbone, weights=weights, image_size=image_size, pooling=pooling)
+    options = ServeBenchOptions(
+        config=config, images=n_images, photos=photos, photo_size=photo_size, clients=tuple(_int_list(clients)),
+        requests=n_requests, max_batch=max_batch, batch_wait_ms=batch_wait_ms)
+    check_options(options)
+    settings = state.settings.with_options(device=bench_device)
+    report = run_serve_bench(state.admin.scratch_database(), settings, options, say=_say(state))
+    _emit(report, as_json, lambda r: click.echo(format_report(r)))
