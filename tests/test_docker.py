@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from manet import config
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker" / "compose.yaml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -223,6 +225,8 @@ def test_compose_api(rendered: dict[str, Any]) -> None:
     env = api["environment"]
     assert env["MANET_DATABASE_URL"] == "postgresql://manet:manet@db:5432/manet"
     assert env["MANET_DEVICE"] == "cpu"
+    assert env[config.SERVE_MODEL_ENV] == "r50-srmac"  # the workers' model
+    assert env[config.API_KEY_ENV] == ""  # open unless set (an empty variable is no key: click ignores it)
     mounts = _mounts(api)
     assert mounts["/data"][1], "thumbnails read the data folder, read-only"
     assert mounts[env["MANET_HOME"]][0] == "manet-home" and mounts[env["TORCH_HOME"]][0] == "torch-cache"
