@@ -14,6 +14,7 @@ import io
 import json
 import os
 import queue
+import shlex
 import shutil
 import subprocess
 import threading
@@ -347,3 +348,21 @@ def test_the_page_asks_for_the_api_key_when_the_server_wants_one(catalogue, retr
         # Thumbnails need the key too: the page fetches them with it.
         browser.wait_for(f"{TILES}.every((t) => t.querySelector('img').naturalWidth > 0)", "loaded thumbnails")
         assert browser.page_lines()["error"] == ""
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="no curl on PATH")
+def test_the_readme_curl_example(server, catalogue, tmp_path):
+    """README's "HTTP service" curl command, with this server, a photo and a category it has."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## HTTP service\n", 1)[1].split("\n## ", 1)[0]
+    command = next(line for line in section.splitlines() if line.startswith("curl "))
+    product = catalogue.specs[4]
+    photo = catalogue.photo_of(4, tmp_path / "photo.jpg")
+    args = [{"image=@photo.jpg": f"image=@{photo}", "category=Juice": f"category={product.shape}"}.get(arg, arg)
+            for arg in shlex.split(command.replace("http://127.0.0.1:8000", server))]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert (answer["model"], answer["k"]) == ("tiny", 7)
+    assert answer["hits"][0]["sku"] == product.sku
+    assert all(hit["thumbnail_url"].endswith(f"/v1/images/{hit['image_id']}/thumbnail") for hit in answer["hits"])
