@@ -16,6 +16,7 @@ import os
 import queue
 import shlex
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -160,7 +161,7 @@ class DevTools:
             self.send("Browser.close", browser=True)
             self.process.wait(10)
         except (AssertionError, OSError, subprocess.TimeoutExpired):
-            os.killpg(self.process.pid, 9)
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         finally:
             for fd in (self._write, self._read):
@@ -309,6 +310,23 @@ def test_more_like_this_searches_with_the_stored_image(page, catalogue, tmp_path
                           f"&& {TILES}[0]?.dataset.imageId === {json.dumps(second)} "
                           f"&& {TILES}.map((t) => t.dataset.imageId)", "tiles of the stored image")
     assert len(again) == 7 and len(set(again)) == 7
+    assert page.page_lines()["error"] == ""
+
+
+def test_a_dropped_photo_is_searched(page, catalogue, tmp_path):
+    tiles = search_with(page, catalogue.photo_of(6, tmp_path / "shot.png"))
+    # Drop a file made in the page (a thumbnail it fetched) on the drop zone, as a drag from the desktop.
+    page.evaluate(f"""(async () => {{
+        const blob = await (await fetch({TILES}[0].querySelector('img').src)).blob();
+        const files = new DataTransfer();
+        files.items.add(new File([blob], 'dropped.jpg', {{type: 'image/jpeg'}}));
+        document.getElementById('tiles').replaceChildren();
+        document.getElementById('drop').dispatchEvent(new DragEvent('drop', {{dataTransfer: files, bubbles: true,
+                                                                          cancelable: true}}));
+    }})()""")
+    again = page.wait_for(f"!document.getElementById('tiles').hasAttribute('aria-busy') && {TILES}.length", "tiles")
+    assert again == len(tiles)
+    assert page.evaluate("document.getElementById('drop-text').textContent") == "dropped.jpg"
     assert page.page_lines()["error"] == ""
 
 
