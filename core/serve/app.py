@@ -21,7 +21,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import ValidationError
 
 from manet import __version__, config
-from manet.serve.errors import MULTIPART_OVERHEAD, BodyLimitMiddleware, UploadTooLarge, install_error_handlers
+from manet.serve.errors import BodyLimitMiddleware, UploadTooLarge, install_error_handlers
 from manet.serve.metrics import Metrics, MetricsMiddleware
 from manet.serve.schemas import (
     ERROR_RESPONSES,
@@ -68,7 +68,7 @@ def create_app(settings: Settings, *, model: str | None = None, api_key: str | N
     _add_routes(app, guard)
     # Outermost first in the list's reverse: metrics see every answer, the 413 of a lying
     # Content-Length too.
-    app.add_middleware(BodyLimitMiddleware, limit=options.max_upload_bytes + MULTIPART_OVERHEAD, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=options.max_upload_bytes, metrics=metrics)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(NoSniffMiddleware)
     return app

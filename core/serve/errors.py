@@ -128,11 +128,13 @@ def validation_message(errors: Any) -> str:
 
 class BodyLimitMiddleware:
     """Caps the bytes of every request body, counted as they arrive (a Content-Length can lie,
-    a chunked body has none): past ``limit`` the app's reads raise :class:`UploadTooLarge`, which
-    the error handlers answer with 413; a declared length over it is refused before any read."""
+    a chunked body has none): past ``max_upload_bytes`` and the multipart overhead, the app's reads
+    raise :class:`UploadTooLarge`, which the error handlers answer with 413; a declared length over
+    it is refused before any read."""
 
-    def __init__(self, app: Any, limit: int, metrics: Any) -> None:
-        self.app, self.limit, self.metrics = app, limit, metrics
+    def __init__(self, app: Any, max_upload_bytes: int, metrics: Any) -> None:
+        self.app, self.metrics = app, metrics
+        self.cap, self.limit = max_upload_bytes, max_upload_bytes + MULTIPART_OVERHEAD
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -144,20 +146,20 @@ class BodyLimitMiddleware:
                 await _drain(receive, DRAIN_BYTES + self.limit)
             await self._refuse(send)
             return
-        received, over = 0, False
+        received, unread = 0, False
 
         async def counted() -> dict[str, Any]:
-            nonlocal received, over
+            nonlocal received, unread
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    over = True
-                    raise UploadTooLarge(self.limit)
+                    unread = bool(message.get("more_body", False))
+                    raise UploadTooLarge(self.cap)
             return message
 
         async def drain_then_send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start" and over:  # read the rest before answering
+            if message["type"] == "http.response.start" and unread:  # read the rest before answering
                 await _drain(receive, DRAIN_BYTES)
             await send(message)
 
@@ -167,7 +169,7 @@ class BodyLimitMiddleware:
         import json
 
         self.metrics.errors.labels("too_large").inc()
-        body = json.dumps(error_body(str(UploadTooLarge(self.limit)))).encode()
+        body = json.dumps(error_body(str(UploadTooLarge(self.cap)))).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})

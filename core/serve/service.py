@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from manet.errors import ImageError, ManetError, NotFoundError, one_line
 from manet.serve.batcher import MicroBatcher
 
 log = logging.getLogger("manet.serve")
+#: Seconds a model's record (its input size) is reused before it is read again.
+RECORD_SECONDS = 5.0
 
 #: Formats an upload may be, by their first bytes: the decoder would open more (EPS, PSD, ...),
 #: but a photo from a phone or a browser is one of these, and fewer decoders, fewer attack paths.
@@ -66,6 +69,7 @@ class SearchService:
         self._db_lock = threading.Lock()
         self._loaded: set[str] = set()
         self._loading: Any = None
+        self._records: dict[str, tuple[float, Any]] = {}
         self.batcher = MicroBatcher(self._embed, max_batch=options.max_batch, wait_ms=options.batch_wait_ms,
                                     on_batch=metrics.observe_batch)
 
@@ -145,7 +149,14 @@ class SearchService:
                 raise ManetError(f"name a model: model=NAME (known: {', '.join(names) or 'none yet'}), or start "
                                  f"the server with --model NAME")
             name = names[0]
-        return self.retriever.model(name)
+        # Briefly cached: a photo search needs the input size before its search reads the record
+        # again, and a lookup per request costs more than the rest of the request's Python.
+        cached = self._records.get(name)
+        if cached is not None and time.monotonic() - cached[0] < RECORD_SECONDS:
+            return cached[1]
+        record = self.retriever.model(name)
+        self._records[name] = (time.monotonic(), record)
+        return record
 
     async def search_photo(self, data: bytes, params: Any) -> dict[str, Any]:
         """Top-k for an uploaded photo: decoded in the thread pool, embedded in a micro-batch,
