@@ -339,6 +339,60 @@ def test_a_read_only_role_serves_every_endpoint(populated, database_url, photos)
         assert call(running.url, "GET", "/v1/models").status == 200
 
 
+# -- the command ---------------------------------------------------------------------------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_manet_serve_command(populated, database_url, workers) -> None:
+    """``manet serve`` in its own process, options from the command line and the environment;
+    with 2 workers each process builds the app from the settings the command passed down."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    env = {**os.environ, "MANET_DATABASE_URL": database_url, "MANET_DEVICE": "cpu", "MANET_API_KEY": API_KEY,
+           "MANET_SERVE_WORKERS": workers, "MANET_SERVE_MAX_UPLOAD_BYTES": "30000"}
+    process = subprocess.Popen([sys.executable, "-m", "manet.cli", "serve", "--port", str(port), "--model", "tiny",
+                                "--max-batch", "4"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                if call(url, "GET", "/readyz").status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "manet serve did not become ready"
+            time.sleep(0.2)
+        key = {"X-API-Key": API_KEY}
+        reply = search_json(url, {"image_id": 1, "k": 3}, headers=key)
+        assert reply.status == 200, reply.body
+        assert_same_hits(reply.json()["hits"], populated.search("tiny", image_id=1, k=3))
+        assert search_json(url, {"image_id": 1}).status == 401
+        assert_error(search_photo(url, b"\xff\xd8\xff" + b"0" * 40_000, headers=key), 413, "30000")
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            output = process.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output = process.communicate()[0]
+    assert process.returncode == 0, output
+    assert f"serving on http://127.0.0.1:{port}" in output and "Traceback" not in output
+
+
 # -- load: micro-batching under concurrency, beside an extraction --------------------------
 
 #: The load test's model: the tiny one at 32 px, so that 1,600 searches stay a few seconds of CPU.
