@@ -103,8 +103,8 @@ def install_error_handlers(app: Any, metrics: Any) -> None:
 
     async def on_error(request: Any, exc: Exception) -> JSONResponse:
         status = status_of(exc)
-        if status == 500:
-            log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        if status == 500:  # the server logs the trace itself once this answer is sent
+            log.error("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
         elif status == 503:
             log.warning("%s %s: database unavailable: %s", request.method, request.url.path, one_line(exc))
         return answer(status, message_of(exc, status))
