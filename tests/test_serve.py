@@ -36,9 +36,7 @@ from serve_client import (
 )
 
 API_KEY = "s3cret-key"
-#: The strict server's caps: a 96 px photo is ~4 KB and 9,216 pixels.
-STRICT_UPLOAD_BYTES = 20_000
-STRICT_PIXELS = 5_000
+STRICT_UPLOAD_BYTES, STRICT_PIXELS = 20_000, 5_000  # the strict server's caps; a 96 px photo: ~4 KB, 9,216 px
 
 
 # -- fixtures ------------------------------------------------------------------------------
@@ -178,6 +176,7 @@ def test_unknown_things_are_404(server) -> None:
     assert_error(search_photo(server.url, b"\xff\xd8\xff", model="no-such-model"), 404, "no-such-model")
     assert_error(search_json(server.url, {"image_id": 987654}), 404, "987654")
     assert_error(call(server.url, "GET", "/v1/products/NO-SUCH-SKU"), 404, "NO-SUCH-SKU")
+    assert_error(call(server.url, "GET", "/v1/products/NO%2FSUCH"), 404, "'NO/SUCH'")  # a SKU may hold a /
     assert_error(call(server.url, "GET", "/v1/nothing-here"), 404, "/v1/nothing-here")
 
 

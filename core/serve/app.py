@@ -153,7 +153,7 @@ def _add_routes(app: FastAPI, guard: list[Any]) -> None:
     v1 = {"dependencies": guard, "tags": ["search"], "responses": ERROR_RESPONSES}
     app.add_api_route("/v1/search", search, methods=["POST"], response_model=SearchOut,
                       openapi_extra={"requestBody": search_request_body()}, **v1)
-    app.add_api_route("/v1/products/{sku}", product, methods=["GET"], response_model=ProductOut, **v1)
+    app.add_api_route("/v1/products/{sku:path}", product, methods=["GET"], response_model=ProductOut, **v1)
     app.add_api_route("/v1/images/{image_id}/thumbnail", thumbnail, methods=["GET"], response_class=Response,
                       **v1)
     app.add_api_route("/v1/models", models, methods=["GET"], response_model=ModelsOut, **v1)
