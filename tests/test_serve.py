@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -88,6 +89,12 @@ def test_health_readiness_models_schema_docs_and_page(server, populated) -> None
     assert {"multipart/form-data", "application/json"} <= set(body)
     docs = call(server.url, "GET", "/docs")
     assert docs.status == 200 and b"swagger" in docs.body.lower()
+    # The docs page loads Swagger UI from this server, not a CDN: it works offline.
+    scripts = re.findall(rb'<script src="([^"]+)"', docs.body)
+    assert scripts and all(src.startswith(b"/") for src in scripts), scripts
+    for src in scripts:
+        asset = call(server.url, "GET", src.decode())
+        assert asset.status == 200 and len(asset.body) > 100_000
     page = call(server.url, "GET", "/")
     assert page.status == 200 and page.headers["content-type"].startswith("text/html")
     assert page.headers["x-content-type-options"] == "nosniff"

@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Secur
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 
 from manet import __version__, config
@@ -59,7 +60,8 @@ def create_app(settings: Settings, *, model: str | None = None, api_key: str | N
     options = ServeOptions(model=model, api_key=api_key or None, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
                            max_upload_bytes=min(max_upload_bytes, retriever.limits.max_bytes))
     metrics = Metrics()
-    app = FastAPI(title="manet search", version=__version__, lifespan=_lifespan,
+    # FastAPIOffline: FastAPI whose /docs and /redoc load their scripts from this server.
+    app = FastAPIOffline(title="manet search", version=__version__, lifespan=_lifespan,
                   description="Cross-domain product image retrieval: upload a photo, get the catalogue's "
                               "nearest products. Errors are one line of JSON: {\"error\": \"...\"}.")
     app.state.service = SearchService(retriever, options, metrics, owns_retriever=owns)
