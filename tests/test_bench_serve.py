@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from manet.bench.serve import MODES, format_report
 from manet.bench.serve_load import Answer, LevelRun, agreement, agrees, level_figures, run_level, search_form
-from manet.bench.serve_metrics import parse_histogram
+from manet.bench.serve_metrics import FORWARD_METRIC, batch_figures, parse_histogram
 from manet.cli.main import cli
 
 METRICS = """# HELP manet_batch_size Queries per forward pass (micro-batching).
@@ -24,7 +24,9 @@ manet_batch_size_bucket{le="8.0"} 6.0
 manet_batch_size_bucket{le="+Inf"} 6.0
 manet_batch_size_count 6.0
 manet_batch_size_sum 11.0
+manet_forward_seconds_bucket{le="+Inf"} 6.0
 manet_forward_seconds_count 6.0
+manet_forward_seconds_sum 0.9
 """
 
 
@@ -40,6 +42,13 @@ def test_batch_histogram_differences_give_a_level_s_batches():
     # 4 batches of 9 images: one of 1, two of 2, one of 3 or 4.
     assert (level.count, level.total, level.mean, level.over_one, level.largest_bound) == (4, 9, 2.25, 3, 4.0)
     assert parse_histogram("").mean is None and parse_histogram("").largest_bound is None
+    forward = parse_histogram(METRICS, FORWARD_METRIC)
+    assert (forward.count, forward.total) == (6, 0.9)
+    figures = batch_figures({"manet_batch_size": before, FORWARD_METRIC: parse_histogram("", FORWARD_METRIC)},
+                            {"manet_batch_size": after, FORWARD_METRIC: forward}, seconds=1.8)
+    # 0.9 s of forward passes for the 9 images of the interval, half of its 1.8 s.
+    assert figures == {"batches": 4, "batches_over_one": 3, "mean_batch": 2.25, "max_batch_at_most": 4.0,
+                       "forward_ms_per_image": 100.0, "model_busy": 0.5}
 
 
 def test_answers_agree_up_to_ties():
@@ -125,6 +134,8 @@ def test_bench_serve_json(database_url, monkeypatch):
         # 8 timed + 2 warm-up requests per client, all in the server's batches.
         assert row["batched"]["mean_batch"] * row["batched"]["batches"] == 8 + 2 * row["clients"]
         assert row["batched_over_unbatched"] > 0
+        for mode in ("batched", "unbatched"):
+            assert row[mode]["forward_ms_per_image"] > 0 and 0 < row[mode]["model_busy"] <= 1.0
     busy = report["levels"][1]
     assert busy["clients"] == 4 and busy["batched"]["batches_over_one"] >= 1
     assert busy["batched"]["max_batch_at_most"] in (2.0, 4.0)

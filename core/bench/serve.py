@@ -40,7 +40,7 @@ from manet.bench.serve_load import (
     run_level,
     search_form,
 )
-from manet.bench.serve_metrics import read_histogram, wait_ready
+from manet.bench.serve_metrics import batch_figures, read_histograms, wait_ready
 from manet.errors import ManetError
 from manet.nn.pipeline import PipelineConfig
 from manet.settings import Settings
@@ -169,18 +169,15 @@ def _measure_mode(mode: str, targets: _Targets, clients: int, options: ServeBenc
                   references: list[Answer]) -> dict[str, Any]:
     """One mode at one concurrency: its figures, agreement and (servers) the batch sizes it saw."""
     url = targets.urls.get(mode)
-    before = read_histogram(url) if url else None
+    before = read_histograms(url) if url else None
     run = run_level(_client_factory(mode, targets, options.k), clients, options.requests, len(targets.paths),
                     options.warmup)
     figures = level_figures(run)
     figures["agreement"] = agreement(run, references)
     if url and before is not None:
-        # The level's warm-up requests are in the difference too: a few per client, untimed.
-        batches = read_histogram(url) - before
-        figures["batches"] = int(batches.count)
-        figures["batches_over_one"] = int(batches.over_one)
-        figures["mean_batch"] = batches.mean
-        figures["max_batch_at_most"] = batches.largest_bound
+        # The level's warm-up requests are in the difference too (a few per client), and so is
+        # their time: the busy share is over the warm-up and the timed requests.
+        figures.update(batch_figures(before, read_histograms(url), run.seconds + run.warmup_seconds))
     return figures
 
 
@@ -241,12 +238,14 @@ def _report(options: ServeBenchOptions, settings: Settings, retriever: Any, mode
     """The figures of ``manet bench serve --json``."""
     import torch
 
+    from manet.nn.device import use_bf16
+
     top = max(levels, key=lambda row: row["clients"])
     modes = [row[mode] for row in levels for mode in MODES]
     agreements = [figures["agreement"] for figures in modes if figures["agreement"] is not None]
     return {
         "device": retriever.device,
-        "precision": settings.precision,
+        "precision": "bf16" if use_bf16(retriever.device, settings.precision) else "fp32",
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
@@ -282,14 +281,16 @@ def format_report(r: dict[str, Any]) -> str:
         f"{r['requests']} requests per level and mode; batched server: max_batch {r['max_batch']}, "
         f"batch wait {r['batch_wait_ms']} ms; unbatched: max_batch 1",
         "",
-        f"{'clients':>7}  {'mode':<10} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8} {'failed':>6}  {'batch (mean, max)':<18}",
+        f"{'clients':>7}  {'mode':<10} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8} {'failed':>6}  "
+        f"{'batch mean, max':<16} {'fwd ms/img':>10} {'model busy':>10}",
     ]
     for row in r["levels"]:
         for mode in MODES:
             f = row[mode]
-            batch = (f"{f['mean_batch']}, <= {_num(f['max_batch_at_most'])}" if f.get("mean_batch") else "-")
+            batch = f"{f['mean_batch']}, <= {_num(f['max_batch_at_most'])}" if f.get("mean_batch") else "-"
             lines.append(f"{row['clients']:>7}  {mode.replace('_', ' '):<10} {_num(f['p50_ms']):>9} "
-                         f"{_num(f['p99_ms']):>9} {_num(f['requests_per_s']):>8} {f['failed']:>6}  {batch:<18}")
+                         f"{_num(f['p99_ms']):>9} {_num(f['requests_per_s']):>8} {f['failed']:>6}  {batch:<16} "
+                         f"{_num(f.get('forward_ms_per_image')):>10} {_num(f.get('model_busy')):>10}")
     lines += [
         "",
         "batched / unbatched req/s: " + ", ".join(

@@ -126,6 +126,8 @@ class LevelRun:
 
     clients: int
     seconds: float = 0.0
+    #: From the start of the warm-up to the start of the timed requests.
+    warmup_seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     answers: list[tuple[int, Answer]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -177,7 +179,8 @@ def run_level(make_client: Callable[[], SearchClient], clients: int, requests: i
         with lock:
             return next(counter)
 
-    ready = threading.Barrier(clients, timeout=REQUEST_TIMEOUT_S * (warmup + 1))
+    ready = threading.Barrier(clients, action=lambda: starts.append(time.perf_counter()),
+                              timeout=REQUEST_TIMEOUT_S * (warmup + 1))
     go = threading.Barrier(clients, action=lambda: starts.append(time.perf_counter()),
                            timeout=REQUEST_TIMEOUT_S * (warmup + 1))
     threads = [threading.Thread(target=_client_thread, name=f"bench-client-{slot}", daemon=True,
@@ -188,9 +191,9 @@ def run_level(make_client: Callable[[], SearchClient], clients: int, requests: i
         thread.start()
     for thread in threads:
         thread.join()
-    if not starts or len(ends) < clients:
+    if len(starts) < 2 or len(ends) < clients:
         raise RuntimeError("; ".join(run.errors[:3]) or "a client thread did not finish")
-    run.seconds = max(ends) - starts[0]
+    run.warmup_seconds, run.seconds = starts[1] - starts[0], max(ends) - starts[1]
     return run
 
 

@@ -1,9 +1,10 @@
-"""What ``manet bench serve`` reads from a ``manet serve`` app: its readiness, and the batch sizes
-it formed, from its ``/metrics`` (Prometheus' text format).
+"""What ``manet bench serve`` reads from a ``manet serve`` app: its readiness, and the batches it
+ran, from its ``/metrics`` (Prometheus' text format).
 
-The server counts every micro-batch it runs in a histogram of batch sizes. Reading it before
-and after a level and subtracting gives that level's batches: their number, the images in them
-(so the exact mean size) and, per bucket, how many had at most that many images.
+The server counts every micro-batch in two histograms: its size and its forward pass's time.
+Reading them before and after a level and subtracting gives that level's batches: their number,
+the images in them (so the exact mean size), per bucket how many had at most that many images,
+and the seconds its model thread spent in forward passes.
 """
 
 from __future__ import annotations
@@ -13,29 +14,31 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
-#: The histogram of batch sizes that ``manet serve`` exports.
+#: The histograms of batch sizes and of forward-pass seconds that ``manet serve`` exports.
 BATCH_SIZE_METRIC = "manet_batch_size"
+FORWARD_METRIC = "manet_forward_seconds"
 _SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)')
 _LE = re.compile(r'le="(?P<le>[^"]+)"')
 
 
 @dataclass
-class BatchHistogram:
-    """Batches run, images in them, and cumulative batches per upper bound (``le``)."""
+class Histogram:
+    """Observations (batches), their sum (images, or seconds) and cumulative counts per upper bound (``le``)."""
 
     count: float = 0.0
     total: float = 0.0
     buckets: dict[float, float] = field(default_factory=dict)
 
-    def __sub__(self, other: BatchHistogram) -> BatchHistogram:
-        return BatchHistogram(self.count - other.count, self.total - other.total,
+    def __sub__(self, other: Histogram) -> Histogram:
+        return Histogram(self.count - other.count, self.total - other.total,
                               {le: n - other.buckets.get(le, 0.0) for le, n in self.buckets.items()})
 
     @property
     def mean(self) -> float | None:
-        """Mean images per batch (None: no batch)."""
+        """Mean per observation, e.g. images per batch (None: none)."""
         return round(self.total / self.count, 2) if self.count else None
 
     @property
@@ -52,12 +55,12 @@ class BatchHistogram:
         return self.count - self.buckets.get(1.0, 0.0)
 
 
-def parse_histogram(text: str, name: str = BATCH_SIZE_METRIC) -> BatchHistogram:
+def parse_histogram(text: str, name: str = BATCH_SIZE_METRIC) -> Histogram:
     """The histogram ``name`` in a Prometheus text exposition (summed over any other labels)."""
-    histogram = BatchHistogram()
+    histogram = Histogram()
     for line in text.splitlines():
         match = _SAMPLE.match(line)
-        if not match or not match["name"].startswith(name):
+        if not match or match["name"] not in (f"{name}_count", f"{name}_sum", f"{name}_bucket"):
             continue
         value, suffix = float(match["value"]), match["name"][len(name):]  # e.g. manet_batch_size_bucket
         if suffix == "_count":
@@ -83,12 +86,26 @@ def _get(url: str, path: str, timeout: float) -> tuple[int, str]:
         conn.close()
 
 
-def read_histogram(url: str, timeout: float = 30.0) -> BatchHistogram:
-    """GET ``url``/metrics of a loopback server and parse its batch-size histogram."""
+def read_histograms(url: str, timeout: float = 30.0) -> dict[str, Histogram]:
+    """GET ``url``/metrics of a loopback server: its batch-size and forward-time histograms by name."""
     status, body = _get(url, "/metrics", timeout)
     if status != 200:
         raise RuntimeError(f"GET {url}/metrics answered HTTP {status}")
-    return parse_histogram(body)
+    return {name: parse_histogram(body, name) for name in (BATCH_SIZE_METRIC, FORWARD_METRIC)}
+
+
+def batch_figures(before: dict[str, Histogram], after: dict[str, Histogram], seconds: float) -> dict[str, Any]:
+    """The batches run between two readings ``seconds`` apart: how many, their sizes, and the
+    model thread's forward time per image and its busy share of the interval."""
+    sizes, forward = after[BATCH_SIZE_METRIC] - before[BATCH_SIZE_METRIC], after[FORWARD_METRIC] - before[FORWARD_METRIC]
+    return {
+        "batches": int(sizes.count),
+        "batches_over_one": int(sizes.over_one),
+        "mean_batch": sizes.mean,
+        "max_batch_at_most": sizes.largest_bound,
+        "forward_ms_per_image": round(1000 * forward.total / sizes.total, 2) if sizes.total else None,
+        "model_busy": round(forward.total / seconds, 3) if seconds > 0 else None,
+    }
 
 
 def wait_ready(url: str, timeout: float = 300.0) -> None:
