@@ -44,8 +44,7 @@ def test_batch_histogram_differences_give_a_level_s_batches():
     assert parse_histogram("").mean is None and parse_histogram("").largest_bound is None
     forward = parse_histogram(METRICS, FORWARD_METRIC)
     assert (forward.count, forward.total) == (6, 0.9)
-    figures = batch_figures({"manet_batch_size": before, FORWARD_METRIC: parse_histogram("", FORWARD_METRIC)},
-                            {"manet_batch_size": after, FORWARD_METRIC: forward}, seconds=1.8)
+    figures = batch_figures({"manet_batch_size": level, FORWARD_METRIC: forward}, seconds=1.8)
     # 0.9 s of forward passes for the 9 images of the interval, half of its 1.8 s.
     assert figures == {"batches": 4, "batches_over_one": 3, "mean_batch": 2.25, "max_batch_at_most": 4.0,
                        "forward_ms_per_image": 100.0, "model_busy": 0.5}
@@ -88,15 +87,26 @@ class _FakeClient:
 def test_run_level_sends_exactly_the_requests_from_every_client():
     _FakeClient.seen = set()
     run = run_level(_FakeClient, clients=4, requests=20, photos=5, warmup=1)
-    figures = level_figures(run)
+    figures = level_figures([run])
     # 20 timed requests over photos 0..4: photo 4 four times, refused and counted, not retried.
     assert (figures["requests"], figures["failed"], len(run.answers)) == (20, 4, 16)
     assert figures["first_error"] == "RuntimeError: photo 4 is refused"
     assert sorted(photo for photo, _ in run.answers) == sorted([0, 1, 2, 3] * 4)
     assert len(_FakeClient.seen) == 4 and figures["requests_per_s"] > 0 and figures["p99_ms"] >= figures["p50_ms"]
     references = [Answer((i,), (1.0,)) for i in range(5)]
-    assert agreement(run, references) == 1.0
-    assert agreement(LevelRun(1), references) is None
+    assert agreement([run], references) == 1.0
+    assert agreement([LevelRun(1)], references) is None
+
+
+def test_requests_per_second_count_while_every_client_is_busy():
+    # 2 clients from t=0: the last request is sent at t=2, when 2 answers are in; the drain after
+    # it (one client left) is not counted.
+    run = LevelRun(2, seconds=4.0, started=0.0, spans=[(0.0, 1.0), (0.0, 2.0), (1.0, 3.0), (2.0, 4.0)])
+    assert run.steady() == (2, 2.0)
+    two_rounds = level_figures([run, LevelRun(2, seconds=2.0, spans=[(0.0, 1.0), (0.0, 2.0)])])
+    # The second round sent everything at once: its whole wall time counts.
+    assert two_rounds["requests_per_s"] == round(4 / 4.0, 2) and two_rounds["wall_requests_per_s"] == 1.0
+    assert two_rounds["requests"] == 6 and two_rounds["p50_ms"] == 2000.0  # latencies 1, 2, 2, 2 and 1, 2 s
 
 
 def test_run_level_reports_a_client_that_cannot_start():
@@ -115,7 +125,7 @@ def test_bench_serve_json(database_url, monkeypatch):
     result = CliRunner().invoke(cli, [
         "--quiet", "--database-url", database_url, "--precision", "fp32", "bench", "serve",
         "--backbone", "resnet18", "--image-size", "64", "--images", "10", "--photos", "4", "--photo-size", "96",
-        "--clients", "1,4", "--requests", "8", "--max-batch", "4",
+        "--clients", "1,4", "--requests", "8", "--rounds", "2", "--max-batch", "4",
         # A long window: the 4 clients' simultaneous warm-up requests share a batch, however busy the machine.
         "--batch-wait-ms", "200", "--device", "cpu", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -125,13 +135,13 @@ def test_bench_serve_json(database_url, monkeypatch):
     assert (report["requests"], report["max_batch"], report["batch_wait_ms"], report["failed"]) == (8, 4, 200, 0)
     assert report["agreement"] == 1.0 and report["max_clients"] == 4
     for row in report["levels"]:
-        assert sorted(row["order"]) == sorted(MODES)
+        assert len(row["orders"]) == 2 and all(sorted(order) == sorted(MODES) for order in row["orders"])
         for mode in MODES:
             figures = row[mode]
             assert (figures["requests"], figures["failed"], figures["agreement"]) == (8, 0, 1.0), (mode, figures)
             assert figures["p50_ms"] > 0 and figures["requests_per_s"] > 0
         assert row["unbatched"]["mean_batch"] == 1.0 and row["unbatched"]["batches_over_one"] == 0
-        # 8 timed + 2 warm-up requests per client, all in the server's batches.
+        # 8 timed + 1 warm-up request per client and round, all in the server's batches.
         assert row["batched"]["mean_batch"] * row["batched"]["batches"] == 8 + 2 * row["clients"]
         assert row["batched_over_unbatched"] > 0
         for mode in ("batched", "unbatched"):
@@ -150,5 +160,5 @@ def test_bench_serve_json(database_url, monkeypatch):
 
 def test_bench_serve_rejects_fewer_requests_than_clients(tmp_path):
     result = CliRunner().invoke(cli, ["--quiet", "--home", str(tmp_path), "bench", "serve", "--clients", "1,8",
-                                      "--requests", "4"])
-    assert result.exit_code == 1 and "fewer than the 8 clients" in result.output  # before any database work
+                                      "--requests", "20"])
+    assert result.exit_code == 1 and "in 4 rounds is fewer than the 8 clients" in result.output  # before any db work

@@ -13,10 +13,12 @@ requests each (:mod:`manet.bench.serve_load`):
 - **unbatched**: the same app with ``max_batch=1``.
 
 Both servers run in this process on loopback (:class:`manet.serve.runner.ServerThread`), so
-the client threads share the process with them. The three take turns in rotating order at
-each level. Every answer is checked against a one-at-a-time reference :meth:`Retriever.search`
-of its photo, and the batch sizes each server formed during a level are read from its
-``/metrics`` before and after the level.
+the client threads share the process with them. A level's requests are split into rounds, and
+the three modes take turns round by round in rotating order, so that a burst of other work on
+a shared machine falls on all three. requests/s counts the answers while every client was busy
+(until the last request of a round was sent), not the drain after it. Every answer is checked
+against a one-at-a-time reference :meth:`Retriever.search` of its photo, and the batches each
+server ran are read from its ``/metrics`` around each round.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +37,13 @@ from manet.bench.serve_load import (
     Answer,
     HttpClient,
     InProcessClient,
+    LevelRun,
     agreement,
     level_figures,
     run_level,
     search_form,
 )
-from manet.bench.serve_metrics import batch_figures, read_histograms, wait_ready
+from manet.bench.serve_metrics import Histogram, batch_figures, read_histograms, wait_ready
 from manet.errors import ManetError
 from manet.nn.pipeline import PipelineConfig
 from manet.settings import Settings
@@ -64,11 +67,14 @@ class ServeBenchOptions:
     catalogue_size: int = 256
     clients: tuple[int, ...] = (1, 8, 32)
     requests: int = 320
+    #: Each level's requests are split into this many rounds of every mode, in rotating order.
+    rounds: int = 4
     #: The batched server's micro-batch cap and wait (None: the server's defaults).
     max_batch: int | None = None
     batch_wait_ms: float | None = None
     k: int = config.DEFAULT_K
-    warmup: int = 2
+    #: Untimed requests per client before each round.
+    warmup: int = 1
     seed: int = 0
 
 
@@ -80,9 +86,11 @@ def check_options(options: ServeBenchOptions) -> None:
         raise ManetError("--photos must be at least 1")
     if not options.clients or not all(1 <= n <= MAX_CLIENTS for n in options.clients):
         raise ManetError(f"--clients takes numbers from 1 to {MAX_CLIENTS}, e.g. 1,8,32")
-    if options.requests < max(options.clients):
-        raise ManetError(f"--requests {options.requests} is fewer than the {max(options.clients)} clients; "
-                         f"give each client at least one request")
+    if options.rounds < 1:
+        raise ManetError("--rounds must be at least 1")
+    if options.requests // options.rounds < max(options.clients):
+        raise ManetError(f"--requests {options.requests} in {options.rounds} rounds is fewer than the "
+                         f"{max(options.clients)} clients per round; give each client at least one request a round")
     if options.max_batch is not None and options.max_batch < 2:
         raise ManetError("--max-batch is the batched server's cap and must be at least 2 (the unbatched "
                          "server is measured anyway)")
@@ -165,29 +173,54 @@ def _client_factory(mode: str, targets: _Targets, k: int) -> Callable[[], Any]:
     return lambda: HttpClient(targets.urls[mode], targets.forms)
 
 
-def _measure_mode(mode: str, targets: _Targets, clients: int, options: ServeBenchOptions,
-                  references: list[Answer]) -> dict[str, Any]:
-    """One mode at one concurrency: its figures, agreement and (servers) the batch sizes it saw."""
+@dataclass
+class _ModeRuns:
+    """One mode's rounds at one level, and the batches its server counted during them."""
+
+    runs: list[LevelRun] = field(default_factory=list)
+    batches: dict[str, Histogram] = field(default_factory=dict)
+
+
+def _run_round(mode: str, targets: _Targets, clients: int, requests: int, options: ServeBenchOptions,
+               into: _ModeRuns) -> None:
+    """One round of one mode; a server's batches are read from its /metrics around it."""
     url = targets.urls.get(mode)
-    before = read_histograms(url) if url else None
-    run = run_level(_client_factory(mode, targets, options.k), clients, options.requests, len(targets.paths),
-                    options.warmup)
-    figures = level_figures(run)
-    figures["agreement"] = agreement(run, references)
-    if url and before is not None:
-        # The level's warm-up requests are in the difference too (a few per client), and so is
-        # their time: the busy share is over the warm-up and the timed requests.
-        figures.update(batch_figures(before, read_histograms(url), run.seconds + run.warmup_seconds))
+    before = read_histograms(url) if url else {}
+    into.runs.append(run_level(_client_factory(mode, targets, options.k), clients, requests, len(targets.paths),
+                               options.warmup))
+    if url:
+        after = read_histograms(url)
+        into.batches = {name: into.batches.get(name, Histogram()) + (after[name] - before[name]) for name in after}
+
+
+def _round_sizes(requests: int, rounds: int) -> list[int]:
+    return [requests // rounds + (1 if i < requests % rounds else 0) for i in range(rounds)]
+
+
+def _mode_figures(mode_runs: _ModeRuns, references: list[Answer]) -> dict[str, Any]:
+    figures = level_figures(mode_runs.runs)
+    figures["agreement"] = agreement(mode_runs.runs, references)
+    if mode_runs.batches:
+        # The warm-up requests are in the batches too (a few per client and round), and so is
+        # their time: the busy share is over the warm-ups and the timed requests.
+        seconds = sum(run.seconds + run.warmup_seconds for run in mode_runs.runs)
+        figures.update(batch_figures(mode_runs.batches, seconds))
     return figures
 
 
 def _measure_level(targets: _Targets, clients: int, turn: int, options: ServeBenchOptions,
                    references: list[Answer]) -> dict[str, Any]:
-    """The three modes at one concurrency, in rotating order (turn), and the batched/unbatched ratio."""
-    order = MODES[turn % 3:] + MODES[:turn % 3]
-    row: dict[str, Any] = {"clients": clients, "order": list(order)}
-    for mode in order:
-        row[mode] = _measure_mode(mode, targets, clients, options, references)
+    """The three modes at one concurrency, round after round in rotating order (a burst of
+    other load on the machine falls on all three), and the batched/unbatched ratio."""
+    measured = {mode: _ModeRuns() for mode in MODES}
+    orders = []
+    for number, requests in enumerate(_round_sizes(options.requests, options.rounds)):
+        shift = (turn + number) % len(MODES)
+        orders.append(list(MODES[shift:] + MODES[:shift]))
+        for mode in orders[-1]:
+            _run_round(mode, targets, clients, requests, options, measured[mode])
+    row: dict[str, Any] = {"clients": clients, "orders": orders}
+    row.update({mode: _mode_figures(mode_runs, references) for mode, mode_runs in measured.items()})
     row["batched_over_unbatched"] = _ratio(row["batched"]["requests_per_s"], row["unbatched"]["requests_per_s"])
     row["batched_over_in_process"] = _ratio(row["batched"]["requests_per_s"], row["in_process"]["requests_per_s"])
     return row
@@ -259,7 +292,8 @@ def _report(options: ServeBenchOptions, settings: Settings, retriever: Any, mode
         "photo_size": options.photo_size,
         "k": options.k,
         "requests": options.requests,
-        "warmup_per_client": options.warmup,
+        "rounds": options.rounds,
+        "warmup_per_client_and_round": options.warmup,
         "clients": list(options.clients),
         "max_batch": options.max_batch or config.DEFAULT_SERVE_MAX_BATCH,
         "batch_wait_ms": (options.batch_wait_ms if options.batch_wait_ms is not None
@@ -278,8 +312,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"serve benchmark: {r['backbone']} + {r['pooling']}, {r['image_size']} px, weights {r['weights']}, "
         f"{r['dim']}-d on {r['device']} ({r['threads']} torch threads, {r['precision']}); "
         f"{r['catalogue_images']} catalogue images, {r['photos']} photos of {r['photo_size']} px, k={r['k']}",
-        f"{r['requests']} requests per level and mode; batched server: max_batch {r['max_batch']}, "
-        f"batch wait {r['batch_wait_ms']} ms; unbatched: max_batch 1",
+        f"{r['requests']} requests per level and mode in {r['rounds']} rounds (req/s: while all clients were "
+        f"busy); batched server: max_batch {r['max_batch']}, batch wait {r['batch_wait_ms']} ms; unbatched: "
+        f"max_batch 1",
         "",
         f"{'clients':>7}  {'mode':<10} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8} {'failed':>6}  "
         f"{'batch mean, max':<16} {'fwd ms/img':>10} {'model busy':>10}",

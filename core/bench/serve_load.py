@@ -122,15 +122,33 @@ class HttpClient:
 
 @dataclass
 class LevelRun:
-    """What one level measured: per request (number, photo, seconds, answer or error), and the wall time."""
+    """What one run of a level measured: each answered request's (sent, answered) times and
+    answer, the errors, and the wall times."""
 
     clients: int
+    #: From the start of the timed requests to the last answer.
     seconds: float = 0.0
     #: From the start of the warm-up to the start of the timed requests.
     warmup_seconds: float = 0.0
-    latencies: list[float] = field(default_factory=list)
+    #: perf_counter() when the timed requests started.
+    started: float = 0.0
+    spans: list[tuple[float, float]] = field(default_factory=list)
     answers: list[tuple[int, Answer]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def latencies(self) -> list[float]:
+        return [end - start for start, end in self.spans]
+
+    def steady(self) -> tuple[int, float]:
+        """(answers, seconds) while every client was busy: from the start until the last request
+        was sent (the drain after it, with fewer clients left, would understate a batching server);
+        the whole run when that window holds no answer (as few requests as clients)."""
+        last_sent = max((start for start, _ in self.spans), default=self.started)
+        answered = sum(1 for _, end in self.spans if end <= last_sent)
+        if answered == 0 or last_sent <= self.started:
+            return len(self.spans), self.seconds
+        return answered, last_sent - self.started
 
 
 def _client_thread(make_client: Callable[[], SearchClient], slot: int, run: LevelRun, ready: threading.Barrier,
@@ -156,7 +174,7 @@ def _client_thread(make_client: Callable[[], SearchClient], slot: int, run: Leve
             except Exception as exc:  # counted as failed, never retried
                 run.errors.append(f"{type(exc).__name__}: {exc}")
                 continue
-            run.latencies.append(time.perf_counter() - started)  # list.append is atomic
+            run.spans.append((started, time.perf_counter()))  # list.append is atomic
             run.answers.append((photo, answer))
         ends.append(time.perf_counter())
     except threading.BrokenBarrierError:
@@ -193,21 +211,28 @@ def run_level(make_client: Callable[[], SearchClient], clients: int, requests: i
         thread.join()
     if len(starts) < 2 or len(ends) < clients:
         raise RuntimeError("; ".join(run.errors[:3]) or "a client thread did not finish")
-    run.warmup_seconds, run.seconds = starts[1] - starts[0], max(ends) - starts[1]
+    run.warmup_seconds, run.seconds, run.started = starts[1] - starts[0], max(ends) - starts[1], starts[1]
     return run
 
 
-def level_figures(run: LevelRun) -> dict[str, Any]:
-    """p50/p95/p99 latency (ms) of the answered requests, requests/s over the level's wall time
-    (answered requests only), and the failures."""
-    figures: dict[str, Any] = {"requests": len(run.latencies) + len(run.errors), "failed": len(run.errors)}
-    if run.latencies:
-        p50, p95, p99 = np.percentile(np.asarray(run.latencies), [50, 95, 99]) * 1000.0
-        figures.update(p50_ms=round(float(p50), 2), p95_ms=round(float(p95), 2), p99_ms=round(float(p99), 2),
-                       requests_per_s=round(len(run.latencies) / run.seconds, 2) if run.seconds > 0 else None)
+def level_figures(runs: Sequence[LevelRun]) -> dict[str, Any]:
+    """The figures of one mode at one level over its rounds: p50/p95/p99 latency (ms) of every
+    answered request; requests/s while all clients were busy (:meth:`LevelRun.steady`, summed
+    over the rounds) and over the whole wall time; the failures."""
+    latencies = [latency for run in runs for latency in run.latencies]
+    errors = [error for run in runs for error in run.errors]
+    steady = [run.steady() for run in runs]
+    steady_answers, steady_seconds = sum(n for n, _ in steady), sum(t for _, t in steady)
+    wall = sum(run.seconds for run in runs)
+    figures: dict[str, Any] = {"requests": len(latencies) + len(errors), "failed": len(errors)}
+    if latencies:
+        p50, p95, p99 = np.percentile(np.asarray(latencies), [50, 95, 99]) * 1000.0
+        figures.update(p50_ms=round(float(p50), 2), p95_ms=round(float(p95), 2), p99_ms=round(float(p99), 2))
     else:
-        figures.update(p50_ms=None, p95_ms=None, p99_ms=None, requests_per_s=None)
-    figures["first_error"] = run.errors[0] if run.errors else None
+        figures.update(p50_ms=None, p95_ms=None, p99_ms=None)
+    figures["requests_per_s"] = round(steady_answers / steady_seconds, 2) if steady_answers else None
+    figures["wall_requests_per_s"] = round(len(latencies) / wall, 2) if latencies and wall > 0 else None
+    figures["first_error"] = errors[0] if errors else None
     return figures
 
 
@@ -226,8 +251,9 @@ def agrees(answer: Answer, reference: Answer, tolerance: float = SCORE_TOLERANCE
     return True
 
 
-def agreement(run: LevelRun, references: Sequence[Answer]) -> float | None:
-    """The share of the level's answers that agree with the one-at-a-time reference of their photo."""
-    if not run.answers:
+def agreement(runs: Sequence[LevelRun], references: Sequence[Answer]) -> float | None:
+    """The share of the runs' answers that agree with the one-at-a-time reference of their photo."""
+    answers = [pair for run in runs for pair in run.answers]
+    if not answers:
         return None
-    return round(sum(agrees(answer, references[photo]) for photo, answer in run.answers) / len(run.answers), 4)
+    return round(sum(agrees(answer, references[photo]) for photo, answer in answers) / len(answers), 4)

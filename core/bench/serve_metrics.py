@@ -34,7 +34,12 @@ class Histogram:
 
     def __sub__(self, other: Histogram) -> Histogram:
         return Histogram(self.count - other.count, self.total - other.total,
-                              {le: n - other.buckets.get(le, 0.0) for le, n in self.buckets.items()})
+                         {le: n - other.buckets.get(le, 0.0) for le, n in self.buckets.items()})
+
+    def __add__(self, other: Histogram) -> Histogram:
+        bounds = set(self.buckets) | set(other.buckets)
+        return Histogram(self.count + other.count, self.total + other.total,
+                         {le: self.buckets.get(le, 0.0) + other.buckets.get(le, 0.0) for le in bounds})
 
     @property
     def mean(self) -> float | None:
@@ -94,10 +99,11 @@ def read_histograms(url: str, timeout: float = 30.0) -> dict[str, Histogram]:
     return {name: parse_histogram(body, name) for name in (BATCH_SIZE_METRIC, FORWARD_METRIC)}
 
 
-def batch_figures(before: dict[str, Histogram], after: dict[str, Histogram], seconds: float) -> dict[str, Any]:
-    """The batches run between two readings ``seconds`` apart: how many, their sizes, and the
-    model thread's forward time per image and its busy share of the interval."""
-    sizes, forward = after[BATCH_SIZE_METRIC] - before[BATCH_SIZE_METRIC], after[FORWARD_METRIC] - before[FORWARD_METRIC]
+def batch_figures(delta: dict[str, Histogram], seconds: float) -> dict[str, Any]:
+    """The batches counted in ``delta`` (readings after minus before, summed over rounds that
+    lasted ``seconds`` together): how many, their sizes, and the model thread's forward time per
+    image and its busy share of those seconds."""
+    sizes, forward = delta[BATCH_SIZE_METRIC], delta[FORWARD_METRIC]
     return {
         "batches": int(sizes.count),
         "batches_over_one": int(sizes.over_one),

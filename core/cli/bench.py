@@ -190,7 +190,10 @@ def bench_ingest(state: State, rows: int, dim: int, insert_rows: int | None, as_
               help="Side of the generated photos in pixels.")
 @click.option("--clients", default="1,8,32", show_default=True, help="Concurrent clients of each level.")
 @click.option("--requests", "n_requests", default=320, show_default=True, type=click.IntRange(min=1),
-              help="Timed requests per level and mode (after 2 untimed ones per client).")
+              help="Timed requests per level and mode.")
+@click.option("--rounds", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Rounds each level's requests are split into, the modes taking turns (after 1 untimed "
+                   "request per client each).")
 @click.option("--max-batch", type=click.IntRange(min=2), default=None,
               help="The batched server's micro-batch cap  [default: the server's]")
 @click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=None,
@@ -200,7 +203,8 @@ def bench_ingest(state: State, rows: int, dim: int, insert_rows: int | None, as_
 @JSON_OPTION
 @pass_state
 def bench_serve(state: State, model: str | None, backbone: str, pooling: str, image_size: int, weights: str,
-                n_images: int, photos: int, photo_size: int, clients: str, n_requests: int, max_batch: int | None,
+                n_images: int, photos: int, photo_size: int, clients: str, n_requests: int, rounds: int,
+                max_batch: int | None,
                 batch_wait_ms: float | None, bench_device: str | None, as_json: bool) -> None:
     """manet serve (with and without micro-batching) vs the in-process search, at 1, 8 and 32 clients.
 
@@ -208,8 +212,9 @@ def bench_serve(state: State, model: str | None, backbone: str, pooling: str, im
     in_process   Retriever.search on the photo file from N threads
     batched      POST /v1/search to manet serve's app (micro-batching), N keep-alive clients
     unbatched    the same app with --max-batch 1
-    Each: p50_ms, p99_ms, requests_per_s, failed, agreement (answers equal to a
-    one-at-a-time Retriever.search); servers: the batches they ran (mean_batch).
+    Each: p50_ms, p99_ms, requests_per_s (while all clients were busy), failed,
+    agreement (answers equal to a one-at-a-time Retriever.search); servers: the
+    batches they ran (mean_batch), forward_ms_per_image, model_busy.
     batched_over_unbatched: requests/s of the batched over the unbatched server.
     """
     from manet.bench.serve import ServeBenchOptions, check_options, format_report, run_serve_bench
@@ -224,7 +229,7 @@ def bench_serve(state: State, model: str | None, backbone: str, pooling: str, im
         config = PipelineConfig(backbone=backbone, weights=weights, image_size=image_size, pooling=pooling)
     options = ServeBenchOptions(
         config=config, images=n_images, photos=photos, photo_size=photo_size, clients=tuple(_int_list(clients)),
-        requests=n_requests, max_batch=max_batch, batch_wait_ms=batch_wait_ms)
+        requests=n_requests, rounds=rounds, max_batch=max_batch, batch_wait_ms=batch_wait_ms)
     check_options(options)
     settings = state.settings.with_options(device=bench_device)
     report = run_serve_bench(state.admin.scratch_database(), settings, options, say=_say(state))
