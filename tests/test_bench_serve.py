@@ -98,15 +98,16 @@ def test_run_level_sends_exactly_the_requests_from_every_client():
     assert agreement([LevelRun(1)], references) is None
 
 
-def test_requests_per_second_count_while_every_client_is_busy():
-    # 2 clients from t=0: the last request is sent at t=2, when 2 answers are in; the drain after
-    # it (one client left) is not counted.
-    run = LevelRun(2, seconds=4.0, started=0.0, spans=[(0.0, 1.0), (0.0, 2.0), (1.0, 3.0), (2.0, 4.0)])
-    assert run.steady() == (2, 2.0)
+def test_requests_per_second_count_in_the_steady_state():
+    # 2 clients from t=0: both have had an answer at t=2; the last request is sent at t=5, when the
+    # answers at 3, 4 and 5 are in: 3 answers in 3 s. The drain after it (one client left) is not counted.
+    spans = [(0.0, 1.0), (0.0, 2.0), (1.0, 3.0), (2.0, 4.0), (3.0, 5.0), (4.0, 6.0), (5.0, 7.0)]
+    run = LevelRun(2, seconds=7.0, started=0.0, spans=spans)
+    assert run.steady() == (3, 3.0)
     two_rounds = level_figures([run, LevelRun(2, seconds=2.0, spans=[(0.0, 1.0), (0.0, 2.0)])])
-    # The second round sent everything at once: its whole wall time counts.
-    assert two_rounds["requests_per_s"] == round(4 / 4.0, 2) and two_rounds["wall_requests_per_s"] == 1.0
-    assert two_rounds["requests"] == 6 and two_rounds["p50_ms"] == 2000.0  # latencies 1, 2, 2, 2 and 1, 2 s
+    # The second round is as many requests as clients: its whole wall time counts.
+    assert two_rounds["requests_per_s"] == round(5 / 5.0, 2) and two_rounds["wall_requests_per_s"] == 1.0
+    assert two_rounds["requests"] == 9 and two_rounds["p50_ms"] == 2000.0
 
 
 def test_run_level_reports_a_client_that_cannot_start():

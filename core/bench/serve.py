@@ -15,8 +15,9 @@ requests each (:mod:`manet.bench.serve_load`):
 Both servers run in this process on loopback (:class:`manet.serve.runner.ServerThread`), so
 the client threads share the process with them. A level's requests are split into rounds, and
 the three modes take turns round by round in rotating order, so that a burst of other work on
-a shared machine falls on all three. requests/s counts the answers while every client was busy
-(until the last request of a round was sent), not the drain after it. Every answer is checked
+a shared machine falls on all three. requests/s is the steady state's: the answers after every
+client has had one and until the last request of the round was sent (not the fill before, nor
+the drain after, with fewer clients left). Every answer is checked
 against a one-at-a-time reference :meth:`Retriever.search` of its photo, and the batches each
 server ran are read from its ``/metrics`` around each round.
 """
@@ -66,9 +67,9 @@ class ServeBenchOptions:
     photo_size: int = 384
     catalogue_size: int = 256
     clients: tuple[int, ...] = (1, 8, 32)
-    requests: int = 320
+    requests: int = 640
     #: Each level's requests are split into this many rounds of every mode, in rotating order.
-    rounds: int = 4
+    rounds: int = 2
     #: The batched server's micro-batch cap and wait (None: the server's defaults).
     max_batch: int | None = None
     batch_wait_ms: float | None = None
@@ -312,9 +313,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"serve benchmark: {r['backbone']} + {r['pooling']}, {r['image_size']} px, weights {r['weights']}, "
         f"{r['dim']}-d on {r['device']} ({r['threads']} torch threads, {r['precision']}); "
         f"{r['catalogue_images']} catalogue images, {r['photos']} photos of {r['photo_size']} px, k={r['k']}",
-        f"{r['requests']} requests per level and mode in {r['rounds']} rounds (req/s: while all clients were "
-        f"busy); batched server: max_batch {r['max_batch']}, batch wait {r['batch_wait_ms']} ms; unbatched: "
-        f"max_batch 1",
+        f"{r['requests']} requests per level and mode in {r['rounds']} rounds (req/s: steady state); "
+        f"batched server: max_batch {r['max_batch']}, batch wait {r['batch_wait_ms']} ms; unbatched: max_batch 1",
         "",
         f"{'clients':>7}  {'mode':<10} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8} {'failed':>6}  "
         f"{'batch mean, max':<16} {'fwd ms/img':>10} {'model busy':>10}",

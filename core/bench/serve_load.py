@@ -141,14 +141,18 @@ class LevelRun:
         return [end - start for start, end in self.spans]
 
     def steady(self) -> tuple[int, float]:
-        """(answers, seconds) while every client was busy: from the start until the last request
-        was sent (the drain after it, with fewer clients left, would understate a batching server);
-        the whole run when that window holds no answer (as few requests as clients)."""
-        last_sent = max((start for start, _ in self.spans), default=self.started)
-        answered = sum(1 for _, end in self.spans if end <= last_sent)
-        if answered == 0 or last_sent <= self.started:
-            return len(self.spans), self.seconds
-        return answered, last_sent - self.started
+        """(answers, seconds) in the steady state, when every client has had an answer (the queue
+        is filled) and none has stopped yet (until the last request was sent): the start's fill
+        and the end's drain, with fewer clients left, are left out. The whole run when that window
+        holds no answer (a round of about as many requests as clients)."""
+        ends = sorted(end for _, end in self.spans)
+        if len(ends) <= self.clients:
+            return len(ends), self.seconds
+        filled, last_sent = ends[self.clients - 1], max(start for start, _ in self.spans)
+        answered = sum(1 for end in ends if filled < end <= last_sent)
+        if answered == 0:
+            return len(ends), self.seconds
+        return answered, last_sent - filled
 
 
 def _client_thread(make_client: Callable[[], SearchClient], slot: int, run: LevelRun, ready: threading.Barrier,

@@ -189,9 +189,9 @@ def bench_ingest(state: State, rows: int, dim: int, insert_rows: int | None, as_
 @click.option("--photo-size", default=384, show_default=True, type=click.IntRange(32, 4096),
               help="Side of the generated photos in pixels.")
 @click.option("--clients", default="1,8,32", show_default=True, help="Concurrent clients of each level.")
-@click.option("--requests", "n_requests", default=320, show_default=True, type=click.IntRange(min=1),
+@click.option("--requests", "n_requests", default=640, show_default=True, type=click.IntRange(min=1),
               help="Timed requests per level and mode.")
-@click.option("--rounds", default=4, show_default=True, type=click.IntRange(min=1),
+@click.option("--rounds", default=2, show_default=True, type=click.IntRange(min=1),
               help="Rounds each level's requests are split into, the modes taking turns (after 1 untimed "
                    "request per client each).")
 @click.option("--max-batch", type=click.IntRange(min=2), default=None,
@@ -212,9 +212,10 @@ def bench_serve(state: State, model: str | None, backbone: str, pooling: str, im
     in_process   Retriever.search on the photo file from N threads
     batched      POST /v1/search to manet serve's app (micro-batching), N keep-alive clients
     unbatched    the same app with --max-batch 1
-    Each: p50_ms, p99_ms, requests_per_s (while all clients were busy), failed,
-    agreement (answers equal to a one-at-a-time Retriever.search); servers: the
-    batches they ran (mean_batch), forward_ms_per_image, model_busy.
+    Each: p50_ms, p99_ms, requests_per_s (steady state: every client has had
+    an answer and none has stopped), failed, agreement (answers equal to a
+    one-at-a-time Retriever.search); servers: the batches they ran
+    (mean_batch), forward_ms_per_image, model_busy.
     batched_over_unbatched: requests/s of the batched over the unbatched server.
     """
     from manet.bench.serve import ServeBenchOptions, check_options, format_report, run_serve_bench
