@@ -161,5 +161,5 @@ def test_bench_serve_json(database_url, monkeypatch):
 
 def test_bench_serve_rejects_fewer_requests_than_clients(tmp_path):
     result = CliRunner().invoke(cli, ["--quiet", "--home", str(tmp_path), "bench", "serve", "--clients", "1,8",
-                                      "--requests", "20"])
+                                      "--requests", "20", "--rounds", "4"])
     assert result.exit_code == 1 and "in 4 rounds is fewer than the 8 clients" in result.output  # before any db work
