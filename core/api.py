@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from manet import config
+from manet.api_training_data import TrainingData
 from manet.catalog.ingest import IngestReport, ingest
 from manet.errors import ManetError
 from manet.evaluate.run import EvalResult, evaluate
@@ -25,7 +26,7 @@ from manet.store.database import Database
 from manet.store.models import ModelRecord, create_model, delete_model, derive_model, get_model, list_models
 
 
-class Retriever:
+class Retriever(TrainingData):
     """Ingest a catalogue, extract descriptors, search and evaluate.
 
     >>> r = Retriever()                      # embedded PostgreSQL unless MANET_DATABASE_URL is set
@@ -238,44 +239,6 @@ class Retriever:
         from manet.extract.status import retry_failed
 
         return retry_failed(self.db, self.model(model) if model else None, limits=self.limits)
-
-    # -- training data: categories and training sets ------------------------------------
-    def categories(self, source: str | None = None) -> list[dict[str, Any]]:
-        """Each category (or those of ``source``: tfidf or manual) with its products and images."""
-        from manet.catalog.categories import list_categories
-
-        return list_categories(self.db, source)
-
-    def mine_categories(self, top: int, min_images: int = 1, *,
-                        keywords: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """TF-IDF category keywords over product text (or ``keywords``), replacing the mined ones
-        (see :func:`manet.catalog.categories.mine_categories`)."""
-        from manet.catalog.categories import mine_categories
-
-        return mine_categories(self.db, top, min_images, keywords=keywords)
-
-    def categories_from_column(self, column: str) -> list[dict[str, Any]]:
-        """Manual categories from the manifest's category column or a product attribute."""
-        from manet.catalog.categories import categories_from_column
-
-        return categories_from_column(self.db, column)
-
-    def has_training_set(self, name: str) -> bool:
-        from manet.catalog.trainset import training_set_exists
-
-        return training_set_exists(self.db, name)
-
-    def build_training_set(self, name: str = "default", **options: Any) -> dict[str, Any]:
-        """Sample a balanced training set (options: see :func:`manet.catalog.trainset.build_training_set`)."""
-        from manet.catalog.trainset import build_training_set
-
-        return build_training_set(self.db, name=name, **options)
-
-    def training_set(self, name: str = "default") -> dict[str, Any]:
-        """Counts per split and per category of training set ``name``."""
-        from manet.catalog.trainset import show_training_set
-
-        return show_training_set(self.db, name)
 
     def build_index(self, model: str, *, m: int = config.DEFAULT_HNSW_M,
                     ef_construction: int = config.DEFAULT_EF_CONSTRUCTION, quantize: str | None = None,

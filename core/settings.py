@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from manet import config
 from manet.config import (
     DATABASE_URL_ENV,
     DEFAULT_MAX_PIXELS,
@@ -238,22 +239,32 @@ def _from_env(options: Mapping[str, Any], env: Mapping[str, str]) -> frozenset[s
     return frozenset(names)
 
 
+#: manet serve's option -> the variable a worker process reads it from (see :func:`serve_options`).
+SERVE_VARIABLES = {
+    "model": config.SERVE_MODEL_ENV, "api_key": config.API_KEY_ENV, "max_batch": config.SERVE_MAX_BATCH_ENV,
+    "batch_wait_ms": config.SERVE_BATCH_WAIT_MS_ENV, "max_upload_bytes": config.SERVE_MAX_UPLOAD_BYTES_ENV,
+}
+
+
+def export_for_workers(settings: Settings, serve: Mapping[str, Any]) -> None:
+    """Put ``settings`` and ``manet serve``'s options (unset ones left out) into this process's
+    environment, which the worker processes uvicorn starts inherit: uvicorn takes no other
+    channel to them. Only the command that starts the workers calls this."""
+    os.environ.update(settings.as_environment())
+    os.environ.update({variable: str(serve[name]) for name, variable in SERVE_VARIABLES.items()
+                       if serve.get(name) is not None})
+
+
 def serve_options(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``manet serve``'s own options from their variables (``MANET_SERVE_*``, ``MANET_API_KEY``),
     as :func:`manet.serve.app.create_app` takes them: what each worker process of
     ``manet serve --workers N`` gets from the command that started it. Unset ones are left out."""
-    from manet import config
-
     env = os.environ if environ is None else environ
-    kinds: dict[str, tuple[str, Any]] = {
-        "model": (config.SERVE_MODEL_ENV, str),
-        "api_key": (config.API_KEY_ENV, str),
-        "max_batch": (config.SERVE_MAX_BATCH_ENV, int),
-        "batch_wait_ms": (config.SERVE_BATCH_WAIT_MS_ENV, float),
-        "max_upload_bytes": (config.SERVE_MAX_UPLOAD_BYTES_ENV, int),
-    }
+    kinds: dict[str, Any] = {"model": str, "api_key": str, "max_batch": int, "batch_wait_ms": float,
+                             "max_upload_bytes": int}
     options: dict[str, Any] = {}
-    for name, (variable, kind) in kinds.items():
+    for name, variable in SERVE_VARIABLES.items():
+        kind = kinds[name]
         raw = env.get(variable, "").strip()
         if raw:
             try:

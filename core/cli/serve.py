@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from manet import config
@@ -42,6 +40,8 @@ def serve(state: State, host: str, port: int, model: str | None, workers: int, a
     """
     import uvicorn
 
+    from manet.settings import export_for_workers
+
     options = {"model": model, "api_key": api_key, "max_batch": max_batch, "batch_wait_ms": batch_wait_ms,
                "max_upload_bytes": max_upload_bytes}
     if workers == 1:
@@ -55,19 +55,11 @@ def serve(state: State, host: str, port: int, model: str | None, workers: int, a
     # this environment: the settings and the options go there (this process only serves them).
     # The database is reached here first, so the workers do not all start an embedded server.
     url = config.libpq_url(state.retriever.db.url)
-    os.environ.update(state.settings.with_options(database_url=url).as_environment())
-    os.environ.update({variable: str(options[name]) for name, variable in _VARIABLES.items()
-                       if options[name] is not None})
+    export_for_workers(state.settings.with_options(database_url=url), options)
     click.echo(f"serving on http://{_display(host)}:{port} with {workers} workers (API docs at /docs); "
                f"Ctrl-C stops", err=True)
     uvicorn.run("manet.serve.app:app_from_environment", factory=True, host=host, port=port, workers=workers,
                 log_level="info", access_log=False, timeout_graceful_shutdown=10)
-
-
-#: create_app's option -> the variable a worker process reads it from (manet.settings.serve_options).
-_VARIABLES = {"model": config.SERVE_MODEL_ENV, "api_key": config.API_KEY_ENV,
-              "max_batch": config.SERVE_MAX_BATCH_ENV, "batch_wait_ms": config.SERVE_BATCH_WAIT_MS_ENV,
-              "max_upload_bytes": config.SERVE_MAX_UPLOAD_BYTES_ENV}
 
 
 def _display(host: str) -> str:
