@@ -1,4 +1,4 @@
-"""``manet bench``: extraction, search and ingest speed, each against its own ceiling.
+"""``manet bench``: extraction, search, ingest and serving speed, each against its own ceiling.
 
 ``manet.cli.main`` registers this group with ``cli.add_command``. Every command prints a short
 table, or with ``--json`` one object whose keys stay stable across versions.
@@ -17,7 +17,7 @@ from manet.config import DEFAULT_BACKBONE
 
 @click.group()
 def bench() -> None:
-    """Measure extraction, search and ingest speed (in a scratch database)."""
+    """Measure extraction, search, ingest and serving speed (in a scratch database)."""
 
 
 def _int_list(value: str) -> list[int]:
