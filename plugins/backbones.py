@@ -5,6 +5,7 @@ VGG16, whose ImageNet weights come from torchvision's downloader and cache.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -20,12 +21,18 @@ if TYPE_CHECKING:  # pragma: no cover
 RANDOM_INIT_SEED = 0
 
 
+#: torch's CPU generator is one per process: two threads building at once would interleave their
+#: draws and get different "same" networks (seen when manet serve built two pipelines together).
+_SEEDED_BUILD = threading.Lock()
+
+
 def seeded(build: Any) -> Any:
     """``build()`` under a fixed seed, so every process (extraction workers, a later
-    `manet search`) builds the same random network; the caller's RNG state is left as it was."""
+    `manet search`) and every thread builds the same random network; the caller's RNG state is
+    left as it was."""
     import torch
 
-    with torch.random.fork_rng(devices=[]):
+    with _SEEDED_BUILD, torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         return build()
 
