@@ -38,18 +38,31 @@ def _say(state: State):
     return (lambda message: click.echo(message, err=True)) if state.progress else (lambda message: None)
 
 
+#: The pipeline a speed benchmark measures: a stored model, or one built from these options.
+#: Weights default to none (also with --manet): no figure depends on their values (the same tensor
+#: operations run, and the text detector sees the images), while imagenet is installed offline for
+#: the default backbone only: another --backbone would need a download to be measured.
+_PIPELINE_OPTIONS = [
+    click.option("--model", "model", default=None,
+                 help="A stored model of your database to measure (its config is recreated in the scratch database)."),
+    click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True, help="Without --model: the backbone."),
+    click.option("--pooling", default="srmac", show_default=True, help="Without --model: the pooling."),
+    click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 4096),
+                 help="Without --model: input size in pixels."),
+    click.option("--weights", default="none", show_default=True,
+                 help="Without --model: imagenet, none (random) or a checkpoint path; speed does not depend on it."),
+]
+
+
+def pipeline_choice(command: Any) -> Any:
+    """--model, --backbone, --pooling, --image-size, --weights (see :data:`_PIPELINE_OPTIONS`)."""
+    for option in reversed(_PIPELINE_OPTIONS):
+        command = option(command)
+    return command
+
+
 @bench.command("extract")
-@click.option("--model", "model", default=None,
-              help="A stored model of your database to measure (its config is recreated in the scratch database).")
-@click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True, help="Without --model: the backbone.")
-@click.option("--pooling", default="srmac", show_default=True, help="Without --model: the pooling.")
-@click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 4096),
-              help="Without --model: input size in pixels.")
-# none, also with --manet: no figure depends on the weights (the same tensor operations run
-# whatever their values, and the text detector sees the images), while imagenet is installed
-# offline for the default backbone only: another --backbone would need a download to be measured.
-@click.option("--weights", default="none", show_default=True,
-              help="Without --model: imagenet, none (random) or a checkpoint path; speed does not depend on it.")
+@pipeline_choice
 @click.option("--manet", "manet", is_flag=True,
               help="An untrained MANet on --backbone (saliency + text branches with the default text "
                    "detector, SR-MAC): MANet's own cost, with its text detection's share.")
@@ -173,15 +186,7 @@ def bench_ingest(state: State, rows: int, dim: int, insert_rows: int | None, as_
 
 
 @bench.command("serve")
-@click.option("--model", "model", default=None,
-              help="A stored model of your database to measure (its config is recreated in the scratch database).")
-@click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True, help="Without --model: the backbone.")
-@click.option("--pooling", default="srmac", show_default=True, help="Without --model: the pooling.")
-@click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 4096),
-              help="Without --model: input size in pixels.")
-# none: as for bench extract, the same operations run whatever the weights' values.
-@click.option("--weights", default="none", show_default=True,
-              help="Without --model: imagenet, none (random) or a checkpoint path; speed does not depend on it.")
+@pipeline_choice
 @click.option("--images", "n_images", default=300, show_default=True, type=click.IntRange(min=1),
               help="Generated catalogue images to ingest, extract and index.")
 @click.option("--photos", default=32, show_default=True, type=click.IntRange(min=1),
