@@ -183,6 +183,31 @@ projections = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+model_aliases = Table(
+    "model_aliases",
+    metadata,
+    # A stable name (``production``) for one model; re-pointing it is one UPDATE.
+    Column("alias", Text, primary_key=True),
+    Column("model_id", Integer, ForeignKey("models.id", ondelete="RESTRICT"), nullable=False, index=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+events = Table(
+    "events",
+    metadata,
+    # History of catalogue, model and index changes; no foreign keys, so it outlives what it names.
+    Column("id", BigInteger, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("actor", Text, nullable=False, server_default=text("CURRENT_USER")),
+    Column("action", Text, nullable=False),
+    Column("product_id", BigInteger),
+    Column("sku", Text, index=True),
+    Column("image_id", BigInteger, index=True),
+    Column("model_id", Integer),
+    Column("details", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Index("ix_events_at", "at"),
+)
+
 #: Per-model HNSW indexes are made by `manet index build`, not by migrations.
 MODEL_INDEX_PREFIX = "descriptors_hnsw_model_"
 
