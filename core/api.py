@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 
 from manet import config
+from manet.api_catalogue import CatalogueChanges
+from manet.api_model_upkeep import ModelUpkeep
 from manet.api_training_data import TrainingData
 from manet.catalog.ingest import IngestReport, ingest
 from manet.errors import ManetError
@@ -26,7 +28,7 @@ from manet.store.database import Database
 from manet.store.models import ModelRecord, create_model, delete_model, derive_model, get_model, list_models
 
 
-class Retriever(TrainingData):
+class Retriever(TrainingData, CatalogueChanges, ModelUpkeep):
     """Ingest a catalogue, extract descriptors, search and evaluate.
 
     >>> r = Retriever()                      # embedded PostgreSQL unless MANET_DATABASE_URL is set
