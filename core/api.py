@@ -160,21 +160,26 @@ class Retriever(TrainingData, CatalogueChanges, ModelUpkeep):
         return list_models(self.db)
 
     def delete_model(self, name: str) -> bool:
-        """Delete a model with its descriptors, index and evaluation runs."""
+        """Delete a model with its descriptors, index and evaluation runs (an alias is refused)."""
+        deleted = delete_model(self.db, name)
         self._pipelines.pop(name, None)
-        return delete_model(self.db, name)
+        return deleted
 
     def pipeline(self, name: str) -> Any:
-        """The model's descriptor pipeline on this Retriever's device (built once)."""
-        if name not in self._pipelines:
+        """The model's descriptor pipeline on this Retriever's device (built once per model; an
+        alias is looked up on every call, so a re-pointed alias gets the new model's pipeline)."""
+        if name not in self._pipelines:  # cached by model name only, never by alias
             record = self.model(name)
+            if record.name in self._pipelines:
+                return self._pipelines[record.name]
             projection = None
             if record.config.projection is not None:  # a whitened model: its projection is stored
                 from manet.nn.whitening import load_projection
 
                 projection = load_projection(self.db, record.id, record.name)
-            self._pipelines[name] = build_pipeline(record.config, self.registry, projection,
-                                                   east_model=self.settings.east_model).to(self.device)
+            self._pipelines[record.name] = build_pipeline(record.config, self.registry, projection,
+                                                          east_model=self.settings.east_model).to(self.device)
+            return self._pipelines[record.name]
         return self._pipelines[name]
 
     def whiten_model(self, name: str, base: str, dims: int, *,
@@ -207,8 +212,8 @@ class Retriever(TrainingData, CatalogueChanges, ModelUpkeep):
         """Descriptors for every image lacking one for ``model`` (resumable); with ``split``
         only the catalogue and that split's queries. ``batch_size=None`` picks it (measured on
         CUDA); ``device_decode`` auto|on|off decodes JPEGs in batches on the device (auto: CUDA)."""
-        record = self.model(model)
-        return extract(self.db, record, self.pipeline(model), device=self.device, batch_size=batch_size,
+        record = self.model(model)  # resolved once: an alias re-pointed meanwhile cannot mix models
+        return extract(self.db, record, self.pipeline(record.name), device=self.device, batch_size=batch_size,
                        num_workers=num_workers, max_pixels=max_pixels, progress=self.progress, split=split,
                        device_decode=device_decode, compile=compile, precision=self.precision,
                        limits=self.limits)
@@ -219,7 +224,8 @@ class Retriever(TrainingData, CatalogueChanges, ModelUpkeep):
         """Run one extraction worker for ``model`` (see :mod:`manet.extract.worker`)."""
         from manet.extract.worker import run_worker
 
-        return run_worker(self.db, self.model(model), self.pipeline(model), device=self.device,
+        record = self.model(model)
+        return run_worker(self.db, record, self.pipeline(record.name), device=self.device,
                           batch_size=batch_size, lease_seconds=lease_seconds, max_attempts=max_attempts,
                           until_empty=until_empty, max_outage=max_outage, precision=self.precision,
                           limits=self.limits, say=say or (lambda _m: None))
@@ -255,7 +261,7 @@ class Retriever(TrainingData, CatalogueChanges, ModelUpkeep):
         before the model is loaded."""
         record = self.model(model)
         tensors = read_query_images([Path(p) for p in paths], record.config.image_size, limits=self.limits)
-        return embed_tensors(self.pipeline(model), tensors, self.device, precision=self.precision)
+        return embed_tensors(self.pipeline(record.name), tensors, self.device, precision=self.precision)
 
     def search(
         self,
@@ -285,9 +291,9 @@ class Retriever(TrainingData, CatalogueChanges, ModelUpkeep):
             from manet.search.shortlist import check_query_reranker
 
             reranker = check_query_reranker(self.reranker(rerank, rerank_params), k, shortlist)
-        record = self.model(model)
+        record = self.model(model)  # an alias resolves once: the whole search runs on one model
         if image is not None:
-            vector = self.embed(model, [image])[0]
+            vector = self.embed(record.name, [image])[0]
         elif image_id is not None:
             vector = stored_descriptor(self.db, record, image_id)
         if reranker is None:

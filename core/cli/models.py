@@ -1,4 +1,4 @@
-"""``manet models``: named descriptor pipelines (create, list, whiten, augment, delete)."""
+"""``manet models``: named descriptor pipelines (create, list, whiten, augment, delete) and their aliases."""
 
 from __future__ import annotations
 
@@ -72,8 +72,56 @@ def models_list(state: State, as_json: bool) -> None:
         return
     for row in rows:
         c = row["config"]
+        aliases = f"  (alias: {', '.join(row['aliases'])})" if row.get("aliases") else ""
         click.echo(f"{row['name']:<24} {c['backbone']:<10} {c['weights']:<9} {c['image_size']:>4}px "
-                   f"{c['pooling']:<7} {row['dim']:>5} dims {row['descriptors']:>8} descriptors")
+                   f"{c['pooling']:<7} {row['dim']:>5} dims {row['descriptors']:>8} descriptors{aliases}")
+
+
+@models.command("alias")
+@click.argument("alias")
+@click.argument("model")
+@JSON_OPTION
+@pass_state
+def models_alias(state: State, alias: str, model: str, as_json: bool) -> None:
+    """Point ALIAS (e.g. production) at MODEL, or re-point it, in one transaction.
+
+    Every command, manet serve and the SQL functions accept ALIAS where they take a model name;
+    each search resolves it once, so a search runs wholly on the old model or on the new one.
+    Extract and index the new model before re-pointing.
+    """
+    result = state.retriever.alias_model(alias, model)
+    if as_json:
+        _echo_json(result)
+    elif result["previous"] in (None, result["model"]):
+        click.echo(f"alias '{alias}' -> model '{result['model']}'")
+    else:
+        click.echo(f"alias '{alias}' -> model '{result['model']}' (was '{result['previous']}')")
+
+
+@models.command("unalias")
+@click.argument("alias")
+@JSON_OPTION
+@pass_state
+def models_unalias(state: State, alias: str, as_json: bool) -> None:
+    """Remove ALIAS (the model it points at stays)."""
+    result = state.retriever.unalias_model(alias)
+    if as_json:
+        _echo_json(result)
+    else:
+        click.echo(f"alias '{alias}' removed (it pointed at model '{result['model']}')")
+
+
+@models.command("aliases")
+@JSON_OPTION
+@pass_state
+def models_aliases(state: State, as_json: bool) -> None:
+    """List aliases and the models they point at."""
+    rows = state.retriever.aliases()
+    if as_json:
+        _echo_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['alias']:<24} -> {row['model']:<24} since {row['updated_at']}")
 
 
 @models.command("whiten")

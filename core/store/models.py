@@ -14,7 +14,7 @@ from manet.errors import ManetError, NotFoundError
 from manet.nn.pipeline import PipelineConfig
 from manet.plugin_base import CatalogueAugmenter, Reranker
 from manet.plugin_manager import Registry
-from manet.store import descriptors
+from manet.store import aliases, descriptors
 from manet.store.database import Database
 from manet.store.schema import MODEL_INDEX_PREFIX
 
@@ -61,6 +61,15 @@ def _record(row: Any) -> ModelRecord:
                        dict(row.metrics or {}), dict(row.index_options or {}))
 
 
+def _check_free_name(conn: sa.Connection, name: str) -> None:
+    """Take the names lock and refuse ``name`` when it is an alias (models and aliases share names)."""
+    aliases.lock_names(conn)
+    target = aliases.alias_target(conn, name)
+    if target is not None:
+        raise ManetError(f"'{name}' is an alias of model '{target}'; pick another model name, or remove the "
+                         f"alias first: manet models unalias {name}")
+
+
 def _insert_new(db: Database, name: str, config: PipelineConfig, dim: int, metrics: dict[str, Any]) -> ModelRecord:
     """Store a pipeline under a new, valid ``name`` (an existing name is an error, never replaced)."""
     if not NAME_PATTERN.match(name):
@@ -68,6 +77,7 @@ def _insert_new(db: Database, name: str, config: PipelineConfig, dim: int, metri
             f"model name {name!r} is not allowed; use letters, digits and _ . : - (max 63 characters)"
         )
     with db.begin() as conn:
+        _check_free_name(conn, name)
         if conn.execute(sa.text("SELECT 1 FROM models WHERE name = :n"), {"n": name}).first():
             raise ManetError(f"model '{name}' already exists; pick another name or delete it first")
         row = conn.execute(
@@ -94,12 +104,16 @@ def create_vector_model(db: Database, name: str, dim: int, metrics: dict[str, An
 
 
 def get_model(db: Database, name: str) -> ModelRecord:
+    """The model named ``name``, or the one alias ``name`` points at, read in one statement (so a
+    caller that keeps the record uses one model throughout, even while the alias is re-pointed)."""
     with db.begin() as conn:
+        # manet_model_id (migration 0006): a model's name first, then an alias, as manet_search does.
         row = conn.execute(
-            sa.text(f"SELECT {RECORD_COLUMNS} FROM models WHERE name = :n"), {"n": name}
+            sa.text(f"SELECT {RECORD_COLUMNS} FROM models WHERE id = manet_model_id(:n)"), {"n": name}
         ).first()
         if row is None:
-            known = [r[0] for r in conn.execute(sa.text("SELECT name FROM models ORDER BY name"))]
+            known = [r[0] for r in conn.execute(
+                sa.text("SELECT name FROM models UNION ALL SELECT alias FROM model_aliases ORDER BY 1"))]
             hint = f"known: {', '.join(known)}" if known else "none exist yet"
             raise NotFoundError(
                 f"model '{name}' does not exist ({hint}); create one with: manet models create NAME"
@@ -114,20 +128,35 @@ def list_models(db: Database) -> list[dict[str, Any]]:
             sa.text(
                 f"""
                 SELECT m.id, m.name, m.config, m.dim, m.metrics, m.index_options,
-                       {descriptors.count_subquery("m.id")} AS descriptors
+                       {descriptors.count_subquery("m.id")} AS descriptors,
+                       ARRAY(SELECT a.alias FROM model_aliases a WHERE a.model_id = m.id ORDER BY a.alias)
+                           AS aliases
                   FROM models m ORDER BY m.name
                 """
             )
         ).all()
-    return [dict(_record(row).as_dict(), descriptors=row.descriptors) for row in rows]
+    return [dict(_record(row).as_dict(), descriptors=row.descriptors, aliases=list(row.aliases)) for row in rows]
 
 
 def delete_model(db: Database, name: str) -> bool:
-    """Delete a model with its descriptors, index and eval runs; False if it did not exist."""
+    """Delete a model with its descriptors, index and eval runs; False if it did not exist.
+
+    An alias's name, or a model that aliases point at, is refused (ManetError, nothing deleted).
+    """
     with db.begin() as conn:
-        model_id = conn.execute(sa.text("SELECT id FROM models WHERE name = :n"), {"n": name}).scalar()
+        # FOR UPDATE: an alias being pointed here meanwhile waits, then fails its foreign key.
+        model_id = conn.execute(sa.text("SELECT id FROM models WHERE name = :n FOR UPDATE"), {"n": name}).scalar()
         if model_id is None:
+            target = aliases.alias_target(conn, name)
+            if target is not None:
+                raise ManetError(f"'{name}' is an alias of model '{target}', not a model; remove the alias with: "
+                                 f"manet models unalias {name} (or delete model '{target}' by its name)")
             return False
+        pointing = aliases.aliases_of(conn, model_id)
+        if pointing:
+            raise ManetError(f"model '{name}' is what alias {', '.join(pointing)} points at; re-point the alias "
+                             f"first (manet models alias {pointing[0]} OTHER_MODEL) or remove it "
+                             f"(manet models unalias {pointing[0]})")
         conn.execute(sa.text(f"DROP INDEX IF EXISTS {index_name_for(model_id)}"))
         conn.execute(sa.text("DELETE FROM models WHERE id = :i"), {"i": model_id})
     return True
@@ -136,6 +165,7 @@ def delete_model(db: Database, name: str) -> bool:
 def _upsert(db: Database, name: str, config: PipelineConfig, dim: int, checkpoint: str | None,
             metrics: dict[str, Any]) -> ModelRecord:
     with db.begin() as conn:
+        _check_free_name(conn, name)
         row = conn.execute(
             sa.text(
                 f"""
