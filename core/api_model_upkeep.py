@@ -6,13 +6,58 @@ screenful per stage.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+
     from manet.store.database import Database
+    from manet.store.models import ModelRecord
 
 
 class ModelUpkeep:
     """Point aliases (``production``) at models; report and rebuild the per-model indexes."""
 
     db: "Database"
+    progress: bool
+    #: Retriever.model: a record by model name or alias.
+    model: "Callable[[str], ModelRecord]"
+
+    def alias_model(self, alias: str, model: str) -> dict[str, Any]:
+        """Point ``alias`` at model ``model``, creating or re-pointing it in one transaction; every
+        command, ``manet serve`` and ``manet_search`` accept the alias where they take a model name
+        (see :func:`manet.store.aliases.set_alias`)."""
+        from manet.store.aliases import set_alias
+
+        return set_alias(self.db, alias, model)
+
+    def unalias_model(self, alias: str) -> dict[str, Any]:
+        """Remove ``alias``; the model it pointed at stays."""
+        from manet.store.aliases import remove_alias
+
+        return remove_alias(self.db, alias)
+
+    def aliases(self) -> list[dict[str, Any]]:
+        """Every alias with its model (``alias``, ``model``, ``model_id``, ``updated_at``)."""
+        from manet.store.aliases import list_aliases
+
+        return list_aliases(self.db)
+
+    def index_status(self, model: str | None = None) -> list[dict[str, Any]]:
+        """The index of ``model`` (a name or an alias), else of every model: rows, size, validity,
+        dead tuples, last build (see :func:`manet.search.index_upkeep.index_status`)."""
+        from manet.search.index_upkeep import index_status
+        from manet.store.models import list_models
+
+        names = [model] if model is not None else [row["name"] for row in list_models(self.db)]
+        return [index_status(self.db, self.model(name)) for name in names]
+
+    def rebuild_index(self, model: str, *, concurrently: bool = True,
+                      maintenance_work_mem: str | None = None) -> dict[str, Any]:
+        """REINDEX the model's HNSW index (``concurrently``: searches keep running); see
+        :func:`manet.search.index_upkeep.rebuild_index`."""
+        from manet.search.index_upkeep import rebuild_index
+
+        return rebuild_index(self.db, self.model(model), concurrently=concurrently,
+                             maintenance_work_mem=maintenance_work_mem,
+                             progress=self.progress)

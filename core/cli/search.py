@@ -47,6 +47,51 @@ def index_build(state: State, model: str, m: int, ef_construction: int, quantize
                    f"parallel workers {report.parallel_workers}: {report.parallel_reason})")
 
 
+@index.command("status")
+@click.option("--model", "model", help="One model (a name or an alias); default: every model.")
+@JSON_OPTION
+@pass_state
+def index_status(state: State, model: str | None, as_json: bool) -> None:
+    """Each model's index: rows, size, dead tuples of descriptors, last build, leftovers."""
+    rows = state.retriever.index_status(model)
+    if as_json:
+        _echo_json(rows)
+        return
+    for row in rows:
+        if not row["exists"]:
+            click.echo(f"{row['model']:<24} {row['rows']:>9} rows  no index ({row['hint']})")
+            continue
+        layout = row["layout"]
+        click.echo(f"{row['model']:<24} {row['rows']:>9} rows  index {row['index']} {row['size']:>8} "
+                   f"{'valid' if row['valid'] else 'INVALID'}, {layout.get('quantize', '?')} m={layout.get('m', '?')}, "
+                   f"built {row['built_at'] or 'before built times were recorded'}; descriptors: "
+                   f"{row['dead_tuples']} dead of {row['live_tuples']} live tuples"
+                   + (f"  -- {row['hint']}" if row["hint"] else ""))
+
+
+@index.command("rebuild")
+@click.argument("model")
+@click.option("--concurrently/--blocking", default=True, show_default=True,
+              help="REINDEX CONCURRENTLY: searches and writes keep running (slower); --blocking locks the "
+                   "index out until it is rebuilt.")
+@click.option("--maintenance-work-mem", help="Build memory, e.g. 2GB (default: estimated from the rows, <= 4GB).")
+@JSON_OPTION
+@pass_state
+def index_rebuild(state: State, model: str, concurrently: bool, maintenance_work_mem: str | None,
+                  as_json: bool) -> None:
+    """Rebuild MODEL's HNSW index with its options (after many deletions or updates)."""
+    report = state.retriever.rebuild_index(model, concurrently=concurrently,
+                                           maintenance_work_mem=maintenance_work_mem)
+    if as_json:
+        _echo_json(report)
+    else:
+        click.echo(f"index {report['index']}: {report['rows']} rows rebuilt "
+                   f"{'concurrently ' if report['concurrently'] else ''}in {report['seconds']:.2f} s, "
+                   f"{report['size_bytes_before'] / 2**20:.1f} MiB -> {report['size_bytes_after'] / 2**20:.1f} MiB"
+                   + (f" (dropped leftovers {', '.join(report['dropped_leftovers'])})"
+                      if report["dropped_leftovers"] else ""))
+
+
 @click.command()
 @click.argument("image", required=False, type=click.Path(path_type=Path))
 @click.option("--model", "model", required=True)

@@ -56,6 +56,15 @@ def parallel_build_allowed(pgvector_version: str | None) -> bool:
     return version_tuple(pgvector_version) >= SAFE_PARALLEL_PGVECTOR
 
 
+def build_workers(db: Database, wanted: int) -> tuple[int, str]:
+    """Parallel maintenance workers for an HNSW build or rebuild on ``db``'s server, and why:
+    ``wanted`` where pgvector allows it, else 0 (CVE-2026-3172)."""
+    pgvector = db.server_versions()["pgvector"]
+    if parallel_build_allowed(pgvector):
+        return wanted, f"pgvector {pgvector} builds in parallel safely"
+    return 0, f"pgvector {pgvector} < 0.8.2: parallel HNSW builds are unsafe (CVE-2026-3172)"
+
+
 @dataclass(frozen=True)
 class IndexLayout:
     """What a model's HNSW index holds, and the SQL that uses it (both from here, so they match)."""
@@ -152,11 +161,7 @@ def build_index(db: Database, model: ModelRecord, *, m: int = config.DEFAULT_HNS
             f"use 2 <= m <= 100 and 2*m <= ef_construction <= 1000"
         )
     layout = index_layout(model, quantize, rerank_factor)
-    pgvector = db.server_versions()["pgvector"]
-    if parallel_build_allowed(pgvector):
-        workers, reason = parallel_workers, f"pgvector {pgvector} builds in parallel safely"
-    else:
-        workers, reason = 0, f"pgvector {pgvector} < 0.8.2: parallel HNSW builds are unsafe (CVE-2026-3172)"
+    workers, reason = build_workers(db, parallel_workers)
     options = {"quantize": layout.quantize, "rerank_factor": layout.rerank_factor, "m": int(m),
                "ef_construction": int(ef_construction)}
     name = model.index_name
@@ -179,8 +184,10 @@ def build_index(db: Database, model: ModelRecord, *, m: int = config.DEFAULT_HNS
                     f"WHERE model_id = {int(model.id)} AND gallery"
                 )
             )
-        # Search and manet_search read these to query with the index's own expression.
-        conn.execute(sa.text("UPDATE models SET index_options = CAST(:o AS jsonb) WHERE id = :m"),
+        # Search and manet_search read these to query with the index's own expression; built_at
+        # is the last build (or rebuild) that `manet index status` reports.
+        conn.execute(sa.text("UPDATE models SET index_options = CAST(:o AS jsonb) "
+                             "|| jsonb_build_object('built_at', now()) WHERE id = :m"),
                      {"o": json.dumps(options), "m": model.id})
         # Fresh statistics after a bulk load, so the planner costs the index scan correctly.
         conn.execute(sa.text("ANALYZE descriptors"))
