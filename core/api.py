@@ -133,12 +133,15 @@ class Retriever(TrainingData, CatalogueChanges, ModelUpkeep):
     # -- catalogue --------------------------------------------------------------------
     def ingest(self, kind: str, path: str | Path, *, batch_size: int = config.DEFAULT_INGEST_BATCH,
                max_pixels: int | None = None, max_outage: float = config.DEFAULT_MAX_OUTAGE, say: Any = None,
-               **params: Any) -> IngestReport:
+               sync: bool = False, dry_run: bool = False, confirm: Any = None, **params: Any) -> IngestReport:
         """Ingest the dataset at ``path`` read by dataset plugin ``kind`` (params go to it); a
-        database outage is waited out for up to ``max_outage`` seconds (``say`` hears about it)."""
+        database outage is waited out for up to ``max_outage`` seconds (``say`` hears about it).
+        A re-run updates changed products and files; ``sync`` also removes what the dataset no
+        longer lists (``dry_run``: only say what; see :func:`manet.catalog.ingest.ingest`)."""
         dataset = self.registry.create("dataset", kind, **params)
         return ingest(self.db, dataset, Path(path), batch_size=batch_size, max_pixels=max_pixels,
-                      limits=self.limits, progress=self.progress, max_outage=max_outage, say=say)
+                      limits=self.limits, progress=self.progress, max_outage=max_outage, say=say,
+                      sync=sync, dry_run=dry_run, confirm=confirm)
 
     # -- models -----------------------------------------------------------------------
     def create_model(self, name: str, **settings: Any) -> ModelRecord:

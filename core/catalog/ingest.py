@@ -2,14 +2,17 @@
 
 Images are validated (fully decoded) and de-duplicated by content hash; every batch commits
 on its own, so a re-run skips what is already stored and a bad file is recorded with its
-error instead of aborting the batch. Files are read under :class:`~manet.safe_files.ReadLimits`
+error instead of aborting the batch. A re-run also brings the catalogue up to date: product
+fields the dataset changed are updated (:mod:`manet.catalog.upsert`), a file changed at a
+stored path is hashed again and replaces the old image row (whose descriptors go with it), and
+with ``sync`` what the dataset no longer lists is removed (:mod:`manet.catalog.sync`). Files are read under :class:`~manet.safe_files.ReadLimits`
 (regular files only, a byte cap, a per-file time budget), outside any transaction, so a slow
 or refused file never holds the database, and a crash loses at most the batch in flight.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +24,15 @@ import sqlalchemy as sa
 
 from manet import config
 from manet.catalog.images import ImageInfo, inspect_image
-from manet.errors import DatasetError, ImageError
+from manet.catalog.removal import Removal
+from manet.catalog.sync import dataset_root, sync_catalogue
+from manet.catalog.upsert import store_products
+from manet.errors import DatasetError, ImageError, ManetError
 from manet.plugin_base import Dataset, Record
-from manet.safe_files import ReadLimits
+from manet.safe_files import CHUNK_BYTES, ReadLimits, open_limited
 from manet.store.database import Database, with_reconnect
+from manet.store.events import record_events
+from manet.store.schema import images
 
 
 @dataclass
@@ -34,20 +42,32 @@ class IngestReport:
     records: int = 0
     images_added: int = 0
     products_added: int = 0
+    #: Stored products whose fields the dataset changed (``product.update`` events say how).
+    products_updated: int = 0
+    #: Images whose file changed at the same path: a new row, the old one (and its descriptors) gone.
+    images_replaced: int = 0
+    #: Images moved to another product (the dataset gives another SKU for the same file).
+    images_moved: int = 0
     already_present: int = 0
     duplicates: int = 0
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: With sync: what was removed (with a dry run: what would be).
+    removed: Removal | None = None
 
     def as_dict(self) -> dict:
         return {
             "records": self.records,
             "images_added": self.images_added,
             "products_added": self.products_added,
+            "products_updated": self.products_updated,
+            "images_replaced": self.images_replaced,
+            "images_moved": self.images_moved,
             "already_present": self.already_present,
             "duplicates": self.duplicates,
             "failed": self.failed,
             "failures": [{"image": uri, "error": error} for uri, error in self.failures],
+            **({"removed": self.removed.as_dict()} if self.removed is not None else {}),
         }
 
 
@@ -76,27 +96,6 @@ def _inspect(record: Record, uri: str, max_pixels: int | None, limits: ReadLimit
         return exc
 
 
-UPSERT_PRODUCT = sa.text(
-    """
-    INSERT INTO products (sku, title, brand, description, attributes)
-    VALUES (:sku, :title, :brand, :description, CAST(:attributes AS jsonb))
-    ON CONFLICT (sku) DO UPDATE SET
-        title = COALESCE(products.title, EXCLUDED.title),
-        brand = COALESCE(products.brand, EXCLUDED.brand),
-        description = COALESCE(products.description, EXCLUDED.description),
-        attributes = EXCLUDED.attributes || products.attributes
-    RETURNING id, (xmax = 0) AS inserted
-    """
-)
-
-UPSERT_CATEGORY = sa.text(
-    """
-    INSERT INTO categories (name, source) VALUES (:name, 'manual')
-    ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-    RETURNING id
-    """
-)
-
 INSERT_IMAGE = sa.text(
     """
     INSERT INTO images (product_id, uri, sha256, width, height, domain, split, status, error)
@@ -107,86 +106,151 @@ INSERT_IMAGE = sa.text(
 )
 
 
-def _existing_uris(conn: sa.Connection, uris: list[str]) -> set[str]:
-    rows = conn.execute(sa.text("SELECT uri FROM images WHERE uri = ANY(:uris)"), {"uris": uris})
-    return {row[0] for row in rows}
+@dataclass(frozen=True)
+class Stored:
+    """An image row already stored at a record's path."""
+
+    id: int
+    sha256: str | None
+    status: str
+    product_id: int | None
 
 
-def _product_ids(conn: sa.Connection, records: Sequence[Record], report: IngestReport) -> dict[str, int]:
-    """Upsert the products (and their categories) of ``records``; return sku -> id."""
-    ids: dict[str, int] = {}
-    for record in records:
-        if record.sku is None or record.sku in ids:
-            continue
-        row = conn.execute(
-            UPSERT_PRODUCT,
-            {
-                "sku": record.sku,
-                "title": record.title,
-                "brand": record.brand,
-                "description": record.description,
-                "attributes": json.dumps(record.attributes or {}),
-            },
-        ).one()
-        ids[record.sku] = row.id
-        report.products_added += int(row.inserted)
-        if record.category:
-            category_id = conn.execute(UPSERT_CATEGORY, {"name": record.category}).scalar_one()
-            conn.execute(
-                sa.text(
-                    "INSERT INTO product_categories (product_id, category_id) VALUES (:p, :c) "
-                    "ON CONFLICT DO NOTHING"
-                ),
-                {"p": row.id, "c": category_id},
-            )
-    return ids
+#: (record, its uri, the ``ok`` row stored at that uri or None): one image to check or store.
+Item = tuple[Record, str, "Stored | None"]
+#: What reading an item found: a new or changed file's info or error, or None (unchanged).
+Found = ImageInfo | ImageError | None
 
 
-def _store_batch(db: Database, todo: Sequence[tuple[Record, str]], infos: Sequence[ImageInfo | ImageError],
+def _stored(conn: sa.Connection, uris: list[str]) -> dict[str, list[Stored]]:
+    rows = conn.execute(sa.select(images.c.uri, images.c.id, images.c.sha256, images.c.status,
+                                  images.c.product_id).where(images.c.uri.in_(uris)))
+    found: dict[str, list[Stored]] = {}
+    for uri, *fields in rows:
+        found.setdefault(uri, []).append(Stored(*fields))
+    return found
+
+
+def _todo(db: Database, batch: Sequence[Record]) -> list[Item]:
+    """The records of ``batch`` to read: new paths, and paths stored as ``ok`` (their file may
+    have changed). A path stored as failed is left to ``manet retry --failed``."""
+    uris = [_uri(record.image) for record in batch]
+    with db.begin() as conn:
+        stored = _stored(conn, uris)
+    items: list[Item] = []
+    for record, uri in zip(batch, uris, strict=True):
+        rows = stored.get(uri, [])
+        ok = [row for row in rows if row.status == "ok"]
+        if not rows or ok:
+            items.append((record, uri, ok[0] if ok else None))
+    return items
+
+
+def _file_sha256(path: Path, limits: ReadLimits | None) -> str | None:
+    """SHA-256 of the file, or None when it cannot be read now (what is stored is kept)."""
+    try:
+        with open_limited(path, limits) as reader:
+            digest = hashlib.sha256()
+            while chunk := reader.read(CHUNK_BYTES):
+                digest.update(chunk)
+    except (ManetError, OSError):
+        return None
+    return digest.hexdigest()
+
+
+def _read(item: Item, max_pixels: int | None, limits: ReadLimits | None) -> Found:
+    """A new file is inspected; a stored one is hashed, and inspected only if it changed."""
+    record, uri, stored = item
+    if stored is not None and _file_sha256(record.image, limits) in (stored.sha256, None):
+        return None
+    return _inspect(record, uri, max_pixels, limits)
+
+
+def _image_params(record: Record, uri: str, info: ImageInfo | ImageError, product_id: int | None
+                  ) -> dict[str, object]:
+    ok = isinstance(info, ImageInfo)
+    return {"product_id": product_id, "uri": uri, "sha256": info.sha256 if ok else None,
+            "width": info.width if ok else None, "height": info.height if ok else None,
+            "domain": record.domain, "split": record.split, "status": "ok" if ok else "failed",
+            "error": None if ok else str(info)}
+
+
+def _keep(conn: sa.Connection, item: Item, product_id: int | None, delta: IngestReport,
+          events: list[dict]) -> None:
+    """An unchanged file: only its product may have changed (another SKU in the dataset)."""
+    record, uri, old = item
+    delta.already_present += 1
+    if old is not None and product_id is not None and old.product_id != product_id:
+        conn.execute(images.update().where(images.c.id == old.id).values(product_id=product_id))
+        delta.images_moved += 1
+        events.append({"action": "image.move", "image_id": old.id, "product_id": product_id, "sku": record.sku,
+                       "details": {"uri": uri, "old_product_id": old.product_id}})
+
+
+def _replace(conn: sa.Connection, item: Item, new_id: int | None, info: ImageInfo, rows: list[Stored],
+             delta: IngestReport, events: list[dict]) -> None:
+    """The file at a stored path changed: the old row goes (its descriptors cascade with it)."""
+    record, uri, old = item
+    assert old is not None
+    if old.id in {row.id for row in rows}:
+        conn.execute(images.delete().where(images.c.id == old.id))
+    change = {"uri": uri, "old_image_id": old.id, "old_sha256": old.sha256, "new_sha256": info.sha256}
+    if new_id is None:  # the new content is already stored as another image: no row of its own
+        delta.duplicates += 1
+        events.append({"action": "image.delete", "image_id": old.id, "product_id": old.product_id,
+                       "sku": record.sku, "details": {**change, "reason": "file changed to a duplicate"}})
+        return
+    delta.images_replaced += 1
+    events.append({"action": "image.replace", "image_id": new_id, "product_id": old.product_id,
+                   "sku": record.sku, "details": change})
+
+
+def _store_item(conn: sa.Connection, item: Item, info: Found, product_id: int | None, rows: list[Stored],
+                delta: IngestReport, events: list[dict]) -> None:
+    record, uri, old = item
+    if info is None:
+        _keep(conn, item, product_id, delta, events)
+        return
+    ok = isinstance(info, ImageInfo)
+    # Stored meanwhile: a batch retried after a lost connection, or a concurrent ingest.
+    if (old is None and rows) or (ok and any(row.sha256 == info.sha256 for row in rows)):
+        delta.already_present += 1
+        return
+    if not ok:
+        delta.failed += 1
+        delta.failures.append((uri, str(info)))
+        if old is not None:  # a changed file that cannot be read: the stored image stays
+            return
+    new_id = conn.execute(INSERT_IMAGE, _image_params(record, uri, info, product_id)).scalar()
+    if old is not None:
+        _replace(conn, item, new_id, info, rows, delta, events)
+    elif ok and new_id is None:
+        delta.duplicates += 1
+    elif ok:
+        delta.images_added += 1
+
+
+def _store_batch(db: Database, batch: Sequence[Record], items: Sequence[Item], found: Sequence[Found],
                  report: IngestReport) -> None:
-    """Store one inspected batch in one transaction; ``report`` is updated only on commit.
+    """Store one read batch in one transaction; ``report`` is updated only on commit.
 
-    URIs are checked again inside the transaction: after a lost connection the batch may
+    Paths are checked again inside the transaction: after a lost connection the batch may
     already have been committed, and must not be stored twice.
     """
     delta = IngestReport()
     with db.begin() as conn:
-        present = _existing_uris(conn, [uri for _, uri in todo])
-        pending = [(item, info) for item, info in zip(todo, infos, strict=True) if item[1] not in present]
-        delta.already_present += len(todo) - len(pending)
-        products = _product_ids(conn, [record for (record, _), _ in pending], delta)
-        for (record, uri), info in pending:
-            ok = isinstance(info, ImageInfo)
-            params = {
-                "product_id": products.get(record.sku) if record.sku else None,
-                "uri": uri,
-                "sha256": info.sha256 if ok else None,
-                "width": info.width if ok else None,
-                "height": info.height if ok else None,
-                "domain": record.domain,
-                "split": record.split,
-                "status": "ok" if ok else "failed",
-                "error": None if ok else str(info),
-            }
-            inserted = conn.execute(INSERT_IMAGE, params).scalar()
-            if not ok:
-                delta.failed += 1
-                delta.failures.append((uri, str(info)))
-            elif inserted is None:
-                delta.duplicates += 1
-            else:
-                delta.images_added += 1
-    for name in ("images_added", "products_added", "already_present", "duplicates", "failed"):
+        rows = _stored(conn, [uri for _, uri, _ in items])
+        products = store_products(conn, batch, delta)
+        events: list[dict] = []
+        for item, info in zip(items, found, strict=True):
+            record, uri, _ = item
+            _store_item(conn, item, info, products.get(record.sku) if record.sku else None, rows.get(uri, []),
+                        delta, events)
+        record_events(conn, events)
+    for name in ("images_added", "products_added", "products_updated", "images_replaced", "images_moved",
+                 "already_present", "duplicates", "failed"):
         setattr(report, name, getattr(report, name) + getattr(delta, name))
     report.failures.extend(delta.failures)
-
-
-def _todo(db: Database, batch: Sequence[Record]) -> list[tuple[Record, str]]:
-    """(record, uri) of the records in ``batch`` not stored yet."""
-    uris = [_uri(record.image) for record in batch]
-    with db.begin() as conn:
-        present = _existing_uris(conn, uris)
-    return [(record, uri) for record, uri in zip(batch, uris, strict=True) if uri not in present]
 
 
 def ingest_records(
@@ -220,9 +284,9 @@ def ingest_records(
             todo = with_reconnect(partial(_todo, db, batch), max_outage=max_outage, say=tell)
             report.already_present += len(batch) - len(todo)
             # Files are read with no transaction open; they are read once even if the store is retried.
-            infos = list(pool.map(lambda item: _inspect(*item, max_pixels, limits), todo))
+            found = list(pool.map(lambda item: _read(item, max_pixels, limits), todo))
             # A batch is one transaction: after an outage it is simply run again.
-            with_reconnect(partial(_store_batch, db, todo, infos, report), max_outage=max_outage, say=tell)
+            with_reconnect(partial(_store_batch, db, batch, todo, found, report), max_outage=max_outage, say=tell)
             bar.update(len(batch))
     return report
 
@@ -238,12 +302,35 @@ def ingest(
     progress: bool = False,
     max_outage: float = config.DEFAULT_MAX_OUTAGE,
     say: Callable[[str], None] | None = None,
+    sync: bool = False,
+    dry_run: bool = False,
+    confirm: Callable[[Removal], None] | None = None,
 ) -> IngestReport:
     """Read every record of ``dataset`` at ``path`` first (a malformed file stores nothing),
-    then store them (see :func:`ingest_records`)."""
+    then store them (see :func:`ingest_records`).
+
+    With ``sync``, what the dataset no longer lists is then removed (see
+    :mod:`manet.catalog.sync` for which share of the catalogue a dataset owns); ``confirm`` is
+    shown the planned removal first and raises to stop before anything changes. ``dry_run``
+    (with ``sync``) stores and removes nothing: ``report.removed`` says what would go.
+    """
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset path {path} does not exist; check the path and try again")
+    if dry_run and not sync:
+        raise ManetError("a dry run shows what a sync would remove; add --sync")
     records = list(dataset.records(path))
-    return ingest_records(db, records, batch_size=batch_size, max_pixels=max_pixels, limits=limits,
-                          progress=progress, max_outage=max_outage, say=say)
+    plan = None
+    if sync:
+        root = dataset_root(path)
+        uris, skus = {_uri(record.image) for record in records}, {record.sku for record in records if record.sku}
+        plan = sync_catalogue(db, root, uris, skus, dry_run=True)
+        if dry_run:
+            return IngestReport(records=len(records), removed=plan)
+        if confirm is not None and (plan.products or plan.images):
+            confirm(plan)
+    report = ingest_records(db, records, batch_size=batch_size, max_pixels=max_pixels, limits=limits,
+                            progress=progress, max_outage=max_outage, say=say)
+    if plan is not None:
+        report.removed = sync_catalogue(db, root, uris, skus, only=plan)
+    return report

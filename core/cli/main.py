@@ -9,6 +9,7 @@ import click
 
 from manet import __version__, config
 from manet.cli.bench import bench
+from manet.cli.catalogue import events, images, products
 from manet.cli.common import (
     ManetGroup,
     State,
@@ -104,6 +105,9 @@ cli.add_command(categories)
 cli.add_command(dataset)
 cli.add_command(doctor)
 cli.add_command(explain)
+cli.add_command(products)
+cli.add_command(images)
+cli.add_command(events)
 
 
 def main() -> None:

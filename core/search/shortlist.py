@@ -34,21 +34,31 @@ def check_query_reranker(plugin: Reranker | CatalogueAugmenter, k: int, shortlis
     return plugin
 
 
+def _stored_vectors(db: Database, model: ModelRecord, image_ids: Sequence[int]) -> dict[int, np.ndarray]:
+    if not image_ids:
+        return {}
+    with db.raw() as conn:  # binary vectors: parsing 100 vectors from text would cost more than the search
+        return descriptors.read_vectors(conn, model.id, image_ids)
+
+
 def candidate_descriptors(db: Database, model: ModelRecord, image_ids: Sequence[int]) -> np.ndarray:
     """The stored descriptors of ``image_ids`` under ``model``, in that order."""
     if not image_ids:
         return np.zeros((0, model.dim), np.float32)
-    with db.raw() as conn:  # binary vectors: parsing 100 vectors from text would cost more than the search
-        by_id = descriptors.read_vectors(conn, model.id, image_ids)
+    by_id = _stored_vectors(db, model, image_ids)
     return np.stack([by_id[int(i)] for i in image_ids])
 
 
 def rerank_hits(db: Database, model: ModelRecord, query: np.ndarray, hits: Sequence[Hit], reranker: Reranker,
                 k: int) -> list[Hit]:
     """The top ``k`` of ``hits`` (a shortlist) re-ranked by ``reranker``, with the new scores."""
+    by_id = _stored_vectors(db, model, [hit.image_id for hit in hits])
+    # A second statement: an image deleted since the shortlist was read has lost its descriptor,
+    # and is dropped rather than returned (or failing the search).
+    hits = [hit for hit in hits if int(hit.image_id) in by_id]
     if not hits:
         return []
-    candidates = candidate_descriptors(db, model, [hit.image_id for hit in hits])
+    candidates = np.stack([by_id[int(hit.image_id)] for hit in hits])
     scores = np.array([hit.score for hit in hits], dtype=np.float32)
     permutation, new_scores = rerank_shortlist(reranker, query, candidates, scores)
     return [replace(hits[position], rank=rank, score=float(new_scores[position]))

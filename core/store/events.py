@@ -60,12 +60,15 @@ def _jsonable(value: Any) -> Any:
 def read_events(conn: sa.Connection, *, sku: str | None = None, product_id: int | None = None,
                 image_id: int | None = None, model_id: int | None = None, action: str | None = None,
                 limit: int = 100) -> list[dict[str, Any]]:
-    """The latest ``limit`` events matching every filter given, oldest first."""
+    """The latest ``limit`` events matching every filter given, oldest first. ``image_id`` also
+    finds the events that name it as ``details.old_image_id`` (the image a new file replaced)."""
     query = sa.select(events)
-    for column, value in (("sku", sku), ("product_id", product_id), ("image_id", image_id),
-                          ("model_id", model_id), ("action", action)):
+    for column, value in (("sku", sku), ("product_id", product_id), ("model_id", model_id), ("action", action)):
         if value is not None:
             query = query.where(events.c[column] == value)
+    if image_id is not None:
+        query = query.where(sa.or_(events.c.image_id == int(image_id),
+                                   events.c.details["old_image_id"].astext == str(int(image_id))))
     latest = query.order_by(events.c.id.desc()).limit(max(1, int(limit))).subquery()
     rows = conn.execute(sa.select(latest).order_by(latest.c.id)).mappings()
     return [{key: _jsonable(value) for key, value in row.items()} for row in rows]

@@ -1,0 +1,149 @@
+"""Removing products and images: by SKU, by image id, or what a dataset no longer lists (sync).
+
+Each removal is one transaction: a product goes with all its images (catalogue and query
+photos), an image with its descriptors, extraction work, evaluation results and training-set
+rows (they cascade from ``images``), and every removed row is recorded as a ``product.delete``
+or ``image.delete`` event. A search is one statement, so it sees the catalogue either before
+the commit or after it, never half of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from manet.errors import ManetError, NotFoundError
+from manet.safe_files import ReadLimits, open_limited, read_limited
+from manet.store.database import Database
+from manet.store.events import record_events
+from manet.store.schema import images, products
+
+#: Bytes a file of SKUs may have (a million SKUs of 60 characters).
+MAX_SKU_FILE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class Removal:
+    """What a removal deleted (or, with ``dry_run``, would delete)."""
+
+    products: list[dict[str, Any]] = field(default_factory=list)
+    images: list[dict[str, Any]] = field(default_factory=list)
+    #: SKUs or image ids asked for that do not exist (skipped with ``ignore_missing``).
+    missing: list[Any] = field(default_factory=list)
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "products_deleted": len(self.products), "images_deleted": len(self.images),
+                "products": self.products, "images": self.images, "missing": self.missing}
+
+    def summary(self) -> str:
+        verb = "would delete" if self.dry_run else "deleted"
+        return f"{verb} {len(self.products)} products and {len(self.images)} images (with their descriptors)"
+
+
+def unique(values: Iterable[Any]) -> list[Any]:
+    """``values`` without repeats, in their first order."""
+    return list(dict.fromkeys(values))
+
+
+def read_skus(path: Path) -> list[str]:
+    """The SKUs of a text file, one a line (surrounding spaces, blank lines and ``#`` comments
+    skipped), read under a byte cap; a file that is not UTF-8 text is refused."""
+    limits = ReadLimits(max_bytes=MAX_SKU_FILE_BYTES)
+    with open_limited(path, limits, what="SKU file", error=ManetError) as reader:
+        data = read_limited(reader)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ManetError(f"SKU file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    lines = (line.strip() for line in text.splitlines())
+    return unique(line for line in lines if line and not line.startswith("#"))
+
+
+def product_rows(conn: sa.Connection, where: sa.ColumnElement[bool], *, lock: bool) -> list[dict[str, Any]]:
+    """id, sku and title of the products matching ``where`` (locked when ``lock``)."""
+    query = sa.select(products.c.id, products.c.sku, products.c.title).where(where).order_by(products.c.id)
+    if lock:
+        query = query.with_for_update()
+    return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def image_rows(conn: sa.Connection, *, image_ids: Sequence[int] = (), product_ids: Sequence[int] = (),
+                lock: bool) -> list[dict[str, Any]]:
+    """id, uri, product id and SKU of the images with these ids or of these products (locked when
+    ``lock``)."""
+    query = (sa.select(images.c.id, images.c.uri, images.c.product_id, products.c.sku)
+             .select_from(images.outerjoin(products, products.c.id == images.c.product_id))
+             .where(sa.or_(images.c.id.in_(list(image_ids)), images.c.product_id.in_(list(product_ids))))
+             .order_by(images.c.id))
+    if lock:
+        query = query.with_for_update(of=images)
+    return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def remove_rows(conn: sa.Connection, doomed_products: list[dict[str, Any]], doomed_images: list[dict[str, Any]],
+                reason: str) -> None:
+    """Delete these images and products (inside ``conn``'s transaction) and record why."""
+    image_ids = [row["id"] for row in doomed_images]
+    product_ids = [row["id"] for row in doomed_products]
+    if image_ids:  # first: products.id is ON DELETE SET NULL on images, which would keep them
+        conn.execute(images.delete().where(images.c.id.in_(image_ids)))
+    if product_ids:
+        conn.execute(products.delete().where(products.c.id.in_(product_ids)))
+    per_product: dict[int, int] = {}
+    for row in doomed_images:
+        per_product[row["product_id"]] = per_product.get(row["product_id"], 0) + 1
+    record_events(conn, [  # in the order of the deletes: a product's images, then the product
+        *({"action": "image.delete", "image_id": row["id"], "product_id": row["product_id"], "sku": row["sku"],
+           "details": {"reason": reason, "uri": row["uri"]}} for row in doomed_images),
+        *({"action": "product.delete", "product_id": row["id"], "sku": row["sku"],
+           "details": {"reason": reason, "title": row["title"], "images": per_product.get(row["id"], 0)}}
+          for row in doomed_products),
+    ])
+
+
+def delete_products(db: Database, skus: Sequence[str], *, ignore_missing: bool = False, dry_run: bool = False,
+                    reason: str = "delete") -> Removal:
+    """Delete the products ``skus`` with all their images, in one transaction. An unknown SKU
+    deletes nothing (a NotFoundError names it) unless ``ignore_missing``; ``dry_run`` only says
+    what would go."""
+    skus = unique(str(sku) for sku in skus)
+    if not skus:
+        raise ManetError("no SKU given; name the products to delete (or --from-file FILE)")
+    with db.begin() as conn:
+        found = product_rows(conn, products.c.sku.in_(skus), lock=not dry_run)
+        known = {row["sku"] for row in found}
+        missing = [sku for sku in skus if sku not in known]
+        if missing and not ignore_missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise NotFoundError(f"unknown SKU {shown}; nothing was deleted: check the SKUs, or pass "
+                                f"--ignore-missing to delete the others")
+        pictures = image_rows(conn, product_ids=[row["id"] for row in found], lock=not dry_run)
+        if not dry_run:
+            remove_rows(conn, found, pictures, reason)
+    return Removal(found, pictures, missing, dry_run)
+
+
+def delete_images(db: Database, image_ids: Sequence[int], *, ignore_missing: bool = False,
+                  dry_run: bool = False, reason: str = "delete") -> Removal:
+    """Delete the images ``image_ids`` (their products stay), in one transaction; an unknown id
+    deletes nothing unless ``ignore_missing``; ``dry_run`` only says what would go."""
+    ids = unique(int(image_id) for image_id in image_ids)
+    if not ids:
+        raise ManetError("no image id given; name the images to delete")
+    with db.begin() as conn:
+        rows = image_rows(conn, image_ids=ids, lock=not dry_run)
+        known = {row["id"] for row in rows}
+        missing = [image_id for image_id in ids if image_id not in known]
+        if missing and not ignore_missing:
+            shown = ", ".join(map(str, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise NotFoundError(f"unknown image id {shown}; nothing was deleted: check the ids (SELECT id, uri "
+                                f"FROM images), or pass --ignore-missing to delete the others")
+        if not dry_run:
+            remove_rows(conn, [], rows, reason)
+    return Removal([], rows, missing, dry_run)
+
