@@ -164,3 +164,38 @@ def test_a_second_rebuild_at_the_same_time_is_refused(vec, database_url):
         other.execute("SELECT pg_advisory_lock(%s, %s)", (REBUILD_LOCK, retriever.model("vec").id))
         with pytest.raises(ManetError, match="is being rebuilt by another session"):
             retriever.rebuild_index("vec")
+
+
+# -- the benchmark, small ---------------------------------------------------------------------
+@pytest.fixture
+def bench_url(pg_home, monkeypatch):
+    """An empty database of its own (benchmarks refuse one that holds a catalogue)."""
+    from manet.store import embedded
+
+    url = embedded.start(pg_home, "t_index_upkeep_bench", recreate=True)
+    monkeypatch.setenv("MANET_DATABASE_URL", url)
+    return url
+
+
+def test_bench_index_upkeep_small(bench_url):
+    from click.testing import CliRunner
+
+    from manet.cli.main import cli
+
+    args = ["--quiet", "bench", "index-upkeep", "--n", "2000", "--dim", "32", "--intrinsic-dim", "8",
+            "--queries", "60", "--delete-fraction", "0.2"]
+    result = CliRunner().invoke(cli, [*args, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [p["phase"] for p in report["phases"]] == ["built", "deleted", "rebuilt"]
+    assert [p["rows"] for p in report["phases"]] == [2000, 1600, 1600] and report["deleted"] == 400
+    for phase in report["phases"]:
+        assert 0.5 < phase["recall_at_7"] <= 1.0 and phase["rows_min"] == 7 and phase["p50_ms"] > 0
+    assert report["phases"][1]["dead_tuples"] >= 400
+    assert report["rebuild_s"] > 0 and report["index_size_after_rebuild"] > 0
+    assert report["rebuild_parallel_workers"] == 0  # the embedded pgvector 0.8.1 (CVE-2026-3172)
+    assert set(report["ratios"]) == {"p50_deleted_over_built", "p50_rebuilt_over_deleted", "size_rebuilt_over_deleted"}
+    with psycopg.connect(bench_url) as conn:  # the scratch database is left empty
+        assert conn.execute("SELECT count(*) FROM images").fetchone()[0] == 0
+    table = CliRunner().invoke(cli, [*args, "--queries", "10"], catch_exceptions=False)
+    assert table.exit_code == 0 and "REINDEX CONCURRENTLY" in table.output and "rebuilt" in table.output

@@ -170,6 +170,31 @@ def bench_search(state: State, n: int | None, dim: int | None, queries: int, fil
     _emit(report, as_json, lambda r: click.echo(format_report(r)))
 
 
+@bench.command("index-upkeep")
+@click.option("--n", "n", default=100_000, show_default=True, type=click.IntRange(min=100), help="Descriptors to load.")
+@click.option("--dim", default=512, show_default=True, type=click.IntRange(2, 2000))
+@click.option("--queries", default=500, show_default=True, type=click.IntRange(min=1))
+@click.option("--delete-fraction", default=0.2, show_default=True, help="Fraction of the images deleted.")
+@click.option("--ef-search", default=40, show_default=True, help="hnsw.ef_search of every search.")
+@click.option("--intrinsic-dim", default=64, show_default=True, help="Generator: dimension of the data's subspace.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--m", "m", default=16, show_default=True, help="HNSW graph degree.")
+@click.option("--ef-construction", default=64, show_default=True)
+@JSON_OPTION
+@pass_state
+def bench_index_upkeep(state: State, n: int, dim: int, queries: int, delete_fraction: float, ef_search: int,
+                       intrinsic_dim: int, seed: int, m: int, ef_construction: int, as_json: bool) -> None:
+    """Recall@7 and p50 of SQL search as built, after deleting a fraction of the catalogue, and after
+    manet index rebuild --concurrently; rebuild time and index size before and after."""
+    from manet.bench.index_upkeep import UpkeepBenchOptions, format_report, run_upkeep_bench
+
+    options = UpkeepBenchOptions(n=n, dim=dim, queries=queries, delete_fraction=delete_fraction,
+                                 ef_search=ef_search, intrinsic_dim=intrinsic_dim, seed=seed, m=m,
+                                 ef_construction=ef_construction)
+    report = run_upkeep_bench(state.admin.scratch_database(), options, _say(state))
+    _emit(report, as_json, lambda r: click.echo(format_report(r)))
+
+
 @bench.command("ingest")
 @click.option("--rows", default=20_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--dim", default=512, show_default=True)
