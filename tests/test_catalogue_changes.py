@@ -205,6 +205,17 @@ def test_sync_dry_run_changes_nothing_then_removes_only_what_the_folder_no_longe
     assert refused.exit_code == 1 and "refusing to sync" in refused.output
 
 
+def test_an_image_listed_under_another_sku_moves_to_that_product(retriever, tmp_path):
+    manifest = _folder_dataset(tmp_path / "moves", ["M1"], seed=4)
+    retriever.ingest("manifest", manifest)
+    _write(manifest, [{"sku": "M2", "image": "M1.png", "title": "title M2"}])
+    report = retriever.ingest("manifest", manifest)
+    assert (report.images_moved, report.products_added, report.images_added) == (1, 1, 0)
+    assert [image["uri"] for image in retriever.product("M2")["images"]] == [str(tmp_path / "moves" / "M1.png")]
+    [moved] = retriever.history(sku="M2", action="image.move")
+    assert moved["details"]["old_product_id"] == retriever.product("M1")["id"]
+
+
 def _searcher(retriever, url: str, vectors: list[np.ndarray], query_id: int, stop: threading.Event,
               log: list, errors: list, which: int) -> None:
     """Search in a loop, one kind of search per thread; log (start time, hit image ids, product ids)."""
