@@ -18,7 +18,8 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 #: Commands that print one line and take no --json (docs/cli.md, "Output").
 WITHOUT_JSON = {"db upgrade", "db downgrade", "db url", "db stop", "db grant-reader", "models delete", "serve"}
 #: Commands that delete or replace stored data (docs/cli.md, "Destructive commands ask first").
-DESTRUCTIVE = {"db downgrade", "models delete", "categories mine", "dataset build"}
+DESTRUCTIVE = {"db downgrade", "models delete", "categories mine", "dataset build", "products delete",
+               "images delete", "ingest"}
 
 
 def leaf_commands(group: click.Group = cli, prefix: str = "") -> dict[str, click.Command]:

@@ -27,6 +27,7 @@ from manet.errors import ManetError
 from manet.search.index_progress import index_build_progress
 from manet.store import descriptors
 from manet.store.database import Database
+from manet.store.events import record_event
 from manet.store.models import ModelRecord
 
 # pgvector releases before 0.8.2 overflow a buffer in parallel HNSW builds (CVE-2026-3172).
@@ -189,6 +190,8 @@ def build_index(db: Database, model: ModelRecord, *, m: int = config.DEFAULT_HNS
         conn.execute(sa.text("UPDATE models SET index_options = CAST(:o AS jsonb) "
                              "|| jsonb_build_object('built_at', now()) WHERE id = :m"),
                      {"o": json.dumps(options), "m": model.id})
+        record_event(conn, "index.build", model_id=model.id,
+                     details={"model": model.name, "index": name, "rows": int(rows), **options})
         # Fresh statistics after a bulk load, so the planner costs the index scan correctly.
         conn.execute(sa.text("ANALYZE descriptors"))
     return IndexReport(name, int(rows), time.perf_counter() - started, workers, m, ef_construction,

@@ -237,7 +237,7 @@ def derive_model(db: Database, registry: Registry, name: str, source: str, *, po
         learned_saliency=base.config.learned_saliency and learned_saliency,
         text_mask=base.config.text_mask and text_mask,
     )
-    return _insert_new(db, name, config, config.validate(registry), {"derived_from": source})
+    return _insert_new(db, name, config, config.validate(registry), {"derived_from": base.name})
 
 
 # -- derived catalogues: PCA-whitening and database-side augmentation ---------------------------
@@ -284,6 +284,7 @@ def whiten_model(db: Database, registry: Registry, name: str, base_name: str, di
     from manet.nn.whitening import PCA_WHITEN, check_fit_size, fit_whitening, save_projection, whiten_array
 
     base = get_model(db, base_name)
+    base_name = base.name  # the real model when an alias was given: what stays recorded
     if base.config.projection is not None:
         raise ManetError(f"model '{base_name}' is already whitened; whiten its base "
                          f"'{base.config.projection.get('base')}' instead")
@@ -333,6 +334,7 @@ def augment_model(db: Database, registry: Registry, name: str, base_name: str,
     import numpy as np
 
     base = get_model(db, base_name)
+    base_name = base.name  # the real model when an alias was given: what stays recorded
     with db.raw() as conn:
         batches = list(descriptors.stream(conn, base.id, gallery=True, batch=DERIVE_BATCH))
     if not batches:
