@@ -56,53 +56,55 @@ AS $fn$
 $fn$;
 """
 
-SIMILAR = r"""
-CREATE OR REPLACE FUNCTION manet_similar(model_name text, query_image_id bigint, k integer DEFAULT 7)
-RETURNS TABLE (rank bigint, image_id bigint, product_id bigint, sku text, title text,
-               brand text, score double precision)
-LANGUAGE plpgsql STABLE
-AS $fn$
-DECLARE
-    q vector;
-BEGIN
-    SELECT d.embedding INTO q
-      FROM descriptors d
-     WHERE d.model_id = manet_model_id(model_name) AND d.image_id = query_image_id;
-    IF q IS NULL THEN
-        RAISE EXCEPTION 'image % has no descriptor for model "%"; run: manet extract --model %',
-            query_image_id, model_name, model_name;
-    END IF;
-    RETURN QUERY SELECT * FROM manet_search(model_name, q, k);
-END
-$fn$;
-"""
+def _by_alias(sql: str, lookups: dict[str, str]) -> str:
+    """An earlier revision's function text with its model lookups by name replaced by
+    ``manet_model_id`` (taken from there, not copied; fails loudly if that text changed)."""
+    for old, new in lookups.items():
+        if old not in sql:
+            raise RuntimeError(f"an earlier revision's SQL changed ({old!r} is gone); update revision 0006")
+        sql = sql.replace(old, new)
+    return sql.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION")
 
 
-def _search_by_alias(search_sql: str) -> str:
-    """Revision 0004's manet_search, with the model looked up by name or alias."""
-    lookup = "FROM models m WHERE m.name = model_name;"
-    hint = "list them with: SELECT name FROM models'"
-    if lookup not in search_sql or hint not in search_sql:
-        raise RuntimeError("revision 0004's manet_search changed; update revision 0006")
-    return search_sql.replace(lookup, "FROM models m WHERE m.id = manet_model_id(model_name);").replace(
-        hint, "list them with: SELECT name FROM models UNION SELECT alias FROM model_aliases'"
-    )
+SEARCH_LOOKUPS = {
+    "FROM models m WHERE m.name = model_name;": "FROM models m WHERE m.id = manet_model_id(model_name);",
+    "list them with: SELECT name FROM models'":
+        "list them with: SELECT name FROM models UNION SELECT alias FROM model_aliases'",
+}
+SIMILAR_LOOKUPS = {
+    "FROM descriptors d JOIN models m ON m.id = d.model_id\n     WHERE m.name = model_name AND":
+        "FROM descriptors d\n     WHERE d.model_id = manet_model_id(model_name) AND",
+}
+
+
+def _similar(revision_0001) -> str:
+    """Revision 0001's manet_similar (the last one defined before this revision)."""
+    return revision_0001.FUNCTIONS[revision_0001.FUNCTIONS.index("CREATE FUNCTION manet_similar"):]
+
+
+def search_function() -> str:
+    """This revision's ``CREATE OR REPLACE FUNCTION manet_search`` (for later revisions' downgrades)."""
+    revision_0004 = importlib.import_module("manet.migrations.versions.0004_index_options")
+    return _by_alias(revision_0004.MANET_SEARCH, SEARCH_LOOKUPS)
+
+
+def similar_function() -> str:
+    """This revision's ``CREATE OR REPLACE FUNCTION manet_similar``."""
+    return _by_alias(_similar(importlib.import_module("manet.migrations.versions.0001_initial")), SIMILAR_LOOKUPS)
 
 
 def upgrade() -> None:
-    revision_0004 = importlib.import_module("manet.migrations.versions.0004_index_options")
     op.execute(TABLES)
     op.execute(RESOLVE)
-    op.execute(_search_by_alias(revision_0004.MANET_SEARCH))
-    op.execute(SIMILAR)
+    op.execute(search_function())
+    op.execute(similar_function())
 
 
 def downgrade() -> None:
     revision_0001 = importlib.import_module("manet.migrations.versions.0001_initial")
     revision_0004 = importlib.import_module("manet.migrations.versions.0004_index_options")
     op.execute(revision_0004.MANET_SEARCH)
-    similar = revision_0001.FUNCTIONS[revision_0001.FUNCTIONS.index("CREATE FUNCTION manet_similar") :]
-    op.execute(similar.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"))
+    op.execute(_similar(revision_0001).replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"))
     op.execute("DROP FUNCTION IF EXISTS manet_model_id(text)")
     op.execute("DROP TABLE IF EXISTS events")
     op.execute("DROP TABLE IF EXISTS model_aliases")
