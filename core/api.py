@@ -22,7 +22,7 @@ from manet.plugin_base import CatalogueAugmenter, Reranker
 from manet.plugin_manager import PluginInfo, Registry, default_registry
 from manet.safe_files import ReadLimits
 from manet.search.index import IndexReport, build_index
-from manet.search.query import Hit, search_vector, stored_descriptor
+from manet.search.query import Hit, SearchResult, run_search, search_vector, stored_descriptor
 from manet.settings import Settings
 from manet.store.database import Database
 from manet.store.models import ModelRecord, create_model, delete_model, derive_model, get_model, list_models
@@ -280,11 +280,14 @@ class Retriever(TrainingData, CatalogueChanges, ModelUpkeep):
         rerank: str | None = None,
         rerank_params: dict[str, Any] | None = None,
         shortlist: int = config.DEFAULT_SHORTLIST,
+        path: str = "auto",
     ) -> list[Hit]:
         """Top-k catalogue images for an image file, a stored image id, or a vector.
 
-        With ``rerank`` (a re-ranker plugin name), the index's top ``shortlist`` is re-ranked on
-        the candidates' stored descriptors and its top k returned.
+        A filtered search goes through the filter planner (:mod:`manet.search.planner`): exact
+        over the filter's images when they are few, else HNSW; ``path`` ``exact`` / ``hnsw``
+        forces one. With ``rerank`` (a re-ranker plugin name), the index's top ``shortlist`` is
+        re-ranked on the candidates' stored descriptors and its top k returned.
         """
         given = [x is not None for x in (image, image_id, vector)]
         if sum(given) != 1:
@@ -301,13 +304,28 @@ class Retriever(TrainingData, CatalogueChanges, ModelUpkeep):
             vector = stored_descriptor(self.db, record, image_id)
         if reranker is None:
             return search_vector(self.db, record, vector, k=k, category=category, brand=brand,
-                                 ef_search=ef_search)
+                                 ef_search=ef_search, path=path)
         # The HNSW candidate list is at least the shortlist, so the shortlist is the index's best.
         hits = search_vector(self.db, record, vector, k=shortlist, category=category, brand=brand,
-                             ef_search=ef_search or max(shortlist, 40))
+                             ef_search=ef_search or max(shortlist, 40), path=path)
         from manet.search.shortlist import rerank_hits
 
         return rerank_hits(self.db, record, vector, hits, reranker, k)
+
+    def explain_search(self, model: str, *, image: str | Path | None = None, image_id: int | None = None,
+                       vector: np.ndarray | None = None, k: int = config.DEFAULT_K, category: str | None = None,
+                       brand: str | None = None, ef_search: int | None = None, path: str = "auto") -> SearchResult:
+        """The search of :meth:`search` (no re-ranking) with the plan it ran: exact or HNSW, how many
+        catalogue images matched the filter, and PostgreSQL's EXPLAIN of the statement."""
+        if sum(x is not None for x in (image, image_id, vector)) != 1:
+            raise ManetError("give exactly one of an image path, --image-id or a vector")
+        record = self.model(model)
+        if image is not None:
+            vector = self.embed(record.name, [image])[0]
+        elif image_id is not None:
+            vector = stored_descriptor(self.db, record, image_id)
+        return run_search(self.db, record, vector, k=k, category=category, brand=brand, ef_search=ef_search,
+                          path=path, explain=True)
 
     def product(self, sku: str) -> dict[str, Any]:
         """Product ``sku`` with its categories and images (see :func:`manet.catalog.lookup.product_by_sku`)."""

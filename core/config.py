@@ -55,6 +55,13 @@ DEFAULT_HNSW_M = 16
 DEFAULT_EF_CONSTRUCTION = 64
 #: Catalogue rows read to fit a PCA-whitening.
 DEFAULT_WHITEN_ROWS = 20_000
+#: A filtered search whose filter keeps at most this many catalogue images ranks them exactly
+#: (their descriptors read through the primary key); above it, HNSW with an iterative scan.
+#: Set from `manet bench search --filter-selectivity ...` (docs/PERFORMANCE.md, "Filtered search").
+DEFAULT_FILTER_EXACT_THRESHOLD = 5000
+#: ef_search of filtered searches on the HNSW path that set none: the filter keeps more than
+#: the threshold's rows there, and recall@7 must still reach 0.95 (docs/PERFORMANCE.md).
+DEFAULT_FILTERED_EF_SEARCH = 400
 
 # `manet serve` (manet.serve): its options' variables and defaults.
 SERVE_HOST_ENV = "MANET_SERVE_HOST"

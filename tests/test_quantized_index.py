@@ -25,7 +25,7 @@ def vectors(retriever):
     generator = DescriptorGenerator(DIM, 16, clusters=20, seed=5)
     queries = generator.queries(20)
     model = create_vector_model(retriever.db, "vec", DIM, {})
-    loaded = load_gallery(retriever.db, model, generator.gallery(N), queries, n=N, selectivity=0.25,
+    loaded = load_gallery(retriever.db, model, generator.gallery(N), queries, n=N, selectivities=(0.25,),
                           keep_vectors=True)
     return queries, loaded
 
@@ -41,7 +41,7 @@ def test_quantized_search_returns_the_brute_force_top_7_through_the_index(retrie
     assert (report.quantize, report.rerank_factor) == (quantize, factor)
     plan = search_plan(retriever, "vec")
     assert ("binary_quantize" in plan) == (quantize == "binary") and ("halfvec" in plan) == (quantize == "halfvec")
-    search_plan(retriever, "vec", category="bench-filter")
+    search_plan(retriever, "vec", category="bench-filter-0.25")
     for query in queries:
         hits = retriever.search("vec", vector=query, k=7)
         assert [h.image_id for h in hits] == _brute_force(loaded, query)
@@ -58,7 +58,8 @@ def test_binary_filtered_search_returns_k_rows_of_the_category(retriever, vector
     with retriever.db.begin() as conn:
         members = set(conn.execute(sa.text(
             "SELECT i.id FROM images i JOIN product_categories pc ON pc.product_id = i.product_id")).scalars())
-    hits = retriever.search("vec", vector=queries[0], k=7, category="bench-filter", ef_search=10)
+    hits = retriever.search("vec", vector=queries[0], k=7, category="bench-filter-0.25", ef_search=10,
+                              path="hnsw")
     assert len(hits) == 7 and {h.image_id for h in hits} <= members
     expected = [i for i in np.argsort(-(loaded.vectors @ queries[0]), kind="stable") + 1 if i in members][:7]
     assert [h.image_id for h in hits] == expected

@@ -100,18 +100,30 @@ def index_rebuild(state: State, model: str, concurrently: bool, maintenance_work
 @click.option("--category")
 @click.option("--brand")
 @click.option("--ef-search", type=int,
-              help="HNSW candidate list size for this query (default: the server's, 40; 400 with a filter).")
+              help=f"HNSW candidate list size for this query (default: the server's, 40; "
+                   f"{config.DEFAULT_FILTERED_EF_SEARCH} with a filter).")
+@click.option("--path", "search_path", type=click.Choice(["auto", "exact", "hnsw"]), default="auto",
+              show_default=True,
+              help=f"With a filter: auto ranks up to {config.DEFAULT_FILTER_EXACT_THRESHOLD} matching catalogue "
+                   f"images exactly and uses HNSW above; exact or hnsw forces one.")
+@click.option("--explain", is_flag=True,
+              help="Also print the plan: exact or HNSW, how many images the filter matched, and EXPLAIN.")
 @rerank_options("aqe, alpha-qe", "Candidates fetched for --rerank.")
 @click.option("--html", "html", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the results as a self-contained HTML page (thumbnails embedded) to this file.")
 @JSON_OPTION
 @pass_state
 def search(state: State, image: Path | None, model: str, image_id: int | None, k: int, category: str | None,
-           brand: str | None, ef_search: int | None, rerank: str | None, rerank_params: tuple[str, ...],
-           shortlist: int, html: Path | None, as_json: bool) -> None:
+           brand: str | None, ef_search: int | None, search_path: str, explain: bool, rerank: str | None,
+           rerank_params: tuple[str, ...], shortlist: int, html: Path | None, as_json: bool) -> None:
     """Top-k catalogue products for IMAGE (a file) or --image-id."""
     if (image is None) == (image_id is None):
         raise click.UsageError("give an IMAGE path or --image-id (one of them)")
+    if explain:
+        if rerank is not None or html is not None:
+            raise click.UsageError("--explain shows the index search alone; drop --rerank and --html")
+        _explain(state, image, model, image_id, k, category, brand, ef_search, search_path, as_json)
+        return
     if html is not None:  # a bad path fails before the search runs
         from manet.evaluate.report import check_output_path
 
@@ -119,15 +131,34 @@ def search(state: State, image: Path | None, model: str, image_id: int | None, k
     params = _rerank_params(rerank, rerank_params)
     hits = state.retriever.search(model, image=image, image_id=image_id, k=k, category=category,
                                   brand=brand, ef_search=ef_search, rerank=rerank, rerank_params=params,
-                                  shortlist=shortlist)
+                                  shortlist=shortlist, path=search_path)
     if as_json:
         _echo_json([hit.as_dict() for hit in hits])
     else:
-        for hit in hits:
-            click.echo(f"{hit.rank:>2}. {hit.score:.4f}  image {hit.image_id:<7} {hit.sku or '-':<24} "
-                       f"{hit.brand or '':<14} {hit.title or ''}")
+        _print_hits(hits)
     if html is not None:
         reranker = None if rerank is None else {"name": rerank, "params": params, "shortlist": shortlist}
         state.retriever.write_search_page(html, hits, model=model, k=k, image=image, image_id=image_id,
                                           filters={"category": category, "brand": brand}, reranker=reranker)
         click.echo(f"wrote {html}", err=as_json)
+
+
+def _print_hits(hits: list) -> None:
+    for hit in hits:
+        click.echo(f"{hit.rank:>2}. {hit.score:.4f}  image {hit.image_id:<7} {hit.sku or '-':<24} "
+                   f"{hit.brand or '':<14} {hit.title or ''}")
+
+
+def _explain(state: State, image: Path | None, model: str, image_id: int | None, k: int, category: str | None,
+             brand: str | None, ef_search: int | None, search_path: str, as_json: bool) -> None:
+    """``manet search --explain``: the hits, the planner's path and PostgreSQL's plan."""
+    result = state.retriever.explain_search(model, image=image, image_id=image_id, k=k, category=category,
+                                            brand=brand, ef_search=ef_search, path=search_path)
+    if as_json:
+        _echo_json({"plan": result.plan.as_dict(), "explain": result.explain,
+                    "hits": [hit.as_dict() for hit in result.hits]})
+        return
+    _print_hits(result.hits)
+    click.echo(result.plan.describe())
+    for line in result.explain:
+        click.echo(f"  {line}")

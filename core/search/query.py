@@ -9,7 +9,8 @@ a bound parameter.
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,13 +19,15 @@ import sqlalchemy as sa
 from manet import config
 from manet.errors import ManetError, NotFoundError
 from manet.search.index import IndexLayout, index_layout
+from manet.search.planner import SearchPlan, check_path, default_threshold, plan_filtered
 from manet.store import descriptors
 from manet.store.database import Database, vector_connection
 from manet.store.models import ModelRecord
 
-#: ef_search of filtered searches that do not set one. Filtered top-7 recall at 5 % selectivity,
-#: 100K x 512 (manet bench search): 0.77 at ef_search 40, 0.91 at 400, for about twice the time.
-FILTERED_EF_SEARCH = 400
+#: ef_search of filtered searches on the HNSW path that set none (manet.config).
+FILTERED_EF_SEARCH = config.DEFAULT_FILTERED_EF_SEARCH
+
+
 @dataclass(frozen=True)
 class Hit:
     """One search result."""
@@ -112,6 +115,126 @@ def execute_search(conn: Any, sql: str, params: dict[str, Any], settings: dict[s
     return conn.execute(driver_sql(sql), params).fetchall()
 
 
+@dataclass
+class SearchResult:
+    """A search's hits, the plan it ran, and (when asked) PostgreSQL's EXPLAIN of its statement."""
+
+    plan: SearchPlan
+    hits: list[Hit]
+    explain: list[str] = field(default_factory=list)
+
+
+def _hnsw_settings(ef_search: int | None, filtered: bool) -> dict[str, str | None]:
+    if ef_search is None and filtered:
+        ef_search = FILTERED_EF_SEARCH
+    if ef_search is not None and not 1 <= int(ef_search) <= 1000:
+        raise ManetError(f"ef_search={ef_search} is out of range; use 1..1000")
+    # relaxed_order: the SQL re-sorts the candidates by the exact distance anyway (pgvector's
+    # advice), and it measured a higher filtered recall than strict_order at the same cost.
+    return {"hnsw.iterative_scan": "relaxed_order",
+            "hnsw.ef_search": None if ef_search is None else str(int(ef_search))}
+
+
+def _run_planned(conn: Any, applied: dict[str, str | None], model: ModelRecord, vector: np.ndarray, k: int,
+                 category: str | None, brand: str | None, ef_search: int | None, path: str, threshold: int,
+                 explain: bool) -> SearchResult:
+    """Plan and run one search on an autocommit psycopg connection (see :func:`run_search`)."""
+    filtered = category is not None or brand is not None
+    sql, params = _search_sql(model, k, category, brand)
+    settings = _hnsw_settings(ef_search, filtered)
+    chosen, matching, ids, reason = "hnsw", None, None, "no filter"
+    if filtered:
+        chosen, matching, ids, reason = plan_filtered(conn, params, category=category is not None,
+                                                      brand=brand is not None, path=path, threshold=threshold)
+    elif path == "exact":
+        raise ManetError("the exact path needs a filter (--category or --brand); without one, search uses HNSW")
+    params["q"] = vector
+    if chosen == "exact":
+        # Only the matching rows are read: no index setting matters, so none is sent.
+        sql, settings = descriptors.exact_top_k_sql(model.id, k), {}
+        params = {"q": vector, "ids": ids}
+    rows = execute_search(conn, sql, params, settings, applied)
+    plan = SearchPlan(chosen, filtered, matching, threshold,
+                      None if chosen == "exact" else _effective_ef(settings), reason)
+    hits = [Hit(rank, image_id, product_id, sku, title, brand_, float(score), uri)
+            for rank, (image_id, product_id, sku, title, brand_, uri, score) in enumerate(rows, start=1)]
+    lines = [_readable(row[0]) for row in conn.execute("EXPLAIN (COSTS OFF) " + driver_sql(sql), params)
+             ] if explain else []
+    return SearchResult(plan, hits, lines)
+
+
+def _readable(line: str) -> str:
+    """An EXPLAIN line without the query vector's and the id list's literals (hundreds of numbers)."""
+    line = re.sub(r"'\[[^\]]*\]'", "'[query vector]'", line)
+    return re.sub(r"'\{[0-9,]*\}'", "'{matching image ids}'", line)
+
+
+def _effective_ef(settings: dict[str, str | None]) -> int | None:
+    value = settings.get("hnsw.ef_search")
+    return None if value is None else int(value)
+
+
+def run_search(
+    db: Database,
+    model: ModelRecord,
+    vector: np.ndarray,
+    *,
+    k: int = config.DEFAULT_K,
+    category: str | None = None,
+    brand: str | None = None,
+    ef_search: int | None = None,
+    path: str = "auto",
+    exact_threshold: int | None = None,
+    explain: bool = False,
+) -> SearchResult:
+    """Top-``k`` gallery images for ``vector`` by inner product, joined with products, with the
+    plan that ran (and PostgreSQL's EXPLAIN of its statement when ``explain``).
+
+    Unfiltered: the model's HNSW index. Filtered (``category``, ``brand``, together or alone),
+    the planner (:mod:`manet.search.planner`) counts the matching catalogue images up to
+    ``exact_threshold`` (default :data:`manet.config.DEFAULT_FILTER_EXACT_THRESHOLD`): at most that
+    many are ranked exactly; more go through the index with pgvector's iterative scan, so ``k``
+    rows come back whenever ``k`` gallery images match. ``path`` ``exact`` / ``hnsw`` forces one.
+    ``ef_search`` (HNSW path) defaults to the server's, or :data:`FILTERED_EF_SEARCH` with a filter.
+    """
+    threshold = default_threshold(exact_threshold)
+    check_path(path, threshold)
+    vector = _check_vector(model, vector)
+    args = (model, vector, k, category, brand, ef_search, path, threshold, explain)
+    try:
+        return _on_search_connection(db, args)
+    except Exception as exc:
+        # The search pool skips the liveness ping: a connection the server dropped (restart,
+        # idle timeout) fails here once, is discarded, and the search runs on a fresh one.
+        if not _connection_lost(exc):
+            raise
+        return _on_search_connection(db, args)
+
+
+def _connection_lost(exc: Exception) -> bool:
+    import psycopg
+
+    return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.QueryCanceled)
+
+
+def _on_search_connection(db: Database, args: tuple) -> SearchResult:
+    with db.search_engine.connect() as sa_conn:
+        pooled = sa_conn.connection
+        conn = vector_connection(pooled)
+        # Autocommit: no BEGIN/COMMIT round trips for a read; the session settings persist on
+        # this pooled connection (remembered in its info) and only changes are sent.
+        conn.autocommit = True
+        try:
+            return _run_planned(conn, pooled.info.setdefault("search_settings", {}), *args)
+        except Exception:
+            if conn.closed or conn.broken:
+                sa_conn.invalidate()
+            raise
+        finally:
+            if not conn.closed:
+                conn.autocommit = False
+
+
 def search_vector(
     db: Database,
     model: ModelRecord,
@@ -121,38 +244,12 @@ def search_vector(
     category: str | None = None,
     brand: str | None = None,
     ef_search: int | None = None,
+    path: str = "auto",
 ) -> list[Hit]:
-    """Top-``k`` gallery images for ``vector`` by inner product, joined with products.
-
-    Filters run inside the index scan's ORDER BY ... LIMIT with pgvector's iterative scan, so
-    ``k`` rows come back whenever ``k`` gallery images match. ``ef_search`` defaults to the
-    server's (pgvector: 40), or to :data:`FILTERED_EF_SEARCH` when a filter is given.
-    """
-    sql, params = _search_sql(model, k, category, brand)
-    params["q"] = _check_vector(model, vector)
-    if ef_search is None and (category is not None or brand is not None):
-        ef_search = FILTERED_EF_SEARCH
-    if ef_search is not None and not 1 <= int(ef_search) <= 1000:
-        raise ManetError(f"ef_search={ef_search} is out of range; use 1..1000")
-    # relaxed_order: the SQL re-sorts the candidates by the exact distance anyway (pgvector's
-    # advice), and it measured a higher filtered recall than strict_order at the same cost.
-    settings = {"hnsw.iterative_scan": "relaxed_order",
-                "hnsw.ef_search": None if ef_search is None else str(int(ef_search))}
-    with db.engine.connect() as sa_conn:
-        pooled = sa_conn.connection
-        conn = vector_connection(pooled)
-        # Autocommit: no BEGIN/COMMIT round trips for a read; the session settings persist on
-        # this pooled connection (remembered in its info) and only changes are sent.
-        conn.autocommit = True
-        try:
-            rows = execute_search(conn, sql, params, settings, pooled.info.setdefault("search_settings", {}))
-        finally:
-            if not conn.closed:
-                conn.autocommit = False
-    return [
-        Hit(rank, image_id, product_id, sku, title, brand_, float(score), uri)
-        for rank, (image_id, product_id, sku, title, brand_, uri, score) in enumerate(rows, start=1)
-    ]
+    """The hits of :func:`run_search` (same arguments): what ``manet search``, the service and
+    ``Retriever.search`` return."""
+    return run_search(db, model, vector, k=k, category=category, brand=brand, ef_search=ef_search,
+                      path=path).hits
 
 
 def stored_descriptor(db: Database, model: ModelRecord, image_id: int) -> np.ndarray:

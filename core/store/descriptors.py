@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from manet.store import filters
 from manet.store.database import as_array
 
 # -- writing ----------------------------------------------------------------------------------
@@ -203,16 +204,7 @@ def top_k_sql(model_id: int, k: int, distance: str, rerank_factor: int, *, categ
     """
     where = [f"d.model_id = {int(model_id)}", "d.gallery"]
     # Filters run inside the index scan (iterative scan refills until k rows pass them).
-    if category:
-        where.append(
-            "EXISTS (SELECT 1 FROM images fi JOIN product_categories pc ON pc.product_id = fi.product_id "
-            "JOIN categories c ON c.id = pc.category_id WHERE fi.id = d.image_id AND c.name = :category)"
-        )
-    if brand:
-        where.append(
-            "EXISTS (SELECT 1 FROM images fi JOIN products fp ON fp.id = fi.product_id "
-            "WHERE fi.id = d.image_id AND lower(fp.brand) = lower(:brand))"
-        )
+    where += filters.image_predicates("d.image_id", category=category, brand=brand)
     return f"""
         SELECT t.image_id, i.product_id, p.sku, p.title, p.brand, i.uri, t.score
           FROM (SELECT c.image_id, -(c.embedding <#> CAST(:q AS vector)) AS score
@@ -229,12 +221,38 @@ def top_k_sql(model_id: int, k: int, distance: str, rerank_factor: int, *, categ
     """
 
 
-def bare_top_k_sql(model_id: int, k: int, distance: str, *, binary: bool, rerank_factor: int) -> str:
+def exact_top_k_sql(model_id: int, k: int) -> str:
+    """The filter planner's exact path: the top-``k`` by the float32 inner product among the
+    model's catalogue descriptors of the images ``:ids`` (a ``bigint[]`` from
+    :func:`manet.store.filters.matching_images_sql`), joined with images and products; same
+    columns as :func:`top_k_sql`.
+
+    The rows are read through the primary key (model_id, image_id): no HNSW index matches the
+    uncast ``embedding <#> q``, so none is used, whatever the model's layout, and the scan
+    reads the matching rows only, never the model's whole partition of the table.
+    """
+    return f"""
+        SELECT t.image_id, i.product_id, p.sku, p.title, p.brand, i.uri, t.score
+          FROM (SELECT d.image_id, -(d.embedding <#> CAST(:q AS vector)) AS score
+                  FROM descriptors d
+                 WHERE d.model_id = {int(model_id)} AND d.gallery AND d.image_id = ANY(CAST(:ids AS bigint[]))
+                 ORDER BY d.embedding <#> CAST(:q AS vector), d.image_id
+                 LIMIT {int(k)}) t
+          JOIN images i ON i.id = t.image_id
+          LEFT JOIN products p ON p.id = i.product_id
+         ORDER BY t.score DESC, t.image_id
+    """
+
+
+def bare_top_k_sql(model_id: int, k: int, distance: str, *, binary: bool, rerank_factor: int,
+                   where: tuple[str, ...] = ()) -> str:
     """pgvector's README query (psycopg ``%(q)s``): a bare ORDER BY ... LIMIT k on the model's
     partial index, no join; a binary index re-ranks ``rerank_factor`` x k by the inner product.
-    ``distance`` is the index's expression on ``embedding``. Benchmarks compare with it."""
+    ``distance`` is the index's expression on ``embedding``; ``where`` adds conditions on
+    ``descriptors.image_id`` (a filter). Benchmarks compare with it."""
+    conditions = "".join(f" AND {condition}" for condition in where)
     bare = (f"SELECT image_id{', embedding' if binary else ''} FROM descriptors "
-            f"WHERE model_id = {int(model_id)} AND gallery ORDER BY {distance}")
+            f"WHERE model_id = {int(model_id)} AND gallery{conditions} ORDER BY {distance}")
     if not binary:
         return f"{bare} LIMIT {k}"
     return f"SELECT image_id FROM ({bare} LIMIT {k * rerank_factor}) c ORDER BY embedding <#> %(q)s LIMIT {k}"

@@ -41,6 +41,8 @@ products = Table(
     Column("attributes", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("products_brand_idx", "brand"),
+    # A brand filter's products (manet.store.filters), compared case-insensitively.
+    Index("products_lower_brand_idx", text("lower(brand)"), "id"),
 )
 
 images = Table(
@@ -61,6 +63,8 @@ images = Table(
     CheckConstraint("split IN ('train', 'val', 'test')", name="images_split_check"),
     CheckConstraint("status IN ('ok', 'failed')", name="images_status_check"),
     Index("images_uri_idx", "uri"),
+    # A filter's catalogue images by index-only scan (manet.store.filters).
+    Index("images_catalog_product_idx", "product_id", "id", postgresql_where=text("domain = 'catalog'")),
 )
 
 categories = Table(
@@ -79,6 +83,7 @@ product_categories = Table(
     Column("product_id", BigInteger, ForeignKey("products.id", ondelete="CASCADE"), nullable=False),
     Column("category_id", Integer, ForeignKey("categories.id", ondelete="CASCADE"), nullable=False, index=True),
     PrimaryKeyConstraint("product_id", "category_id"),
+    Index("product_categories_category_product_idx", "category_id", "product_id"),
 )
 
 models = Table(

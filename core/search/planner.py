@@ -1,0 +1,81 @@
+"""The filter planner: which path a filtered top-k takes, exact or HNSW, by the filter's size.
+
+A filter that keeps few catalogue images leaves fewer descriptors than an HNSW scan visits to
+find k of them: ranking those rows exactly is then both faster and exact, while pgvector's
+iterative index scan, which walks the graph until k rows pass the filter, visits more and more
+nodes (and loses recall) as the filter narrows. Above the threshold the graph wins.
+
+The filter's size is counted, not estimated: the capped list of matching images
+(:func:`manet.store.filters.matching_images_sql`, at most ``threshold + 1`` ids, so a large filter
+costs no more to recognise than a threshold-sized one) is also what the exact path reads. It
+needs no counts kept anywhere, so it is right however products, categories and images change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from manet import config
+from manet.errors import ManetError
+from manet.store import filters
+
+#: What a search may be told: ``auto`` lets the planner choose; the others force a path.
+PATHS = ("auto", "exact", "hnsw")
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """The path one search took, and why."""
+
+    path: str  # "hnsw" or "exact"
+    filtered: bool
+    #: Catalogue images that pass the filter: exact up to the threshold, else ``threshold + 1``
+    #: ("more than"); None when not counted (no filter, or HNSW forced).
+    matching: int | None
+    threshold: int
+    ef_search: int | None
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line for ``manet search --explain``."""
+        what = ("exact scan of the filter's catalogue images" if self.path == "exact"
+                else f"HNSW index scan (ef_search {self.ef_search or 'the server default'}"
+                     f"{', iterative' if self.filtered else ''})")
+        return f"path: {what}; {self.reason}"
+
+
+def check_path(path: str, threshold: int) -> None:
+    """A one-line error for an unknown path or a threshold out of range."""
+    if path not in PATHS:
+        raise ManetError(f"unknown search path '{path}'; use one of: {', '.join(PATHS)}")
+    if not 0 <= int(threshold) <= 10_000_000:
+        raise ManetError(f"filter exact threshold {threshold} is out of range; use 0..10000000")
+
+
+def plan_filtered(conn: Any, params: dict[str, Any], *, category: bool, brand: bool, path: str,
+                  threshold: int) -> tuple[str, int | None, list[int] | None, str]:
+    """For a filtered search on psycopg connection ``conn`` (``params`` binds ``category`` /
+    ``brand``): (path, matching images counted, their ids for the exact path, reason)."""
+    from manet.search.query import driver_sql
+
+    if path == "hnsw":
+        return "hnsw", None, None, "HNSW forced"
+    # Forced exact reads every matching image (LIMIT NULL); auto stops counting past the threshold.
+    cap = None if path == "exact" else int(threshold) + 1
+    sql = driver_sql(filters.matching_images_sql(category=category, brand=brand))
+    ids = conn.execute(sql, {**params, "cap": cap}, binary=True).fetchone()[0]
+    matching = len(ids)
+    if path == "exact":
+        return "exact", matching, ids, f"exact forced; {matching} catalogue images match the filter"
+    if matching <= threshold:
+        return "exact", matching, ids, f"{matching} catalogue images match the filter (threshold {threshold})"
+    return "hnsw", matching, None, f"more than {threshold} catalogue images match the filter"
+
+
+def default_threshold(threshold: int | None) -> int:
+    """``threshold``, or the configured :data:`manet.config.DEFAULT_FILTER_EXACT_THRESHOLD`."""
+    return config.DEFAULT_FILTER_EXACT_THRESHOLD if threshold is None else int(threshold)
