@@ -120,20 +120,28 @@ def _images(database_url: str) -> int:
 
 
 def test_bench_search_json(manet, database_url):
-    result = manet("bench", "search", *SMALL, "--json")
+    result = manet("bench", "search", *SMALL, "--filter-selectivity", "0.01,0.5", "--filter-queries", "20",
+                   "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     for key in ("n", "dim", "build_s", "p50_ms", "p99_ms", "qps", "recall_at_7", "sweep", "ef_at_recall_95",
                 "p50_ms_at_recall_95", "p99_ms_at_recall_95", "raw_p50_ms_at_recall_95", "exact_p50_ms",
-                "filtered_rows_min", "filtered_recall_at_7", "filtered_ef_search", "filtered_ef_at_recall_90", "data", "versions",
-                "ratios", "warmup"):
+                "filtered_rows_min", "filtered_recall_at_7", "filtered_ef_search", "filters", "filter_exact_threshold",
+                "filtered_over_unfiltered_max", "data", "versions", "ratios", "warmup"):
         assert key in report, key
     assert report["n"] == 3000 and report["dim"] == 32 and report["ef_search"] == 40
     assert report["data"]["source"] == "generator" and report["data"]["intrinsic_dim"] == 8
     assert [row["ef_search"] for row in report["sweep"]] == [10, 40]
     for row in report["sweep"]:
-        assert set(row) >= {"p50_ms", "p99_ms", "qps", "recall_at_7", "raw_p50_ms", "filtered_recall_at_7"}
-        assert 0.0 <= row["recall_at_7"] <= 1.0 and 0.0 <= row["filtered_recall_at_7"] <= 1.0
+        assert set(row) >= {"p50_ms", "p99_ms", "qps", "recall_at_7", "raw_p50_ms", "raw_recall_at_7"}
+        assert 0.0 <= row["recall_at_7"] <= 1.0
+    # One row per selectivity: 28 and 1500 of the 3000 rows match, both under the exact threshold.
+    assert [(row["selectivity"], row["matching_rows"]) for row in report["filters"]] == [(0.01, 28), (0.5, 1500)]
+    for row in report["filters"]:
+        for series in ("planner", "hnsw", "exact", "raw"):
+            assert {f"{series}_p50_ms", f"{series}_p99_ms", f"{series}_recall_at_7"} <= set(row), series
+        assert row["planner_path"] == "exact" and row["planner_recall_at_7"] == 1.0  # 1500 <= the threshold
+        assert row["exact_recall_at_7"] == 1.0 and row["exact_rows_min"] == 7
     assert report["filtered_rows_min"] == 7
     assert report["exact_recall_at_7"] == 1.0
     assert report["index"]["parallel_workers"] == 0  # the embedded pgvector 0.8.1 (CVE-2026-3172)

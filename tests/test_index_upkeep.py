@@ -26,7 +26,7 @@ def vec(retriever):
     """Model 'vec': N generated gallery descriptors (image ids 1..N), indexed; the vectors."""
     generator = DescriptorGenerator(DIM, 12, seed=7)
     model = create_vector_model(retriever.db, "vec", DIM, {})
-    loaded = load_gallery(retriever.db, model, generator.gallery(N), generator.queries(8), n=N, selectivity=0.25,
+    loaded = load_gallery(retriever.db, model, generator.gallery(N), generator.queries(8), n=N, selectivities=(0.25,),
                           keep_vectors=True)
     retriever.build_index("vec")
     return retriever, loaded.vectors, generator.queries(40)

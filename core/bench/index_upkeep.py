@@ -103,7 +103,7 @@ def run_upkeep_bench(db: Database, options: UpkeepBenchOptions, say: Callable[[s
     model = create_vector_model(db, BENCH_MODEL, options.dim, {"bench": source.describe()})
     try:
         say(f"loading {options.n} x {options.dim} descriptors")
-        loaded = load_gallery(db, model, source.gallery(options.n), queries, n=options.n, selectivity=0.05,
+        loaded = load_gallery(db, model, source.gallery(options.n), queries, n=options.n, selectivities=(0.05,),
                               keep_vectors=True)
         say("building the HNSW index")
         built = build_index(db, model, m=options.m, ef_construction=options.ef_construction)

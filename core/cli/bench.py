@@ -27,6 +27,13 @@ def _int_list(value: str) -> list[int]:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
 
 
+def _float_list(value: str) -> list[float]:
+    try:
+        return [float(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+
+
 def _emit(report: dict[str, Any], as_json: bool, human: Any) -> None:
     if as_json:
         _echo_json(report)
@@ -139,8 +146,13 @@ def bench_extract(state: State, model: str | None, backbone: str, pooling: str, 
               help="Descriptors to load  [default: 100000; with --vectors: all its gallery rows]")
 @click.option("--dim", type=int, help="Dimensions  [default: 512; with --vectors: the file's]")
 @click.option("--queries", default=1000, show_default=True, type=click.IntRange(min=1))
-@click.option("--filter-selectivity", default=0.05, show_default=True,
-              help="Fraction of the gallery in the filter category.")
+@click.option("--filter-selectivity", default="0.05", show_default=True,
+              help="Fractions of the gallery in filter categories, one category each, e.g. "
+                   "0.001,0.01,0.05,0.2,0.5.")
+@click.option("--filter-queries", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Queries timed per filter selectivity (the first of --queries).")
+@click.option("--filtered-ef-search", type=click.IntRange(1, 1000),
+              help="ef_search of the filtered HNSW series  [default: manet's for filtered searches]")
 @click.option("--ef-search", default="40,100,200,400", show_default=True, help="hnsw.ef_search values to sweep.")
 @click.option("--vectors", type=click.Path(path_type=Path, dir_okay=False),
               help="A .npy float array (rows x dims), e.g. a model's real descriptors, instead of generated ones.")
@@ -156,14 +168,15 @@ def bench_extract(state: State, model: str | None, backbone: str, pooling: str, 
               help="Compare with FAISS flat and HNSW  [default: when faiss is installed]")
 @JSON_OPTION
 @pass_state
-def bench_search(state: State, n: int | None, dim: int | None, queries: int, filter_selectivity: float,
-                 ef_search: str, vectors: Path | None, queries_file: Path | None, intrinsic_dim: int, seed: int,
-                 m: int, ef_construction: int, quantize: str, use_faiss: bool | None, as_json: bool) -> None:
+def bench_search(state: State, n: int | None, dim: int | None, queries: int, filter_selectivity: str,
+                 filter_queries: int, filtered_ef_search: int | None, ef_search: str, vectors: Path | None,
+                 queries_file: Path | None, intrinsic_dim: int, seed: int, m: int, ef_construction: int, quantize: str, use_faiss: bool | None, as_json: bool) -> None:
     """HNSW latency and recall@7 vs exact search, with and without a filter, vs raw pgvector."""
     from manet.bench.search import SearchBenchOptions, format_report, run_search_bench
 
     options = SearchBenchOptions(
-        n=n, dim=dim, queries=queries, filter_selectivity=filter_selectivity, ef_search=tuple(_int_list(ef_search)),
+        n=n, dim=dim, queries=queries, filter_selectivity=tuple(_float_list(filter_selectivity)),
+        filter_queries=filter_queries, filtered_ef_search=filtered_ef_search, ef_search=tuple(_int_list(ef_search)),
         vectors=vectors, queries_file=queries_file, intrinsic_dim=intrinsic_dim, seed=seed, m=m,
         ef_construction=ef_construction, quantize=None if quantize == "auto" else quantize, faiss=use_faiss)
     report = run_search_bench(state.admin.scratch_database(), options, _say(state))
