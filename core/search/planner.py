@@ -5,10 +5,11 @@ find k of them: ranking those rows exactly is then both faster and exact, while 
 iterative index scan, which walks the graph until k rows pass the filter, visits more and more
 nodes (and loses recall) as the filter narrows. Above the threshold the graph wins.
 
-The filter's size is counted, not estimated: the capped list of matching images
-(:func:`manet.store.filters.matching_images_sql`, at most ``threshold + 1`` ids, so a large filter
-costs no more to recognise than a threshold-sized one) is also what the exact path reads. It
-needs no counts kept anywhere, so it is right however products, categories and images change.
+The filter's size is counted, not estimated, in the statement that tries the exact path
+(:func:`manet.store.descriptors.exact_top_k_sql`): it lists the matching images, at most
+``threshold + 1`` of them (so a large filter costs no more to recognise than a threshold-sized
+one), and ranks them when there are at most ``threshold``; otherwise the HNSW statement follows.
+It needs no counts kept anywhere, so it is right however products, categories and images change.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 
 from manet import config
 from manet.errors import ManetError
-from manet.store import filters
 
 #: What a search may be told: ``auto`` lets the planner choose; the others force a path.
 PATHS = ("auto", "exact", "hnsw")
@@ -56,24 +56,22 @@ def check_path(path: str, threshold: int) -> None:
         raise ManetError(f"filter exact threshold {threshold} is out of range; use 0..10000000")
 
 
-def plan_filtered(conn: Any, params: dict[str, Any], *, category: bool, brand: bool, path: str,
-                  threshold: int) -> tuple[str, int | None, list[int] | None, str]:
-    """For a filtered search on psycopg connection ``conn`` (``params`` binds ``category`` /
-    ``brand``): (path, matching images counted, their ids for the exact path, reason)."""
-    from manet.search.query import driver_sql
+def exact_limits(path: str, threshold: int) -> tuple[int | None, int]:
+    """``(cap, threshold)`` of the exact attempt: auto counts up to one past the threshold;
+    forced exact reads every matching image (no cap) and never gives up."""
+    return (None, 2**31 - 1) if path == "exact" else (int(threshold) + 1, int(threshold))
 
+
+def decide(path: str, matching: int | None, threshold: int) -> tuple[str, str]:
+    """The path a filtered search takes once ``matching`` images were counted (None: not counted,
+    HNSW forced), and why."""
     if path == "hnsw":
-        return "hnsw", None, None, "HNSW forced"
-    # Forced exact reads every matching image (LIMIT NULL); auto stops counting past the threshold.
-    cap = None if path == "exact" else int(threshold) + 1
-    sql = driver_sql(filters.matching_images_sql(category=category, brand=brand))
-    ids = conn.execute(sql, {**params, "cap": cap}, binary=True).fetchone()[0]
-    matching = len(ids)
+        return "hnsw", "HNSW forced"
     if path == "exact":
-        return "exact", matching, ids, f"exact forced; {matching} catalogue images match the filter"
-    if matching <= threshold:
-        return "exact", matching, ids, f"{matching} catalogue images match the filter (threshold {threshold})"
-    return "hnsw", matching, None, f"more than {threshold} catalogue images match the filter"
+        return "exact", f"exact forced; {matching} catalogue images match the filter"
+    if matching is not None and matching <= threshold:
+        return "exact", f"{matching} catalogue images match the filter (threshold {threshold})"
+    return "hnsw", f"more than {threshold} catalogue images match the filter"
 
 
 def default_threshold(threshold: int | None) -> int:

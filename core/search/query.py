@@ -19,13 +19,17 @@ import sqlalchemy as sa
 from manet import config
 from manet.errors import ManetError, NotFoundError
 from manet.search.index import IndexLayout, index_layout
-from manet.search.planner import SearchPlan, check_path, default_threshold, plan_filtered
+from manet.search.planner import SearchPlan, check_path, decide, default_threshold, exact_limits
 from manet.store import descriptors
 from manet.store.database import Database, vector_connection
 from manet.store.models import ModelRecord
 
 #: ef_search of filtered searches on the HNSW path that set none (manet.config).
 FILTERED_EF_SEARCH = config.DEFAULT_FILTERED_EF_SEARCH
+#: Search statements are prepared (psycopg, after a few runs); their plan does not depend on the
+#: values bound (the model id and limits are literals), so PostgreSQL need not re-plan each run to
+#: compare a custom plan with the generic one: planning the joins cost more than the join itself.
+GENERIC_PLANS = {"plan_cache_mode": "force_generic_plan"}
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,7 @@ def _hnsw_settings(ef_search: int | None, filtered: bool) -> dict[str, str | Non
         raise ManetError(f"ef_search={ef_search} is out of range; use 1..1000")
     # relaxed_order: the SQL re-sorts the candidates by the exact distance anyway (pgvector's
     # advice), and it measured a higher filtered recall than strict_order at the same cost.
-    return {"hnsw.iterative_scan": "relaxed_order",
+    return {**GENERIC_PLANS, "hnsw.iterative_scan": "relaxed_order",
             "hnsw.ef_search": None if ef_search is None else str(int(ef_search))}
 
 
@@ -140,20 +144,26 @@ def _run_planned(conn: Any, applied: dict[str, str | None], model: ModelRecord, 
                  explain: bool) -> SearchResult:
     """Plan and run one search on an autocommit psycopg connection (see :func:`run_search`)."""
     filtered = category is not None or brand is not None
-    sql, params = _search_sql(model, k, category, brand)
-    settings = _hnsw_settings(ef_search, filtered)
-    chosen, matching, ids, reason = "hnsw", None, None, "no filter"
-    if filtered:
-        chosen, matching, ids, reason = plan_filtered(conn, params, category=category is not None,
-                                                      brand=brand is not None, path=path, threshold=threshold)
-    elif path == "exact":
+    if path == "exact" and not filtered:
         raise ManetError("the exact path needs a filter (--category or --brand); without one, search uses HNSW")
+    sql, params = _search_sql(model, k, category, brand)
     params["q"] = vector
-    if chosen == "exact":
-        # Only the matching rows are read: no index setting matters, so none is sent.
-        sql, settings = descriptors.exact_top_k_sql(model.id, k), {}
-        params = {"q": vector, "ids": ids}
-    rows = execute_search(conn, sql, params, settings, applied)
+    chosen, matching, reason, rows = "hnsw", None, "no filter", None
+    if filtered and path != "hnsw":
+        # One round trip: count the filter's images and, when few enough, rank them exactly. No
+        # index setting matters to it, so none is sent.
+        cap, limit = exact_limits(path, threshold)
+        exact_sql = descriptors.exact_top_k_sql(model.id, k, category=category is not None, brand=brand is not None)
+        exact_params = {**params, "cap": cap, "threshold": limit}
+        found = execute_search(conn, exact_sql, exact_params, GENERIC_PLANS, applied)
+        matching = int(found[0][0])
+        if matching <= limit:
+            sql, params, rows = exact_sql, exact_params, [row[1:] for row in found if row[1] is not None]
+    if filtered:
+        chosen, reason = decide(path, matching, threshold)
+    settings = _hnsw_settings(ef_search, filtered)
+    if rows is None:
+        rows = execute_search(conn, sql, params, settings, applied)
     plan = SearchPlan(chosen, filtered, matching, threshold,
                       None if chosen == "exact" else _effective_ef(settings), reason)
     hits = [Hit(rank, image_id, product_id, sku, title, brand_, float(score), uri)

@@ -221,25 +221,32 @@ def top_k_sql(model_id: int, k: int, distance: str, rerank_factor: int, *, categ
     """
 
 
-def exact_top_k_sql(model_id: int, k: int) -> str:
-    """The filter planner's exact path: the top-``k`` by the float32 inner product among the
-    model's catalogue descriptors of the images ``:ids`` (a ``bigint[]`` from
-    :func:`manet.store.filters.matching_images_sql`), joined with images and products; same
-    columns as :func:`top_k_sql`.
+def exact_top_k_sql(model_id: int, k: int, *, category: bool, brand: bool) -> str:
+    """The filter planner's exact path, in one statement: the catalogue images passing the
+    filters (at most ``:cap``, :func:`manet.store.filters.matching_images_sql`) and, when there
+    are at most ``:threshold`` of them, the top-``k`` of the model's descriptors among them by the
+    float32 inner product, joined with images and products.
 
-    The rows are read through the primary key (model_id, image_id): no HNSW index matches the
-    uncast ``embedding <#> q``, so none is used, whatever the model's layout, and the scan
-    reads the matching rows only, never the model's whole partition of the table.
+    Rows: ``matching`` (how many images were found, up to ``:cap``) followed by the columns of
+    :func:`top_k_sql`; past the threshold (or with no match) one row of ``matching`` and NULLs,
+    and the caller runs the HNSW search instead. The descriptors are read through the primary
+    key (model_id, image_id): no HNSW index matches the uncast ``embedding <#> q``, whatever the
+    model's layout, and only the matching rows are read, never the model's whole partition.
     """
+    ids = filters.matching_images_sql(category=category, brand=brand)
     return f"""
-        SELECT t.image_id, i.product_id, p.sku, p.title, p.brand, i.uri, t.score
-          FROM (SELECT d.image_id, -(d.embedding <#> CAST(:q AS vector)) AS score
-                  FROM descriptors d
-                 WHERE d.model_id = {int(model_id)} AND d.gallery AND d.image_id = ANY(CAST(:ids AS bigint[]))
-                 ORDER BY d.embedding <#> CAST(:q AS vector), d.image_id
-                 LIMIT {int(k)}) t
-          JOIN images i ON i.id = t.image_id
-          LEFT JOIN products p ON p.id = i.product_id
+        WITH f AS MATERIALIZED ({ids})
+        SELECT cardinality(f.ids), t.image_id, t.product_id, t.sku, t.title, t.brand, t.uri, t.score
+          FROM f LEFT JOIN LATERAL (
+               SELECT e.image_id, i.product_id, p.sku, p.title, p.brand, i.uri, e.score
+                 FROM (SELECT d.image_id, -(d.embedding <#> CAST(:q AS vector)) AS score
+                         FROM descriptors d
+                        WHERE d.model_id = {int(model_id)} AND d.gallery AND d.image_id = ANY(f.ids)
+                          AND cardinality(f.ids) <= :threshold
+                        ORDER BY d.embedding <#> CAST(:q AS vector), d.image_id
+                        LIMIT {int(k)}) e
+                 JOIN images i ON i.id = e.image_id
+                 LEFT JOIN products p ON p.id = i.product_id) t ON true
          ORDER BY t.score DESC, t.image_id
     """
 

@@ -74,17 +74,17 @@ BEGIN
         RAISE EXCEPTION 'query has % dimensions but model "%" has %', vector_dims(query), model_name, m_dim;
     END IF;
     IF category_name IS NOT NULL THEN
-        conds := conds || ' AND i.product_id IN (SELECT pc.product_id FROM product_categories pc JOIN categories c ON c.id = pc.category_id WHERE c.name = $4)';
+        conds := conds || ' JOIN product_categories pc ON pc.product_id = i.product_id JOIN categories c ON c.id = pc.category_id AND c.name = $4';
         preds := preds || ' AND EXISTS (SELECT 1 FROM images fi JOIN product_categories pc ON pc.product_id = fi.product_id JOIN categories c ON c.id = pc.category_id WHERE fi.id = d.image_id AND c.name = $4)';
     END IF;
     IF brand_name IS NOT NULL THEN
-        conds := conds || ' AND i.product_id IN (SELECT fp.id FROM products fp WHERE lower(fp.brand) = lower($5))';
+        conds := conds || ' JOIN products fp ON fp.id = i.product_id AND lower(fp.brand) = lower($5)';
         preds := preds || ' AND EXISTS (SELECT 1 FROM images fi JOIN products fp ON fp.id = fi.product_id WHERE fi.id = d.image_id AND lower(fp.brand) = lower($5))';
     END IF;
     IF conds <> '' THEN
         -- The planner: count the filter's catalogue images up to the threshold; few enough are
         -- ranked exactly (read through the primary key), more go through the index below.
-        EXECUTE format('SELECT ARRAY(SELECT m.id FROM (SELECT i.id FROM images i WHERE i.domain = ''catalog''%s
+        EXECUTE format('SELECT ARRAY(SELECT m.id FROM (SELECT i.id FROM images i%s WHERE i.domain = ''catalog''
                                                         LIMIT $1) m ORDER BY m.id)', conds)
           INTO ids USING threshold + 1, NULL::text, NULL::text, category_name, brand_name;
         IF cardinality(ids) <= threshold THEN
