@@ -76,8 +76,11 @@ def test_the_threshold_is_inclusive_and_forcing_a_path_keeps_the_results(vec):
     rows = int(_members(SMALL).sum())
     category = category_name(SMALL)
     assert run_search(retriever.db, model, queries[0], category=category, exact_threshold=rows).plan.path == "exact"
-    assert run_search(retriever.db, model, queries[0], category=category,
-                      exact_threshold=rows - 1).plan.path == "hnsw"
+    over = run_search(retriever.db, model, queries[0], category=category, exact_threshold=rows - 1).plan
+    assert (over.path, over.matching) == ("hnsw", rows)
+    # Fewer than the filter's products (4 images each): decided on the products alone.
+    by_products = run_search(retriever.db, model, queries[0], category=category, exact_threshold=5).plan
+    assert (by_products.path, by_products.matching) == ("hnsw", None) and "products" in by_products.reason
     expected = _brute_force(vectors, queries[0], _members(SMALL))
     for forced in ("exact", "hnsw"):
         hits = retriever.search("vec", vector=queries[0], category=category, path=forced, ef_search=1000)
@@ -138,3 +141,29 @@ def test_search_explain_prints_the_path(vec, database_url, monkeypatch):
     assert len(report["hits"]) == 7
     text = CliRunner().invoke(cli, ["--quiet", "search", "--model", "vec", "--image-id", "3", "--explain"])
     assert text.exit_code == 0 and "path: HNSW index scan" in text.output, text.output
+
+
+def test_catalogue_changes_need_no_upkeep(vec):
+    """The planner reads the live catalogue: a product moved out of a category or re-branded is
+    filtered accordingly by the next search, on both paths, with nothing to keep in sync."""
+    retriever, vectors, queries = vec
+    category = category_name(SMALL)
+    first = retriever.search("vec", vector=queries[0], category=category)[0]
+    with retriever.db.begin() as conn:
+        old = conn.execute(sa.text("SELECT c.id AS category_id, p.brand FROM categories c, products p "
+                                   "WHERE c.name = :c AND p.id = :p"), {"c": category, "p": first.product_id}).one()
+        conn.execute(sa.text("DELETE FROM product_categories WHERE product_id = :p AND category_id = :c"),
+                     {"p": first.product_id, "c": old.category_id})
+        conn.execute(sa.text("UPDATE products SET brand = 'Renamed' WHERE id = :p"), {"p": first.product_id})
+    try:
+        for forced in ("auto", "hnsw"):
+            hits = retriever.search("vec", vector=queries[0], category=category, path=forced, ef_search=1000)
+            assert first.product_id not in {h.product_id for h in hits} and len(hits) == 7
+            renamed = retriever.search("vec", vector=queries[0], brand="renamed", path=forced, ef_search=1000)
+            assert {h.product_id for h in renamed} == {first.product_id} and len(renamed) == IMAGES_PER_PRODUCT
+    finally:
+        with retriever.db.begin() as conn:
+            conn.execute(sa.text("INSERT INTO product_categories (product_id, category_id) VALUES (:p, :c)"),
+                         {"p": first.product_id, "c": old.category_id})
+            conn.execute(sa.text("UPDATE products SET brand = :b WHERE id = :p"),
+                         {"b": old.brand, "p": first.product_id})

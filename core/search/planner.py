@@ -6,9 +6,10 @@ iterative index scan, which walks the graph until k rows pass the filter, visits
 nodes (and loses recall) as the filter narrows. Above the threshold the graph wins.
 
 The filter's size is counted, not estimated, in the statement that tries the exact path
-(:func:`manet.store.descriptors.exact_top_k_sql`): it lists the matching images, at most
-``threshold + 1`` of them (so a large filter costs no more to recognise than a threshold-sized
-one), and ranks them when there are at most ``threshold``; otherwise the HNSW statement follows.
+(:func:`manet.store.descriptors.exact_top_k_sql`): it counts the matching products up to
+``threshold + 1`` (an index-only range read), then lists the matching images, at most
+``threshold + 1`` of them, so a large filter costs little to recognise; it ranks them when there
+are at most ``threshold``, and otherwise the HNSW statement follows.
 It needs no counts kept anywhere, so it is right however products, categories and images change.
 """
 
@@ -31,7 +32,8 @@ class SearchPlan:
     path: str  # "hnsw" or "exact"
     filtered: bool
     #: Catalogue images that pass the filter: exact up to the threshold, else ``threshold + 1``
-    #: ("more than"); None when not counted (no filter, or HNSW forced).
+    #: ("more than"); None when not counted (no filter, HNSW forced, or more than the threshold in
+    #: products already).
     matching: int | None
     threshold: int
     ef_search: int | None
@@ -71,7 +73,8 @@ def decide(path: str, matching: int | None, threshold: int) -> tuple[str, str]:
         return "exact", f"exact forced; {matching} catalogue images match the filter"
     if matching is not None and matching <= threshold:
         return "exact", f"{matching} catalogue images match the filter (threshold {threshold})"
-    return "hnsw", f"more than {threshold} catalogue images match the filter"
+    counted = "catalogue images" if matching is not None else "products"
+    return "hnsw", f"more than {threshold} {counted} match the filter"
 
 
 def default_threshold(threshold: int | None) -> int:

@@ -156,8 +156,8 @@ def _run_planned(conn: Any, applied: dict[str, str | None], model: ModelRecord, 
         exact_sql = descriptors.exact_top_k_sql(model.id, k, category=category is not None, brand=brand is not None)
         exact_params = {**params, "cap": cap, "threshold": limit}
         found = execute_search(conn, exact_sql, exact_params, GENERIC_PLANS, applied)
-        matching = int(found[0][0])
-        if matching <= limit:
+        matching = found[0][0]  # NULL: past the threshold in products already
+        if matching is not None and matching <= limit:
             sql, params, rows = exact_sql, exact_params, [row[1:] for row in found if row[1] is not None]
     if filtered:
         chosen, reason = decide(path, matching, threshold)

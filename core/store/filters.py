@@ -29,10 +29,21 @@ def image_predicates(image_id: str, *, category: bool, brand: bool) -> list[str]
     return where
 
 
+def _matching_products_sql(*, category: bool, brand: bool) -> str:
+    """The products that pass the filters (one row each: a product is in a category once)."""
+    if category:
+        sql = ("SELECT pc.product_id FROM product_categories pc "
+               "JOIN categories c ON c.id = pc.category_id AND c.name = :category")
+        return sql + (" JOIN products fp ON fp.id = pc.product_id AND lower(fp.brand) = lower(:brand)"
+                      if brand else "")
+    return "SELECT fp.id FROM products fp WHERE lower(fp.brand) = lower(:brand)"
+
+
 def matching_images_sql(*, category: bool, brand: bool) -> str:
-    """One row, one column ``ids`` (``bigint[]``): the catalogue images that pass the filters, at
-    most ``:cap`` of them (NULL: all), in id order (so the exact path reads descriptors in index
-    order).
+    """One row, one column ``ids`` (``bigint[]``): the catalogue images that pass the filters, in
+    id order (so the exact path reads descriptors in index order); with ``:cap`` set, at most
+    ``:cap`` of them, and NULL when already ``:cap`` products pass (every product has an image or
+    a few, so such a filter is past the threshold: one index-only range read decides it).
 
     Plain joins rather than ``IN`` (a product is in a category once, has one brand): PostgreSQL
     then walks category -> products -> images in nested index-only scans and stops at the cap,
@@ -45,5 +56,8 @@ def matching_images_sql(*, category: bool, brand: bool) -> str:
                      "JOIN categories c ON c.id = pc.category_id AND c.name = :category")
     if brand:
         joins.append("JOIN products fp ON fp.id = i.product_id AND lower(fp.brand) = lower(:brand)")
-    return (f"SELECT ARRAY(SELECT m.id FROM (SELECT i.id FROM images i {' '.join(joins)} "
-            f"WHERE i.domain = 'catalog' LIMIT :cap) m ORDER BY m.id) AS ids")
+    products = _matching_products_sql(category=category, brand=brand)
+    return (f"SELECT CASE WHEN CAST(:cap AS bigint) IS NULL "
+            f"OR (SELECT count(*) FROM ({products} LIMIT :cap) fx) < :cap "
+            f"THEN ARRAY(SELECT m.id FROM (SELECT i.id FROM images i {' '.join(joins)} "
+            f"WHERE i.domain = 'catalog' LIMIT :cap) m ORDER BY m.id) END AS ids")

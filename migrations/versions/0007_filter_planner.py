@@ -59,7 +59,9 @@ DECLARE
     threshold integer := coalesce(nullif(current_setting('manet.filter_exact_threshold', true), '')::integer,
                                   __THRESHOLD__);
     conds     text := '';
+    prods     text;
     preds     text := '';
+    n_products bigint;
     ids       bigint[];
 BEGIN
     SELECT m.id, m.dim,
@@ -82,8 +84,19 @@ BEGIN
         preds := preds || ' AND EXISTS (SELECT 1 FROM images fi JOIN products fp ON fp.id = fi.product_id WHERE fi.id = d.image_id AND lower(fp.brand) = lower($5))';
     END IF;
     IF conds <> '' THEN
-        -- The planner: count the filter's catalogue images up to the threshold; few enough are
-        -- ranked exactly (read through the primary key), more go through the index below.
+        -- The planner: count the filter's products, then its catalogue images, each up to one
+        -- past the threshold; few enough images are ranked exactly (read through the primary
+        -- key), more go through the index below.
+        prods := CASE WHEN category_name IS NULL
+                      THEN 'SELECT fp.id FROM products fp WHERE lower(fp.brand) = lower($5)'
+                      ELSE 'SELECT pc.product_id FROM product_categories pc JOIN categories c ON c.id = pc.category_id AND c.name = $4'
+                           || CASE WHEN brand_name IS NULL THEN ''
+                                   ELSE ' JOIN products fp ON fp.id = pc.product_id AND lower(fp.brand) = lower($5)' END
+                 END;
+        EXECUTE format('SELECT count(*) FROM (%s LIMIT $1) x', prods)
+          INTO n_products USING threshold + 1, NULL::text, NULL::text, category_name, brand_name;
+    END IF;
+    IF conds <> '' AND n_products <= threshold THEN
         EXECUTE format('SELECT ARRAY(SELECT m.id FROM (SELECT i.id FROM images i%s WHERE i.domain = ''catalog''
                                                         LIMIT $1) m ORDER BY m.id)', conds)
           INTO ids USING threshold + 1, NULL::text, NULL::text, category_name, brand_name;
