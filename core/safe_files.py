@@ -44,6 +44,8 @@ class ReadLimits:
     max_bytes: int = DEFAULT_MAX_BYTES
     timeout: float = DEFAULT_FILE_TIMEOUT
     max_pixels: int = DEFAULT_MAX_PIXELS
+    #: How to get a file over ``max_bytes`` read, for a caller whose cap is no --max-bytes.
+    too_big_fix: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_bytes, int) or isinstance(self.max_bytes, bool) or self.max_bytes < 1:
@@ -160,8 +162,8 @@ def refuse_special_output(path: Path, what: str, fix: str) -> None:
 
 
 def _too_big(path: Path, what: str, size: str, limits: ReadLimits, error: type[ManetError]) -> ManetError:
-    return error(f"{what} {path} is {size}, over the cap of {limits.max_bytes} bytes; raise --max-bytes / "
-                 f"{MAX_BYTES_ENV} to accept it, or shrink or remove the file")
+    fix = limits.too_big_fix or f"raise --max-bytes / {MAX_BYTES_ENV} to accept it, or shrink or remove the file"
+    return error(f"{what} {path} is {size}, over the cap of {limits.max_bytes} bytes; {fix}")
 
 
 def _too_slow(path: Path, what: str, limits: ReadLimits, error: type[ManetError]) -> ManetError:

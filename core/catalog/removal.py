@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from manet.errors import ManetError, NotFoundError
 from manet.safe_files import ReadLimits, open_limited, read_limited
@@ -24,6 +25,10 @@ from manet.store.schema import images, products
 
 #: Bytes a file of SKUs may have (a million SKUs of 60 characters).
 MAX_SKU_FILE_BYTES = 64 * 1024 * 1024
+#: The largest image id (``images.id`` is a bigint).
+MAX_IMAGE_ID = 2**63 - 1
+#: Characters of one SKU shown in a message.
+SHOWN_SKU_CHARS = 80
 
 
 @dataclass
@@ -50,16 +55,66 @@ def unique(values: Iterable[Any]) -> list[Any]:
     return list(dict.fromkeys(values))
 
 
+def any_of(column: sa.ColumnElement[Any], values: Iterable[Any], item_type: Any) -> sa.ColumnElement[bool]:
+    """``column = ANY(:values)``: one array parameter however many values (an IN list takes one
+    parameter per value, and PostgreSQL's protocol caps a statement at 65,535)."""
+    return column == sa.any_(sa.bindparam(None, list(values), type_=ARRAY(item_type)))
+
+
+def show_sku(sku: str) -> str:
+    """``sku`` for a message: quoted when blank or padded with spaces, cut when very long."""
+    shown = sku if len(sku) <= SHOWN_SKU_CHARS else f"{sku[:SHOWN_SKU_CHARS]}... ({len(sku)} characters)"
+    return shown if sku and sku == sku.strip() and sku.isprintable() else repr(shown)
+
+
+def _listed(items: Sequence[str]) -> str:
+    return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+
+
+def check_skus(skus: Iterable[Any]) -> list[str]:
+    """The SKUs as text without repeats; an empty one or one with a NUL byte is refused."""
+    skus = unique(str(sku) for sku in skus)
+    for sku in skus:
+        if not sku.strip():
+            raise ManetError(f"an empty SKU ({sku!r}) was given; name each product by its SKU, or drop the "
+                             f"empty argument or line")
+        if "\0" in sku:
+            raise ManetError(f"SKU {show_sku(sku.replace(chr(0), '?'))} holds a NUL byte, which no SKU can; "
+                             f"check the SKU list (is it a binary file?)")
+    return skus
+
+
+def check_image_ids(image_ids: Iterable[Any]) -> list[int]:
+    """The image ids as integers without repeats; one that is no integer id is refused."""
+    ids = []
+    for image_id in image_ids:
+        try:
+            value = int(image_id)
+        except (TypeError, ValueError):
+            raise ManetError(f"image id {image_id!r} is not a whole number; give image ids "
+                             f"(SELECT id, uri FROM images)") from None
+        if not 1 <= value <= MAX_IMAGE_ID:
+            raise ManetError(f"image id {value} is out of range (ids are 1 to {MAX_IMAGE_ID}); give image ids "
+                             f"(SELECT id, uri FROM images)")
+        ids.append(value)
+    return unique(ids)
+
+
 def read_skus(path: Path) -> list[str]:
     """The SKUs of a text file, one a line (surrounding spaces, blank lines and ``#`` comments
     skipped), read under a byte cap; a file that is not UTF-8 text is refused."""
-    limits = ReadLimits(max_bytes=MAX_SKU_FILE_BYTES)
+    limits = ReadLimits(max_bytes=MAX_SKU_FILE_BYTES,
+                        too_big_fix="split it into files of at most 64 MiB and delete them one by one")
     with open_limited(path, limits, what="SKU file", error=ManetError) as reader:
         data = read_limited(reader)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ManetError(f"SKU file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise ManetError(f"SKU file {path} holds a NUL byte on line {line}, so it is no text file; give a "
+                         f"UTF-8 text file with one SKU a line")
     lines = (line.strip() for line in text.splitlines())
     return unique(line for line in lines if line and not line.startswith("#"))
 
@@ -78,7 +133,8 @@ def image_rows(conn: sa.Connection, *, image_ids: Sequence[int] = (), product_id
     ``lock``)."""
     query = (sa.select(images.c.id, images.c.uri, images.c.product_id, products.c.sku)
              .select_from(images.outerjoin(products, products.c.id == images.c.product_id))
-             .where(sa.or_(images.c.id.in_(list(image_ids)), images.c.product_id.in_(list(product_ids))))
+             .where(sa.or_(any_of(images.c.id, image_ids, sa.BigInteger),
+                           any_of(images.c.product_id, product_ids, sa.BigInteger)))
              .order_by(images.c.id))
     if lock:
         query = query.with_for_update(of=images)
@@ -91,9 +147,9 @@ def remove_rows(conn: sa.Connection, doomed_products: list[dict[str, Any]], doom
     image_ids = [row["id"] for row in doomed_images]
     product_ids = [row["id"] for row in doomed_products]
     if image_ids:  # first: products.id is ON DELETE SET NULL on images, which would keep them
-        conn.execute(images.delete().where(images.c.id.in_(image_ids)))
+        conn.execute(images.delete().where(any_of(images.c.id, image_ids, sa.BigInteger)))
     if product_ids:
-        conn.execute(products.delete().where(products.c.id.in_(product_ids)))
+        conn.execute(products.delete().where(any_of(products.c.id, product_ids, sa.BigInteger)))
     per_product: dict[int, int] = {}
     for row in doomed_images:
         per_product[row["product_id"]] = per_product.get(row["product_id"], 0) + 1
@@ -111,16 +167,15 @@ def delete_products(db: Database, skus: Sequence[str], *, ignore_missing: bool =
     """Delete the products ``skus`` with all their images, in one transaction. An unknown SKU
     deletes nothing (a NotFoundError names it) unless ``ignore_missing``; ``dry_run`` only says
     what would go."""
-    skus = unique(str(sku) for sku in skus)
+    skus = check_skus(skus)
     if not skus:
         raise ManetError("no SKU given; name the products to delete (or --from-file FILE)")
     with db.begin() as conn:
-        found = product_rows(conn, products.c.sku.in_(skus), lock=not dry_run)
+        found = product_rows(conn, any_of(products.c.sku, skus, sa.Text), lock=not dry_run)
         known = {row["sku"] for row in found}
         missing = [sku for sku in skus if sku not in known]
         if missing and not ignore_missing:
-            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise NotFoundError(f"unknown SKU {shown}; nothing was deleted: check the SKUs, or pass "
+            raise NotFoundError(f"unknown SKU {_listed([show_sku(sku) for sku in missing])}; nothing was deleted: check the SKUs, or pass "
                                 f"--ignore-missing to delete the others")
         pictures = image_rows(conn, product_ids=[row["id"] for row in found], lock=not dry_run)
         if not dry_run:
@@ -132,7 +187,7 @@ def delete_images(db: Database, image_ids: Sequence[int], *, ignore_missing: boo
                   dry_run: bool = False, reason: str = "delete") -> Removal:
     """Delete the images ``image_ids`` (their products stay), in one transaction; an unknown id
     deletes nothing unless ``ignore_missing``; ``dry_run`` only says what would go."""
-    ids = unique(int(image_id) for image_id in image_ids)
+    ids = check_image_ids(image_ids)
     if not ids:
         raise ManetError("no image id given; name the images to delete")
     with db.begin() as conn:
@@ -140,8 +195,7 @@ def delete_images(db: Database, image_ids: Sequence[int], *, ignore_missing: boo
         known = {row["id"] for row in rows}
         missing = [image_id for image_id in ids if image_id not in known]
         if missing and not ignore_missing:
-            shown = ", ".join(map(str, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise NotFoundError(f"unknown image id {shown}; nothing was deleted: check the ids (SELECT id, uri "
+            raise NotFoundError(f"unknown image id {_listed([str(image_id) for image_id in missing])}; nothing was deleted: check the ids (SELECT id, uri "
                                 f"FROM images), or pass --ignore-missing to delete the others")
         if not dry_run:
             remove_rows(conn, [], rows, reason)

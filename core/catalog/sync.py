@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from manet.catalog.removal import Removal, image_rows, product_rows, remove_rows
+from manet.catalog.removal import Removal, any_of, image_rows, product_rows, remove_rows
 from manet.errors import ManetError
 from manet.store.database import Database
 from manet.store.schema import images, products
@@ -48,9 +48,10 @@ def _unlisted_products(conn: sa.Connection, doomed_images: list[dict[str, Any]],
     if not doomed:
         return []
     totals = dict(conn.execute(sa.select(images.c.product_id, sa.func.count())
-                               .where(images.c.product_id.in_(list(doomed))).group_by(images.c.product_id)).all())
+                               .where(any_of(images.c.product_id, doomed, sa.BigInteger))
+                               .group_by(images.c.product_id)).all())
     owned = [product_id for product_id, count in doomed.items() if totals.get(product_id) == count]
-    return product_rows(conn, products.c.id.in_(owned), lock=lock) if owned else []
+    return product_rows(conn, any_of(products.c.id, owned, sa.BigInteger), lock=lock) if owned else []
 
 
 def sync_catalogue(db: Database, root: Path, uris: Collection[str], skus: Collection[str], *,

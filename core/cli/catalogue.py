@@ -109,7 +109,7 @@ def images_delete(state: State, image_ids: tuple[int, ...], ignore_missing: bool
 
 @click.command()
 @click.option("--sku", help="Only the events of this product.")
-@click.option("--image-id", type=int, help="Only the events of this image (or of the image it replaced).")
+@click.option("--image-id", type=click.IntRange(1, 2**63 - 1), help="Only the events of this image (or of the image it replaced).")
 @click.option("--action", help="Only this action, e.g. product.delete, image.replace.")
 @LIMIT
 @JSON_OPTION
