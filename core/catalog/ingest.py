@@ -146,23 +146,31 @@ def _todo(db: Database, batch: Sequence[Record]) -> list[Item]:
     return items
 
 
-def _file_sha256(path: Path, limits: ReadLimits | None) -> str | None:
-    """SHA-256 of the file, or None when it cannot be read now (what is stored is kept)."""
+def _file_sha256(path: Path, limits: ReadLimits | None) -> str | ImageError:
+    """SHA-256 of the file, or why it cannot be read now (reported; what is stored is kept)."""
     try:
         with open_limited(path, limits) as reader:
             digest = hashlib.sha256()
             while chunk := reader.read(CHUNK_BYTES):
                 digest.update(chunk)
-    except (ManetError, OSError):
-        return None
+    except ManetError as exc:
+        return exc if isinstance(exc, ImageError) else ImageError(str(exc))
+    except OSError as exc:
+        return ImageError(f"image {path} cannot be read: {exc.strerror or exc}; check the file or remove it "
+                          f"from the dataset")
     return digest.hexdigest()
 
 
 def _read(item: Item, max_pixels: int | None, limits: ReadLimits | None) -> Found:
-    """A new file is inspected; a stored one is hashed, and inspected only if it changed."""
+    """A new file is inspected; a stored one is hashed, and inspected only if it changed (one
+    that cannot be read is an error: reported, and the stored image kept)."""
     record, uri, stored = item
-    if stored is not None and _file_sha256(record.image, limits) in (stored.sha256, None):
-        return None
+    if stored is not None:
+        digest = _file_sha256(record.image, limits)
+        if isinstance(digest, ImageError):
+            return digest
+        if digest == stored.sha256:
+            return None
     return _inspect(record, uri, max_pixels, limits)
 
 
