@@ -61,6 +61,9 @@ def _text(value: Any, where: str, key: str) -> str | None:
         value = str(value)
     if not isinstance(value, str):
         raise DatasetError(f"{where}: {key} must be text, got {json.dumps(value)[:40]}")
+    if "\0" in value:
+        raise DatasetError(f"{where}: {key} holds a NUL byte, which the database cannot store; remove it "
+                           f"(is the file binary or UTF-16?)")
     return value.strip() or None
 
 
@@ -105,6 +108,9 @@ def record_from_row(
         for key, value in row.items()
         if key not in _RECORD_FIELDS and value is not None and value != ""
     }
+    if "\\u0000" in json.dumps(attributes):
+        raise DatasetError(f"{where}: an attribute (a column beyond {', '.join(sorted(_RECORD_FIELDS))}) holds a "
+                           f"NUL character, which the database cannot store; remove it")
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", image):
         raise DatasetError(
             f"{where}: {image} is a remote URL; manet does not fetch images: download them and list local paths"
