@@ -38,6 +38,10 @@ _LEFTOVERS_SQL = (
     "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
     "WHERE i.indrelid = to_regclass('descriptors') AND c.relname ~ ('^' || {n} || '_cc(new|old)[0-9]*$') "
     "ORDER BY c.relname")
+# Whether a session holds the rebuild lock of model :m (pg_try_advisory_lock(int, int): objsubid 2).
+_REBUILDING_SQL = sa.text(
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
+    "AND classid::bigint = :k AND objid::bigint = :m)")
 _TABLE_SQL = sa.text(
     "SELECT n_live_tup, n_dead_tup, greatest(last_vacuum, last_autovacuum) AS last_vacuum "
     "FROM pg_stat_user_tables WHERE relid = to_regclass('descriptors')")
@@ -57,6 +61,7 @@ def index_status(db: Database, model: ModelRecord) -> dict[str, Any]:
         leftovers = list(conn.execute(sa.text(_LEFTOVERS_SQL.format(n=":n")),
                                       {"n": model.index_name}).scalars())
         table = conn.execute(_TABLE_SQL).first()
+        rebuilding = bool(conn.execute(_REBUILDING_SQL, {"k": REBUILD_LOCK, "m": model.id}).scalar())
     options = model.index_options
     status = {
         "model": model.name, "model_id": model.id, "index": model.index_name, "exists": index is not None,
@@ -73,6 +78,8 @@ def index_status(db: Database, model: ModelRecord) -> dict[str, Any]:
         "layout": {key: options[key] for key in ("quantize", "rerank_factor", "m", "ef_construction")
                    if key in options},
         "leftovers": leftovers,
+        # Another session is rebuilding the index now (its copy is among the leftovers meanwhile).
+        "rebuilding": rebuilding,
     }
     status["hint"] = _hint(status)
     return status
@@ -81,6 +88,9 @@ def index_status(db: Database, model: ModelRecord) -> dict[str, Any]:
 def _hint(status: dict[str, Any]) -> str | None:
     """What to do about the index, if anything."""
     name = status["model"]
+    if status.get("rebuilding"):
+        return (f"a rebuild is running (building {', '.join(status['leftovers']) or 'its copy'}); check again "
+                f"when it ends: manet index status --model {name}")
     if not status["exists"]:
         return f"no index; run: manet index build --model {name}" if status["rows"] else (
             f"no descriptors; run: manet extract --model {name}")
@@ -149,6 +159,9 @@ def rebuild_index(db: Database, model: ModelRecord, *, concurrently: bool = True
         try:
             with index_build_progress(db, pid, int(rows), model.name, progress):
                 conn.execute(f"REINDEX INDEX {'CONCURRENTLY ' if concurrently else ''}{name}")
+        except KeyboardInterrupt:  # psycopg has cancelled the REINDEX: drop its half-built copy too
+            _drop_leftovers(conn, name, concurrently)
+            raise
         except Exception as exc:
             reason_failed = one_line(exc)
             _drop_leftovers(conn, name, concurrently)
