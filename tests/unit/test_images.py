@@ -100,6 +100,30 @@ def test_text_named_jpg(tmp_path: Path) -> None:
         inspect_image(path)
     assert "\n" not in str(info.value)
     assert "re-export or remove the file" in str(info.value)
+    assert "(looks like text)" in str(info.value)
+
+
+@pytest.mark.parametrize("content,kind", [
+    (b"s3cr3t-token:x:0:0:hunter2:/home/app:/bin/sh\n", "text"),
+    (b"%PDF-1.7 s3cr3t-token", "a PDF document"),
+    (bytes([0x00, 0xfe, 0x13, 0x37]) + b"s3cr3t-token" + bytes(range(128, 160)), "an unknown binary format"),
+])
+def test_not_an_image_message_names_the_kind_without_any_bytes_of_the_file(tmp_path: Path, content: bytes,
+                                                                           kind: str) -> None:
+    # The message is stored in images.error (readable by a grant-reader role): a symlink to a
+    # secret file must not copy any of it there.
+    secret = tmp_path / "secret"
+    secret.write_bytes(content)
+    link = tmp_path / "picture.jpg"
+    link.symlink_to(secret)
+    with pytest.raises(ImageError) as info:
+        inspect_image(link)
+    message = str(info.value)
+    assert f"(looks like {kind}" in message and "\n" not in message
+    assert "s3cr3t" not in message and "\\x" not in message and "b'" not in message
+    shown = message.replace(str(link), "")
+    assert not any(content[i:i + 4].decode("latin-1") in shown for i in range(len(content) - 3)
+                   if content[i:i + 4].isalnum())
 
 
 @pytest.mark.parametrize("fmt,suffix", [("JPEG", ".jpg"), ("PNG", ".png")])
