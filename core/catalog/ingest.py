@@ -5,7 +5,9 @@ on its own, so a re-run skips what is already stored and a bad file is recorded 
 error instead of aborting the batch. A re-run also brings the catalogue up to date: product
 fields the dataset changed are updated (:mod:`manet.catalog.upsert`), a file changed at a
 stored path is hashed again and replaces the old image row (whose descriptors go with it), and
-with ``sync`` what the dataset no longer lists is removed (:mod:`manet.catalog.sync`). Files are read under :class:`~manet.safe_files.ReadLimits`
+with ``sync`` what the dataset stored and no longer lists is removed (:mod:`manet.catalog.sync`). Each
+image row records its ``source``, the dataset it came from (:func:`dataset_source`); a re-ingest
+adopts the rows at its paths stored before sources were recorded. Files are read under :class:`~manet.safe_files.ReadLimits`
 (regular files only, a byte cap, a per-file time budget), outside any transaction, so a slow
 or refused file never holds the database, and a crash loses at most the batch in flight.
 """
@@ -24,8 +26,8 @@ import sqlalchemy as sa
 
 from manet import config
 from manet.catalog.images import ImageInfo, inspect_image
-from manet.catalog.removal import Removal
-from manet.catalog.sync import dataset_root, sync_catalogue
+from manet.catalog.removal import Removal, any_of
+from manet.catalog.sync import dataset_root, dataset_source, sync_catalogue
 from manet.catalog.upsert import store_products
 from manet.errors import DatasetError, ImageError, ManetError
 from manet.plugin_base import Dataset, Record
@@ -48,6 +50,9 @@ class IngestReport:
     images_replaced: int = 0
     #: Images moved to another product (the dataset gives another SKU for the same file).
     images_moved: int = 0
+    #: Stored images without a source (from before sources were recorded) that this dataset
+    #: lists: now recorded as its own, so that its sync may remove them.
+    images_adopted: int = 0
     already_present: int = 0
     duplicates: int = 0
     failed: int = 0
@@ -63,6 +68,7 @@ class IngestReport:
             "products_updated": self.products_updated,
             "images_replaced": self.images_replaced,
             "images_moved": self.images_moved,
+            "images_adopted": self.images_adopted,
             "already_present": self.already_present,
             "duplicates": self.duplicates,
             "failed": self.failed,
@@ -98,8 +104,8 @@ def _inspect(record: Record, uri: str, max_pixels: int | None, limits: ReadLimit
 
 INSERT_IMAGE = sa.text(
     """
-    INSERT INTO images (product_id, uri, sha256, width, height, domain, split, status, error)
-    VALUES (:product_id, :uri, :sha256, :width, :height, :domain, :split, :status, :error)
+    INSERT INTO images (product_id, uri, sha256, width, height, domain, split, status, error, source)
+    VALUES (:product_id, :uri, :sha256, :width, :height, :domain, :split, :status, :error, :source)
     ON CONFLICT (sha256) DO NOTHING
     RETURNING id
     """
@@ -174,13 +180,23 @@ def _read(item: Item, max_pixels: int | None, limits: ReadLimits | None) -> Foun
     return _inspect(record, uri, max_pixels, limits)
 
 
-def _image_params(record: Record, uri: str, info: ImageInfo | ImageError, product_id: int | None
-                  ) -> dict[str, object]:
+def _image_params(record: Record, uri: str, info: ImageInfo | ImageError, product_id: int | None,
+                  source: str | None) -> dict[str, object]:
     ok = isinstance(info, ImageInfo)
     return {"product_id": product_id, "uri": uri, "sha256": info.sha256 if ok else None,
             "width": info.width if ok else None, "height": info.height if ok else None,
             "domain": record.domain, "split": record.split, "status": "ok" if ok else "failed",
-            "error": None if ok else str(info)}
+            "error": None if ok else str(info), "source": source}
+
+
+def _adopt(conn: sa.Connection, uris: list[str], source: str | None) -> int:
+    """Record ``source`` on the rows at ``uris`` that have none (stored before sources were
+    recorded); rows another dataset stored keep their source."""
+    if source is None or not uris:
+        return 0
+    adopted = conn.execute(images.update().where(any_of(images.c.uri, uris, sa.Text), images.c.source.is_(None))
+                           .values(source=source))
+    return adopted.rowcount
 
 
 def _keep(conn: sa.Connection, item: Item, product_id: int | None, delta: IngestReport,
@@ -214,7 +230,7 @@ def _replace(conn: sa.Connection, item: Item, new_id: int | None, info: ImageInf
 
 
 def _store_item(conn: sa.Connection, item: Item, info: Found, product_id: int | None, rows: list[Stored],
-                delta: IngestReport, events: list[dict]) -> None:
+                delta: IngestReport, events: list[dict], source: str | None) -> None:
     record, uri, old = item
     if info is None:
         _keep(conn, item, product_id, delta, events)
@@ -229,7 +245,7 @@ def _store_item(conn: sa.Connection, item: Item, info: Found, product_id: int | 
         delta.failures.append((uri, str(info)))
         if old is not None:  # a changed file that cannot be read: the stored image stays
             return
-    new_id = conn.execute(INSERT_IMAGE, _image_params(record, uri, info, product_id)).scalar()
+    new_id = conn.execute(INSERT_IMAGE, _image_params(record, uri, info, product_id, source)).scalar()
     if old is not None:
         _replace(conn, item, new_id, info, rows, delta, events)
     elif ok and new_id is None:
@@ -239,11 +255,14 @@ def _store_item(conn: sa.Connection, item: Item, info: Found, product_id: int | 
 
 
 def _store_batch(db: Database, batch: Sequence[Record], items: Sequence[Item], found: Sequence[Found],
-                 report: IngestReport) -> None:
-    """Store one read batch in one transaction; ``report`` is updated only on commit.
+                 report: IngestReport, source: str | None = None) -> None:
+    """Store one read batch in one transaction, new rows with ``source``; ``report`` is
+    updated only on commit.
 
     Paths are checked again inside the transaction: after a lost connection the batch may
-    already have been committed, and must not be stored twice.
+    already have been committed, and must not be stored twice. Then every row at the batch's
+    paths without a source (an unchanged, moved or failed image stored before sources were
+    recorded) is adopted: given ``source``.
     """
     delta = IngestReport()
     with db.begin() as conn:
@@ -253,10 +272,11 @@ def _store_batch(db: Database, batch: Sequence[Record], items: Sequence[Item], f
         for item, info in zip(items, found, strict=True):
             record, uri, _ = item
             _store_item(conn, item, info, products.get(record.sku) if record.sku else None, rows.get(uri, []),
-                        delta, events)
+                        delta, events, source)
+        delta.images_adopted = _adopt(conn, list(dict.fromkeys(_uri(record.image) for record in batch)), source)
         record_events(conn, events)
     for name in ("images_added", "products_added", "products_updated", "images_replaced", "images_moved",
-                 "already_present", "duplicates", "failed"):
+                 "images_adopted", "already_present", "duplicates", "failed"):
         setattr(report, name, getattr(report, name) + getattr(delta, name))
     report.failures.extend(delta.failures)
 
@@ -271,10 +291,13 @@ def ingest_records(
     progress: bool = False,
     max_outage: float = config.DEFAULT_MAX_OUTAGE,
     say: Callable[[str], None] | None = None,
+    source: str | None = None,
 ) -> IngestReport:
     """Store ``records`` batch by batch; safe to re-run, and it waits out database outages
     (retrying a batch with backoff for up to ``max_outage`` seconds, telling ``say``). ``limits``
-    caps the bytes and seconds each file may take; a file over them is recorded as failed."""
+    caps the bytes and seconds each file may take; a file over them is recorded as failed.
+    ``source`` (see :func:`~manet.catalog.sync.dataset_source`) is recorded on the images stored,
+    and on those stored without one at the records' paths (None: rows stay without a source)."""
     from tqdm import tqdm
 
     report = IngestReport(records=len(records))
@@ -294,7 +317,8 @@ def ingest_records(
             # Files are read with no transaction open; they are read once even if the store is retried.
             found = list(pool.map(lambda item: _read(item, max_pixels, limits), todo))
             # A batch is one transaction: after an outage it is simply run again.
-            with_reconnect(partial(_store_batch, db, batch, todo, found, report), max_outage=max_outage, say=tell)
+            with_reconnect(partial(_store_batch, db, batch, todo, found, report, source), max_outage=max_outage,
+                           say=tell)
             bar.update(len(batch))
     return report
 
@@ -317,8 +341,9 @@ def ingest(
     """Read every record of ``dataset`` at ``path`` first (a malformed file stores nothing),
     then store them (see :func:`ingest_records`).
 
-    With ``sync``, what the dataset no longer lists is then removed (see
-    :mod:`manet.catalog.sync` for which share of the catalogue a dataset owns); ``confirm`` is
+    Every image stored is recorded as the dataset's (``kind:/resolved/path``, see
+    :func:`~manet.catalog.sync.dataset_source`). With ``sync``, what the dataset stored before
+    and no longer lists is then removed (see :mod:`manet.catalog.sync`); ``confirm`` is
     shown the planned removal first and raises to stop before anything changes. ``dry_run``
     (with ``sync``) stores and removes nothing: ``report.removed`` says what would go.
     """
@@ -328,17 +353,18 @@ def ingest(
     if dry_run and not sync:
         raise ManetError("a dry run shows what a sync would remove; add --sync")
     records = list(dataset.records(path))
+    source = dataset_source(dataset.name, path)
     plan = None
     if sync:
         root = dataset_root(path)
         uris, skus = {_uri(record.image) for record in records}, {record.sku for record in records if record.sku}
-        plan = sync_catalogue(db, root, uris, skus, dry_run=True)
+        plan = sync_catalogue(db, source, root, uris, skus, dry_run=True)
         if dry_run:
             return IngestReport(records=len(records), removed=plan)
         if confirm is not None and (plan.products or plan.images):
             confirm(plan)
     report = ingest_records(db, records, batch_size=batch_size, max_pixels=max_pixels, limits=limits,
-                            progress=progress, max_outage=max_outage, say=say)
+                            progress=progress, max_outage=max_outage, say=say, source=source)
     if plan is not None:
-        report.removed = sync_catalogue(db, root, uris, skus, only=plan)
+        report.removed = sync_catalogue(db, source, root, uris, skus, only=plan)
     return report

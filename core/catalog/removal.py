@@ -40,14 +40,30 @@ class Removal:
     #: SKUs or image ids asked for that do not exist (skipped with ``ignore_missing``).
     missing: list[Any] = field(default_factory=list)
     dry_run: bool = False
+    #: A sync's: images under the dataset's folder (``root``) that it does not list and that have
+    #: no source (stored before sources were recorded): left alone (None: not a sync).
+    unsourced: int | None = None
+    root: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "products_deleted": len(self.products), "images_deleted": len(self.images),
-                "products": self.products, "images": self.images, "missing": self.missing}
+                "products": self.products, "images": self.images, "missing": self.missing,
+                **({"unsourced_left": self.unsourced} if self.unsourced is not None else {})}
 
     def summary(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
         return f"{verb} {len(self.products)} products and {len(self.images)} images (with their descriptors)"
+
+    def unsourced_note(self) -> str | None:
+        """A sync's word on the images without a source it left alone (None when there are none)."""
+        if not self.unsourced:
+            return None
+        verb = "would leave" if self.dry_run else "left"
+        return (f"sync {verb} alone {self.unsourced} images under {self.root} that this dataset does not list and "
+                f"that were stored without a source (before sources were recorded), so may belong to another "
+                f"dataset; to let sync manage them, ingest each dataset that lists them once (without --sync: it "
+                f"adopts the images it lists), and delete the rest with: manet images delete ID... "
+                f"(SELECT id, uri FROM images WHERE source IS NULL)")
 
 
 def unique(values: Iterable[Any]) -> list[Any]:

@@ -27,6 +27,12 @@ def _print_plan(plan: Any) -> None:
         click.echo(f"  product {product['sku']}  {product['title'] or ''}".rstrip())
     for image in plan.images:
         click.echo(f"  image {image['id']}  {image['uri']}")
+    _print_unsourced(plan)
+
+
+def _print_unsourced(plan: Any) -> None:
+    if (note := plan.unsourced_note()) is not None:
+        click.echo(f"note: {note}", err=True)
 
 
 @click.command()
@@ -41,7 +47,8 @@ def _print_plan(plan: Any) -> None:
 @click.option("--max-outage", default=config.DEFAULT_MAX_OUTAGE, show_default=True,
               help="Seconds to keep retrying while the database is unreachable.")
 @click.option("--sync", is_flag=True,
-              help="Also remove the images under the dataset's folder, and their products, that it no longer lists.")
+              help="Also remove the images an earlier ingest of this KIND and PATH stored that it no longer "
+                   "lists, and products left with no image.")
 @click.option("--dry-run", is_flag=True, help="With --sync: print what would be removed and change nothing.")
 @YES_OPTION
 @JSON_OPTION
@@ -52,7 +59,7 @@ def ingest(state: State, kind: str, path: Path, protocol: str | None, options: t
     """Ingest the dataset at PATH with dataset plugin KIND (folder, manifest, grocery-store, ...).
 
     Run again, it adds what is new, updates changed product fields and replaces images whose
-    file changed; with --sync it also removes what the dataset no longer lists (asking first).
+    file changed; with --sync it also removes what it stored and no longer lists (asking first).
     """
     if dry_run and not sync:
         raise click.UsageError("--dry-run shows what --sync would remove; add --sync")
@@ -81,9 +88,12 @@ def ingest(state: State, kind: str, path: Path, protocol: str | None, options: t
     click.echo(f"{report.images_added} images added, {report.products_added} new products, "
                f"{report.products_updated} products updated, {report.images_replaced} images replaced, "
                f"{report.already_present} already present, {report.duplicates} duplicates, "
-               f"{report.failed} failed")
+               f"{report.failed} failed"
+               + (f", {report.images_adopted} stored images adopted as this dataset's" if report.images_adopted
+                  else ""))
     if report.removed is not None:
         click.echo(report.removed.summary())
+        _print_unsourced(report.removed)
     for _uri, error in report.failures[:20]:
         click.echo(f"  failed: {error}", err=True)
     if len(report.failures) > 20:

@@ -59,10 +59,14 @@ images = Table(
     Column("status", Text, nullable=False, server_default="ok"),
     Column("error", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The dataset it came from (``manifest:/data/catalogue.csv``): what ``ingest --sync`` may
+    # remove (manet.catalog.sync); NULL for rows stored before revision 0008 and not re-ingested.
+    Column("source", Text),
     CheckConstraint("domain IN ('catalog', 'query')", name="images_domain_check"),
     CheckConstraint("split IN ('train', 'val', 'test')", name="images_split_check"),
     CheckConstraint("status IN ('ok', 'failed')", name="images_status_check"),
     Index("images_uri_idx", "uri"),
+    Index("images_source_idx", "source"),
     # A filter's catalogue images by index-only scan (manet.store.filters).
     Index("images_catalog_product_idx", "product_id", "id", postgresql_where=text("domain = 'catalog'")),
 )
