@@ -19,6 +19,11 @@ from manet.store import embedded
 
 IMAGES = 300
 
+#: The session server's fast shutdown ends with a checkpoint of every test module's writes: on a
+#: loaded 2-core machine (CI observed it beside a 1M-row benchmark) that took longer than the
+#: 30 s default.
+STOP_TIMEOUT = 180.0
+
 
 def test_worker_survives_a_database_restart(retriever, database_url, pg_home, tmp_path):
     rng = np.random.default_rng(3)
@@ -43,7 +48,7 @@ def test_worker_survives_a_database_restart(retriever, database_url, pg_home, tm
             break
         assert worker.poll() is None and time.monotonic() < deadline, worker.stderr.read().decode()
         time.sleep(0.05)
-    assert embedded.stop(pg_home)
+    assert embedded.stop(pg_home, timeout=STOP_TIMEOUT)
     time.sleep(3)  # the worker keeps running against a dead server
     assert worker.poll() is None
     embedded.start(pg_home)
@@ -74,7 +79,7 @@ def test_ingest_survives_a_database_restart(pg_home, tmp_path):
     while stored() < 100:  # wait until the ingest is well into the run
         assert ingest.poll() is None and time.monotonic() < deadline, ingest.stderr.read().decode()
         time.sleep(0.01)
-    assert embedded.stop(pg_home)
+    assert embedded.stop(pg_home, timeout=STOP_TIMEOUT)
     time.sleep(3)  # the ingest keeps running against a dead server
     assert ingest.poll() is None, "the ingest gave up (or finished) during the outage"
     embedded.start(pg_home)
