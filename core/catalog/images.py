@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from manet.catalog.file_kinds import content_kind
 from manet.config import MAX_PIXELS_ENV
 from manet.errors import ImageError, ManetError, one_line
 from manet.safe_files import CHUNK_BYTES, LimitedReader, ReadLimits, open_limited, read_limited
@@ -132,33 +133,6 @@ def _sha256(reader: LimitedReader) -> str:
     return digest.hexdigest()
 
 
-#: (offset, signature, what it is) of common files that are not images manet reads.
-_SIGNATURES = (
-    (0, b"%PDF", "a PDF document"),
-    (0, b"PK\x03\x04", "a ZIP archive or office document"),
-    (0, b"\x1f\x8b", "a gzip archive"),
-    (0, b"\x7fELF", "an executable"),
-    (4, b"ftypheic", "a HEIC image, which cannot be read here"),
-    (4, b"ftypavif", "an AVIF image, which cannot be read here"),
-)
-
-
-def _content_kind(head: bytes) -> str:
-    """What the file's first bytes look like, in words: never the bytes themselves (the message
-    is stored in ``images.error``, and the file may be anything a path or symlink points at)."""
-    for offset, signature, kind in _SIGNATURES:
-        if head[offset:offset + len(signature)] == signature:
-            return kind
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError as exc:  # a character cut off at the end of the head is still text
-        cut = exc.reason == "unexpected end of data"
-        text = head[:exc.start].decode("utf-8") if cut else ""
-    if text and all(char.isprintable() or char in "\t\r\n" for char in text):
-        return "text"
-    return "an unknown binary format or a damaged header"
-
-
 def _describe_decode_error(path: Path, exc: BaseException) -> ImageError:
     detail = one_line(exc)
     if "truncat" in detail.lower():
@@ -208,7 +182,7 @@ def _open_and_decode(
         image = Image.open(fp)
     except UnidentifiedImageError as exc:
         raise ImageError(
-            f"image {path} is not an image file that can be read (looks like {_content_kind(head)}); {_FIX}"
+            f"image {path} is not an image file that can be read (looks like {content_kind(head)}); {_FIX}"
         ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise _describe_decode_error(path, exc) from exc
