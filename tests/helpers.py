@@ -160,6 +160,22 @@ class MixedManifest:
         return len(self.good) + len(self.bad)
 
 
+def indexed_catalogue(retriever, folder: Path, *, products: int, seed: int,
+                      models: dict[str, str] | None = None) -> Path:
+    """A generated catalogue (a catalogue image and a shopper photo per product, 64 px) ingested,
+    each of ``models`` (name -> pooling; default ``tiny``: MAC) created with TINY_MODEL, extracted
+    and indexed. Returns the manifest."""
+    from manet.tools.synthetic import generate_catalogue
+
+    manifest = generate_catalogue(folder, products=products, photos_per_product=1, size=64, seed=seed)
+    retriever.ingest("manifest", manifest)
+    for name, pooling in (models or {"tiny": "mac"}).items():
+        retriever.create_model(name, pooling=pooling, **TINY_MODEL)
+        retriever.extract(name)
+        retriever.build_index(name)
+    return manifest
+
+
 def mixed_manifest(folder: Path, good: int = 1000, every: int = 25, size: int = 48) -> MixedManifest:
     """``good`` distinct generated photos (20 products) in a manifest where every ``every``-th row
     is a path that is not a readable regular file (a pipe, a link to /dev/zero, a socket, ...)."""

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from helpers import TINY_MODEL
+from helpers import indexed_catalogue
 
 #: Products of the module's catalogue, by role (the tests share one database, so each test
 #: changes its own products only).
@@ -29,15 +29,7 @@ KEPT = "syn00011"
 def catalogue(retriever, tmp_path_factory):
     """12 products (a catalogue image and a shopper photo each, 64 px) ingested; model ``tiny``
     extracted and indexed. Returns the manifest."""
-    from manet.tools.synthetic import generate_catalogue
-
-    manifest = generate_catalogue(tmp_path_factory.mktemp("changes"), products=12, photos_per_product=1,
-                                  size=64, seed=5)
-    retriever.ingest("manifest", manifest)
-    retriever.create_model("tiny", pooling="mac", **TINY_MODEL)
-    retriever.extract("tiny")
-    retriever.build_index("tiny")
-    return manifest
+    return indexed_catalogue(retriever, tmp_path_factory.mktemp("changes"), products=12, seed=5)
 
 
 def _rows(manifest: Path) -> list[dict[str, str]]:

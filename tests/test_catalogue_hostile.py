@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from helpers import TINY_MODEL
+from helpers import indexed_catalogue
 
 #: Products of the module's catalogue, by test (each test changes its own products only).
 BULK_DELETED, REINGESTED, NUL_MANIFEST = "syn00000", "syn00001", "syn00002"
@@ -25,15 +25,7 @@ BULK_DELETED, REINGESTED, NUL_MANIFEST = "syn00000", "syn00001", "syn00002"
 def catalogue(retriever, tmp_path_factory):
     """8 products (a catalogue image and a shopper photo each, 64 px) ingested; model ``tiny``
     extracted and indexed. Returns the manifest."""
-    from manet.tools.synthetic import generate_catalogue
-
-    manifest = generate_catalogue(tmp_path_factory.mktemp("hostile"), products=8, photos_per_product=1,
-                                  size=64, seed=7)
-    retriever.ingest("manifest", manifest)
-    retriever.create_model("tiny", pooling="mac", **TINY_MODEL)
-    retriever.extract("tiny")
-    retriever.build_index("tiny")
-    return manifest
+    return indexed_catalogue(retriever, tmp_path_factory.mktemp("hostile"), products=8, seed=7)
 
 
 def _counts(retriever) -> tuple[int, int, int]:

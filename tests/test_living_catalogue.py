@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from helpers import TINY_MODEL
+from helpers import indexed_catalogue
 
 K = 7
 MODELS = ("tiny", "tiny-mac")
@@ -23,15 +23,8 @@ DELETED = [f"syn{n:05d}" for n in (2, 5, 8, 11, 14, 17)]
 @pytest.fixture(scope="module")
 def living(retriever, tmp_path_factory):
     """20 products (a catalogue image and a photo each), two models extracted and indexed."""
-    from manet.tools.synthetic import generate_catalogue
-
-    manifest = generate_catalogue(tmp_path_factory.mktemp("living"), products=20, photos_per_product=1,
-                                  size=64, seed=7)
-    retriever.ingest("manifest", manifest)
-    for name, pooling in zip(MODELS, ("srmac", "mac")):
-        retriever.create_model(name, pooling=pooling, **TINY_MODEL)
-        retriever.extract(name)
-        retriever.build_index(name)
+    indexed_catalogue(retriever, tmp_path_factory.mktemp("living"), products=20, seed=7,
+                      models=dict(zip(MODELS, ("srmac", "mac"))))
     return retriever
 
 
