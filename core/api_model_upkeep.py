@@ -52,6 +52,17 @@ class ModelUpkeep:
         names = [model] if model is not None else [row["name"] for row in list_models(self.db)]
         return [index_status(self.db, self.model(name)) for name in names]
 
+    def build_category_indexes(self, model: str, *, categories: list[str] | None = None,
+                               min_rows: int | None = None, maintenance_work_mem: str | None = None
+                               ) -> list[Any]:
+        """Give large categories their own HNSW graph: the ``categories`` named, else every category
+        with more than ``min_rows`` catalogue descriptors (default: the filter planner's exact
+        threshold); see :func:`manet.search.category_index.build_category_indexes`."""
+        from manet.search.category_index import build_category_indexes
+
+        return build_category_indexes(self.db, self.model(model), categories=categories, min_rows=min_rows,
+                                      maintenance_work_mem=maintenance_work_mem, progress=self.progress)
+
     def rebuild_index(self, model: str, *, concurrently: bool = True,
                       maintenance_work_mem: str | None = None) -> dict[str, Any]:
         """REINDEX the model's HNSW index (``concurrently``: searches keep running); see

@@ -62,6 +62,9 @@ DEFAULT_FILTER_EXACT_THRESHOLD = 5000
 #: ef_search of filtered searches on the HNSW path that set none: the filter keeps more than
 #: the threshold's rows there, and recall@7 must still reach 0.95 (docs/PERFORMANCE.md).
 DEFAULT_FILTERED_EF_SEARCH = 400
+#: ef_search of filtered searches on a category's own HNSW index (manet index build
+#: --by-category) that set none: an unfiltered search of the category's rows, at recall >= 0.99.
+DEFAULT_CATEGORY_EF_SEARCH = 200
 
 # `manet serve` (manet.serve): its options' variables and defaults.
 SERVE_HOST_ENV = "MANET_SERVE_HOST"

@@ -63,11 +63,13 @@ def filter_row(db: Database, model: ModelRecord, raw: Any, queries: np.ndarray, 
     category = category_name(selectivity)
     raw.execute("SELECT set_config('hnsw.ef_search', %s, false), "
                 "set_config('hnsw.iterative_scan', 'relaxed_order', false)", (str(ef_search),))
-    raw_sql, paths = _raw_filtered_sql(model), []
+    raw_sql, paths, planner_efs = _raw_filtered_sql(model), [], []
 
     def planner(q: np.ndarray) -> list[int]:
-        result = run_search(db, model, q, k=K, category=category, ef_search=ef_search)
+        # The planner with its own defaults (ef_search by path), as `manet search` runs it.
+        result = run_search(db, model, q, k=K, category=category)
         paths.append(result.plan.path)
+        planner_efs.append(result.plan.ef_search)
         return [h.image_id for h in result.hits]
 
     timed = timed_series({
@@ -77,7 +79,8 @@ def filter_row(db: Database, model: ModelRecord, raw: Any, queries: np.ndarray, 
         "raw_": lambda q: [r[0] for r in raw.execute(raw_sql, {"q": q, "category": category}).fetchall()],
     }, queries)
     row: dict[str, Any] = {"selectivity": selectivity, "matching_rows": rows, "ef_search": ef_search,
-                           "planner_path": max(set(paths), key=paths.count)}
+                           "planner_path": max(set(paths), key=paths.count),
+                           "planner_ef_search": max(set(planner_efs), key=planner_efs.count)}
     for prefix, (latencies, results) in timed.items():
         row.update(series_figures(latencies, results, truth, prefix))
     row.update(_forced_exact(db, model, queries, truth, category))
@@ -86,11 +89,12 @@ def filter_row(db: Database, model: ModelRecord, raw: Any, queries: np.ndarray, 
 
 def format_filter_rows(rows: list[dict[str, Any]]) -> list[str]:
     """The filtered table of ``manet bench search``."""
-    lines = [f"{'filter':>7} {'rows':>7} {'path':>6} {'R@7':>6} {'p50':>7} {'p99':>7} | {'HNSW p50':>8} {'p99':>7} "
+    lines = [f"{'filter':>7} {'rows':>7} {'path':>14} {'ef':>4} {'R@7':>6} {'p50':>7} {'p99':>7} | {'HNSW p50':>8} {'p99':>7} "
              f"{'R@7':>6} | {'exact p50':>9} {'p99':>7} | {'raw p50':>7} {'p99':>7} {'R@7':>6} {'min rows':>8}"]
     for r in rows:
         lines.append(
-            f"{r['selectivity']:>7g} {r['matching_rows']:>7} {r['planner_path']:>6} {r['planner_recall_at_7']:>6.3f} "
+            f"{r['selectivity']:>7g} {r['matching_rows']:>7} {r['planner_path']:>14} {r['planner_ef_search'] or '-':>4} "
+            f"{r['planner_recall_at_7']:>6.3f} "
             f"{r['planner_p50_ms']:>7.2f} {r['planner_p99_ms']:>7.2f} | {r['hnsw_p50_ms']:>8.2f} "
             f"{r['hnsw_p99_ms']:>7.2f} {r['hnsw_recall_at_7']:>6.3f} | {r['exact_p50_ms']:>9.2f} "
             f"{r['exact_p99_ms']:>7.2f} | {r['raw_p50_ms']:>7.2f} {r['raw_p99_ms']:>7.2f} {r['raw_recall_at_7']:>6.3f} "

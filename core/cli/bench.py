@@ -166,11 +166,14 @@ def bench_extract(state: State, model: str | None, backbone: str, pooling: str, 
               show_default=True, help="Index layout (auto: vector up to 2,000 dims, halfvec above).")
 @click.option("--faiss/--no-faiss", "use_faiss", default=None,
               help="Compare with FAISS flat and HNSW  [default: when faiss is installed]")
+@click.option("--category-indexes/--no-category-indexes", default=True, show_default=True,
+              help="Give each filter category past the planner's exact threshold its own HNSW index.")
 @JSON_OPTION
 @pass_state
 def bench_search(state: State, n: int | None, dim: int | None, queries: int, filter_selectivity: str,
                  filter_queries: int, filtered_ef_search: int | None, ef_search: str, vectors: Path | None,
-                 queries_file: Path | None, intrinsic_dim: int, seed: int, m: int, ef_construction: int, quantize: str, use_faiss: bool | None, as_json: bool) -> None:
+                 queries_file: Path | None, intrinsic_dim: int, seed: int, m: int, ef_construction: int, quantize: str,
+                 use_faiss: bool | None, category_indexes: bool, as_json: bool) -> None:
     """HNSW latency and recall@7 vs exact search, with and without a filter, vs raw pgvector."""
     from manet.bench.search import SearchBenchOptions, format_report, run_search_bench
 
@@ -178,7 +181,8 @@ def bench_search(state: State, n: int | None, dim: int | None, queries: int, fil
         n=n, dim=dim, queries=queries, filter_selectivity=tuple(_float_list(filter_selectivity)),
         filter_queries=filter_queries, filtered_ef_search=filtered_ef_search, ef_search=tuple(_int_list(ef_search)),
         vectors=vectors, queries_file=queries_file, intrinsic_dim=intrinsic_dim, seed=seed, m=m,
-        ef_construction=ef_construction, quantize=None if quantize == "auto" else quantize, faiss=use_faiss)
+        ef_construction=ef_construction, quantize=None if quantize == "auto" else quantize, faiss=use_faiss,
+        category_indexes=category_indexes)
     report = run_search_bench(state.admin.scratch_database(), options, _say(state))
     _emit(report, as_json, lambda r: click.echo(format_report(r)))
 

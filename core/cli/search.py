@@ -31,20 +31,40 @@ def index() -> None:
 @click.option("--rerank-factor", type=click.IntRange(1, 100),
               help="Candidates per result re-ranked exactly (halfvec default 4, binary 10).")
 @click.option("--maintenance-work-mem", help="Build memory, e.g. 2GB (default: estimated from the rows, <= 4GB).")
+@click.option("--by-category", is_flag=True,
+              help=f"Also give every category with more than {config.DEFAULT_FILTER_EXACT_THRESHOLD} catalogue "
+                   f"images its own HNSW index, which filtered searches of it then walk.")
+@click.option("--category", "categories", multiple=True, metavar="NAME",
+              help="Also give this category its own HNSW index (repeatable).")
+@click.option("--categories-only", is_flag=True,
+              help="Build only the category indexes (--by-category / --category), keeping the model's index.")
 @JSON_OPTION
 @pass_state
 def index_build(state: State, model: str, m: int, ef_construction: int, quantize: str | None, rerank_factor: int | None,
-                maintenance_work_mem: str | None, as_json: bool) -> None:
+                maintenance_work_mem: str | None, by_category: bool, categories: tuple[str, ...],
+                categories_only: bool, as_json: bool) -> None:
     """Build the HNSW (inner product) index of a model's catalogue descriptors."""
-    report = state.retriever.build_index(model, m=m, ef_construction=ef_construction, quantize=quantize,
-                                         rerank_factor=rerank_factor, maintenance_work_mem=maintenance_work_mem)
+    if categories_only and not (by_category or categories):
+        raise click.UsageError("--categories-only needs --by-category or --category NAME")
+    report = None if categories_only else state.retriever.build_index(
+        model, m=m, ef_construction=ef_construction, quantize=quantize, rerank_factor=rerank_factor,
+        maintenance_work_mem=maintenance_work_mem)
+    reports = state.retriever.build_category_indexes(
+        model, categories=list(categories) or None, maintenance_work_mem=maintenance_work_mem
+    ) if by_category or categories else []
     if as_json:
-        _echo_json(report.as_dict())
-    else:
+        _echo_json({**(report.as_dict() if report else {}), "category_indexes": [r.as_dict() for r in reports]})
+        return
+    if report is not None:
         click.echo(f"index {report.name}: {report.rows} rows in {report.seconds:.2f} s "
                    f"({report.quantize}, rerank factor {report.rerank_factor}, m={report.m}, "
                    f"ef_construction={report.ef_construction}, maintenance_work_mem {report.maintenance_work_mem}, "
                    f"parallel workers {report.parallel_workers}: {report.parallel_reason})")
+    for r in reports:
+        click.echo(f"index {r.name} (category '{r.category}'): {r.rows} rows in {r.seconds:.2f} s")
+    if (by_category or categories) and not reports:
+        click.echo(f"no category has more than {config.DEFAULT_FILTER_EXACT_THRESHOLD} catalogue images of this "
+                   f"model: filtered searches rank them exactly, no category index is needed")
 
 
 @index.command("status")
@@ -67,6 +87,12 @@ def index_status(state: State, model: str | None, as_json: bool) -> None:
                    f"built {row['built_at'] or 'before built times were recorded'}; descriptors: "
                    f"{row['dead_tuples']} dead of {row['live_tuples']} live tuples"
                    + (f"  -- {row['hint']}" if row["hint"] else ""))
+        for c in row.get("category_indexes", []):
+            click.echo(f"{'':<24} {c['rows']:>9} rows  index {c['name']} "
+                       f"{'valid' if c['valid'] else 'INVALID'}, category "
+                       + (f"'{c['category']}'" if c["category"] is not None
+                          else f"{c['category_id']} (deleted; drop it with: manet index build --model "
+                               f"{row['model']} --by-category --categories-only)"))
 
 
 @index.command("rebuild")

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from manet import config
 from manet.errors import ManetError
 from manet.search.index_progress import index_build_progress
-from manet.store import descriptors
+from manet.store import category_indexes, descriptors
 from manet.store.database import Database
 from manet.store.events import record_event
 from manet.store.models import ModelRecord
@@ -127,6 +127,26 @@ def hnsw_build_memory_mb(rows: int, dim: int, quantize: str, m: int) -> int:
     return max(64, int(np.ceil(rows * per_row * 1.25 / 2**20)))
 
 
+def auto_build_memory(rows: int, layout: IndexLayout, m: int) -> str:
+    """maintenance_work_mem for building a graph of ``rows`` (:func:`hnsw_build_memory_mb`, <= 4 GB)."""
+    return f"{min(MAX_AUTO_BUILD_MEMORY_MB, hnsw_build_memory_mb(rows, layout.dim, layout.quantize, m))}MB"
+
+
+def create_hnsw_index(db: Database, conn: sa.Connection, name: str, layout: IndexLayout, *, m: int,
+                      ef_construction: int, where: str, rows: int, memory: str, workers: int, progress: bool,
+                      label: str) -> None:
+    """(Re)create the partial HNSW index ``name`` over the ``descriptors`` rows matching ``where``
+    (validated SQL of literals), in ``conn``'s transaction; ``rows`` sizes the progress bar."""
+    conn.execute(sa.text("SELECT set_config('maintenance_work_mem', :v, true)"), {"v": memory})
+    conn.execute(sa.text("SELECT set_config('max_parallel_maintenance_workers', :v, true)"), {"v": str(workers)})
+    conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
+    pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    with index_build_progress(db, pid, int(rows), label, progress):
+        conn.execute(sa.text(
+            f"CREATE INDEX {name} ON descriptors USING hnsw (({layout.stored('embedding')}) {layout.opclass}) "
+            f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)}) WHERE {where}"))
+
+
 @dataclass(frozen=True)
 class IndexReport:
     name: str
@@ -171,20 +191,13 @@ def build_index(db: Database, model: ModelRecord, *, m: int = config.DEFAULT_HNS
         rows = descriptors.count(conn, model.id, gallery=True)
         if rows == 0:
             raise ManetError(f"model '{model.name}' has no gallery descriptors; run: manet extract --model {model.name}")
-        memory = maintenance_work_mem or (
-            f"{min(MAX_AUTO_BUILD_MEMORY_MB, hnsw_build_memory_mb(rows, model.dim, layout.quantize, m))}MB")
-        conn.execute(sa.text("SELECT set_config('maintenance_work_mem', :v, true)"), {"v": memory})
-        conn.execute(sa.text("SELECT set_config('max_parallel_maintenance_workers', :v, true)"), {"v": str(workers)})
-        conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
-        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
-        with index_build_progress(db, pid, int(rows), model.name, progress):
-            conn.execute(
-                sa.text(
-                    f"CREATE INDEX {name} ON descriptors USING hnsw (({layout.stored('embedding')}) "
-                    f"{layout.opclass}) WITH (m = {int(m)}, ef_construction = {int(ef_construction)}) "
-                    f"WHERE model_id = {int(model.id)} AND gallery"
-                )
-            )
+        memory = maintenance_work_mem or auto_build_memory(rows, layout, m)
+        if model.index_options.get("quantize", layout.quantize) != layout.quantize:
+            # Category indexes hold the old layout's expression, which searches no longer use.
+            category_indexes.drop_for_model(conn, model.id)
+        create_hnsw_index(db, conn, name, layout, m=m, ef_construction=ef_construction,
+                          where=f"model_id = {int(model.id)} AND gallery", rows=rows, memory=memory,
+                          workers=workers, progress=progress, label=model.name)
         # Search and manet_search read these to query with the index's own expression; built_at
         # is the last build (or rebuild) that `manet index status` reports.
         conn.execute(sa.text("UPDATE models SET index_options = CAST(:o AS jsonb) "

@@ -19,9 +19,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from manet.errors import ManetError, one_line
-from manet.search.index import MAX_AUTO_BUILD_MEMORY_MB, build_workers, hnsw_build_memory_mb, index_layout
+from manet.search.index import auto_build_memory, build_workers, index_layout
 from manet.search.index_progress import index_build_progress
-from manet.store import descriptors
+from manet.store import category_indexes, descriptors
 from manet.store.database import Database
 from manet.store.events import record_event
 from manet.store.models import ModelRecord
@@ -62,6 +62,7 @@ def index_status(db: Database, model: ModelRecord) -> dict[str, Any]:
                                       {"n": model.index_name}).scalars())
         table = conn.execute(_TABLE_SQL).first()
         rebuilding = bool(conn.execute(_REBUILDING_SQL, {"k": REBUILD_LOCK, "m": model.id}).scalar())
+        by_category = [index.as_dict() for index in category_indexes.list_for_model(conn, model.id)]
     options = model.index_options
     status = {
         "model": model.name, "model_id": model.id, "index": model.index_name, "exists": index is not None,
@@ -80,6 +81,7 @@ def index_status(db: Database, model: ModelRecord) -> dict[str, Any]:
         "leftovers": leftovers,
         # Another session is rebuilding the index now (its copy is among the leftovers meanwhile).
         "rebuilding": rebuilding,
+        "category_indexes": by_category,
     }
     status["hint"] = _hint(status)
     return status
@@ -142,8 +144,7 @@ def rebuild_index(db: Database, model: ModelRecord, *, concurrently: bool = True
         raise ManetError(f"model '{model.name}' has no index yet; run: manet index build --model {model.name}")
     layout = index_layout(model)
     m = int(model.index_options.get("m", 16))
-    memory = maintenance_work_mem or (
-        f"{min(MAX_AUTO_BUILD_MEMORY_MB, hnsw_build_memory_mb(rows, model.dim, layout.quantize, m))}MB")
+    memory = maintenance_work_mem or auto_build_memory(rows, layout, m)
     workers, reason = build_workers(db, 2)
     with _autocommit(db) as conn:
         if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (REBUILD_LOCK, model.id)).fetchone()[0]:

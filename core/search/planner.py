@@ -29,7 +29,7 @@ PATHS = ("auto", "exact", "hnsw")
 class SearchPlan:
     """The path one search took, and why."""
 
-    path: str  # "hnsw" or "exact"
+    path: str  # "hnsw", "exact" or "category-index"
     filtered: bool
     #: Catalogue images that pass the filter: exact up to the threshold, else ``threshold + 1``
     #: ("more than"); None when not counted (no filter, HNSW forced, or more than the threshold in
@@ -44,9 +44,10 @@ class SearchPlan:
 
     def describe(self) -> str:
         """One line for ``manet search --explain``."""
-        what = ("exact scan of the filter's catalogue images" if self.path == "exact"
-                else f"HNSW index scan (ef_search {self.ef_search or 'the server default'}"
-                     f"{', iterative' if self.filtered else ''})")
+        ef = f"ef_search {self.ef_search or 'the server default'}"
+        what = {"exact": "exact scan of the filter's catalogue images",
+                "category-index": f"HNSW scan of the category's own index ({ef})"
+                }.get(self.path, f"HNSW index scan ({ef}{', iterative' if self.filtered else ''})")
         return f"path: {what}; {self.reason}"
 
 
@@ -64,9 +65,10 @@ def exact_limits(path: str, threshold: int) -> tuple[int | None, int]:
     return (None, 2**31 - 1) if path == "exact" else (int(threshold) + 1, int(threshold))
 
 
-def decide(path: str, matching: int | None, threshold: int) -> tuple[str, str]:
+def decide(path: str, matching: int | None, threshold: int, category_index: bool = False) -> tuple[str, str]:
     """The path a filtered search takes once ``matching`` images were counted (None: not counted,
-    HNSW forced), and why."""
+    HNSW forced), and why; ``category_index``: the category filtered on has its own HNSW index
+    (:mod:`manet.search.category_index`), which a filter past the threshold then walks."""
     if path == "hnsw":
         return "hnsw", "HNSW forced"
     if path == "exact":
@@ -74,6 +76,8 @@ def decide(path: str, matching: int | None, threshold: int) -> tuple[str, str]:
     if matching is not None and matching <= threshold:
         return "exact", f"{matching} catalogue images match the filter (threshold {threshold})"
     counted = "catalogue images" if matching is not None else "products"
+    if category_index:
+        return "category-index", f"more than {threshold} {counted} match the filter; the category has its own index"
     return "hnsw", f"more than {threshold} {counted} match the filter"
 
 

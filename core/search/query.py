@@ -20,12 +20,14 @@ from manet import config
 from manet.errors import ManetError, NotFoundError
 from manet.search.index import IndexLayout, index_layout
 from manet.search.planner import SearchPlan, check_path, decide, default_threshold, exact_limits
-from manet.store import descriptors
+from manet.store import category_indexes, descriptors
 from manet.store.database import Database, vector_connection
 from manet.store.models import ModelRecord
 
 #: ef_search of filtered searches on the HNSW path that set none (manet.config).
 FILTERED_EF_SEARCH = config.DEFAULT_FILTERED_EF_SEARCH
+#: ef_search of searches on a category's own index that set none (manet.config).
+CATEGORY_EF_SEARCH = config.DEFAULT_CATEGORY_EF_SEARCH
 #: Search statements are prepared (psycopg, after a few runs); their plan does not depend on the
 #: values bound (the model id and limits are literals), so PostgreSQL need not re-plan each run to
 #: compare a custom plan with the generic one: planning the joins cost more than the join itself.
@@ -61,8 +63,8 @@ def _check_vector(model: ModelRecord, vector: np.ndarray) -> np.ndarray:
     return vector
 
 
-def _search_sql(model: ModelRecord, k: int, category: str | None, brand: str | None, exact: bool = False
-                ) -> tuple[str, dict[str, Any]]:
+def _search_sql(model: ModelRecord, k: int, category: str | None, brand: str | None, exact: bool = False,
+                category_index: int | None = None) -> tuple[str, dict[str, Any]]:
     """The top-``k`` SQL (query vector ``:q``) and its filter parameters."""
     if not 1 <= int(k) <= 1000:
         raise ManetError(f"k={k} is out of range; use 1..1000")
@@ -73,7 +75,9 @@ def _search_sql(model: ModelRecord, k: int, category: str | None, brand: str | N
     if brand is not None:
         params["brand"] = brand
     sql = descriptors.top_k_sql(model.id, k, layout.distance("d.embedding", ":q"), layout.rerank_factor,
-                                category=category is not None, brand=brand is not None)
+                                category=category is not None, brand=brand is not None,
+                                graph=None if category_index is None
+                                else category_indexes.member_condition(category_index, "d."))
     return sql, params
 
 
@@ -85,13 +89,15 @@ def search_query(
     category: str | None = None,
     brand: str | None = None,
     exact: bool = False,
+    category_index: int | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The SQL and bound parameters of a top-``k`` search (see :func:`search_vector`), for
     any SQLAlchemy connection (the vector is passed as pgvector text). ``exact`` orders by the
-    float32 inner product itself: the same result shape, but no quantised index matches it."""
+    float32 inner product itself: the same result shape, but no quantised index matches it.
+    ``category_index`` (a category id) walks that category's own index (:mod:`manet.search.category_index`)."""
     from pgvector import Vector
 
-    sql, params = _search_sql(model, k, category, brand, exact)
+    sql, params = _search_sql(model, k, category, brand, exact, category_index)
     return sql, {**params, "q": Vector(_check_vector(model, vector)).to_text()}
 
 
@@ -128,9 +134,11 @@ class SearchResult:
     explain: list[str] = field(default_factory=list)
 
 
-def _hnsw_settings(ef_search: int | None, filtered: bool) -> dict[str, str | None]:
+def _hnsw_settings(ef_search: int | None, filtered: bool, own_graph: bool = False) -> dict[str, str | None]:
     if ef_search is None and filtered:
-        ef_search = FILTERED_EF_SEARCH
+        # A category's own graph holds only rows that pass: it needs no more candidates than an
+        # unfiltered search of that many rows, far fewer than an iterative scan skipping the rest.
+        ef_search = CATEGORY_EF_SEARCH if own_graph else FILTERED_EF_SEARCH
     if ef_search is not None and not 1 <= int(ef_search) <= 1000:
         raise ManetError(f"ef_search={ef_search} is out of range; use 1..1000")
     # relaxed_order: the SQL re-sorts the candidates by the exact distance anyway (pgvector's
@@ -159,9 +167,16 @@ def _run_planned(conn: Any, applied: dict[str, str | None], model: ModelRecord, 
         matching = found[0][0]  # NULL: past the threshold in products already
         if matching is not None and matching <= limit:
             sql, params, rows = exact_sql, exact_params, [row[1:] for row in found if row[1] is not None]
+    own_graph = None
+    if rows is None and path == "auto" and category is not None:
+        found = conn.execute(category_indexes.LOOKUP_SQL, {"model": model.id, "category": category}).fetchone()
+        if found is not None:
+            own_graph = int(found[0])
+            sql, params = _search_sql(model, k, category, brand, category_index=own_graph)
+            params["q"] = vector
     if filtered:
-        chosen, reason = decide(path, matching, threshold)
-    settings = _hnsw_settings(ef_search, filtered)
+        chosen, reason = decide(path, matching, threshold, own_graph is not None)
+    settings = _hnsw_settings(ef_search, filtered, own_graph is not None)
     if rows is None:
         rows = execute_search(conn, sql, params, settings, applied)
     plan = SearchPlan(chosen, filtered, matching, threshold,

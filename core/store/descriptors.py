@@ -193,16 +193,18 @@ def labelled_queries(conn: sa.Connection, model_id: int, split: str | None) -> l
 
 
 def top_k_sql(model_id: int, k: int, distance: str, rerank_factor: int, *, category: bool = False,
-              brand: bool = False) -> str:
+              brand: bool = False, graph: str | None = None) -> str:
     """The top-``k`` search over the model's catalogue for query vector ``:q`` (``:category``
     and ``:brand`` filters when asked), joined with images and products.
 
     ``distance`` is the index's expression on ``d.embedding`` (``IndexLayout.distance``); the
     model id is a literal because the planner only matches the partial expression index so.
     Quantised indexes rank approximately: ``rerank_factor`` x k candidates are ordered by the
-    exact float32 inner product, and only the k winners are joined.
+    exact float32 inner product, and only the k winners are joined. ``graph`` (validated SQL of
+    literals, :func:`manet.store.category_indexes.member_condition`) restricts the scan to a
+    category's own index.
     """
-    where = [f"d.model_id = {int(model_id)}", "d.gallery"]
+    where = [f"d.model_id = {int(model_id)}", "d.gallery"] + ([graph] if graph else [])
     # Filters run inside the index scan (iterative scan refills until k rows pass them).
     where += filters.image_predicates("d.image_id", category=category, brand=brand)
     return f"""

@@ -14,7 +14,7 @@ from manet.errors import ManetError, NotFoundError
 from manet.nn.pipeline import PipelineConfig
 from manet.plugin_base import CatalogueAugmenter, Reranker
 from manet.plugin_manager import Registry
-from manet.store import aliases, descriptors
+from manet.store import aliases, category_indexes, descriptors
 from manet.store.database import Database
 from manet.store.schema import MODEL_INDEX_PREFIX
 
@@ -158,6 +158,7 @@ def delete_model(db: Database, name: str) -> bool:
                              f"first (manet models alias {pointing[0]} OTHER_MODEL) or remove it "
                              f"(manet models unalias {pointing[0]})")
         conn.execute(sa.text(f"DROP INDEX IF EXISTS {index_name_for(model_id)}"))
+        category_indexes.drop_for_model(conn, model_id)
         conn.execute(sa.text("DELETE FROM models WHERE id = :i"), {"i": model_id})
     return True
 

@@ -112,6 +112,9 @@ descriptors = Table(
     Column("gallery", Boolean, nullable=False),
     # Unconstrained dimension: one table serves models of any size; indexes cast per model.
     Column("embedding", Vector(), nullable=False),
+    # The image's product's categories on gallery rows, kept by triggers (revision 0009): what a
+    # category's own HNSW index (manet.search.category_index) selects its rows by.
+    Column("category_ids", ARRAY(Integer)),
     PrimaryKeyConstraint("model_id", "image_id"),
 )
 
