@@ -176,6 +176,17 @@ DROP FUNCTION IF EXISTS manet_search(text, vector, integer, text, text);
 """
 
 
+def search_function() -> str:
+    """This revision's ``CREATE OR REPLACE FUNCTION manet_search`` (for later revisions' upgrades
+    and downgrades; :data:`MANET_SEARCH`, which :func:`upgrade` creates, otherwise unchanged)."""
+    return MANET_SEARCH.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+
+
+def similar_function() -> str:
+    """This revision's ``CREATE OR REPLACE FUNCTION manet_similar``."""
+    return MANET_SIMILAR.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+
+
 def upgrade() -> None:
     op.execute(INDEXES)
     op.execute(DROP_OLD)

@@ -1,0 +1,74 @@
+"""manet_search walks a category's own HNSW graph when it has one.
+
+On the HNSW path (a filter past ``manet.filter_exact_threshold``) with ``category_name`` given,
+``manet_search`` (and so ``manet_similar``, which calls it) looks for a valid category index of
+this model and category, ``descriptors_hnsw_model_<M>_category_<C>`` (revision 0009's partial
+index ``WHERE model_id = M AND gallery AND category_ids @> ARRAY[C]``), and when there is one adds
+``AND d.category_ids @> ARRAY[C]`` to its statement, with ``C`` a literal: PostgreSQL matches a
+partial index only on the same clause. The scan then walks the category's graph instead of an
+iterative scan over the whole model's graph that skips the other categories' rows. The
+``EXISTS`` predicates stay: they decide the filter; the column only chooses the graph. Without
+such an index (none, or an invalid one left by a failed ``CREATE INDEX CONCURRENTLY``) the
+function runs exactly as revision 0007's.
+
+The function is revision 0007's text with the lookup inserted (taken from there, not copied).
+
+Revision ID: 0010
+Revises: 0009
+Create Date: 2026-12-07
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from alembic import op
+
+revision = "0010"
+down_revision = "0009"
+branch_labels = None
+depends_on = None
+
+# The category's id when a valid index of this model and category exists; only an integer from
+# the catalogue is spliced into the statement, never the caller's string.
+CATEGORY_INDEX = r"""    IF category_name IS NOT NULL THEN
+        -- A category's own graph (revision 0009): PostgreSQL uses its partial index only when
+        -- the statement has the index's clause, with the id as a literal.
+        SELECT c.id INTO category_index
+          FROM categories c
+          JOIN pg_class ic ON ic.relname = format('descriptors_hnsw_model_%s_category_%s', m_id, c.id)
+          JOIN pg_index x ON x.indexrelid = ic.oid AND x.indisvalid AND x.indrelid = 'descriptors'::regclass
+         WHERE c.name = category_name;
+        IF category_index IS NOT NULL THEN
+            preds := preds || format(' AND d.category_ids @> ARRAY[%s]', category_index);
+        END IF;
+    END IF;
+"""
+
+#: Where the lookup goes in revision 0007's manet_search: a new variable, and the lookup just
+#: before the HNSW statement is written (after the exact path has returned).
+EDITS = {
+    "    ids       bigint[];\n": "    ids       bigint[];\n    category_index integer;\n",
+    "    ordering := CASE quantize\n": CATEGORY_INDEX + "    ordering := CASE quantize\n",
+}
+
+
+def search_function() -> str:
+    """This revision's ``CREATE OR REPLACE FUNCTION manet_search``: revision 0007's with the
+    category index lookup (fails loudly if 0007's text no longer has the places it goes)."""
+    sql = importlib.import_module("manet.migrations.versions.0007_filter_planner").search_function()
+    for anchor, replacement in EDITS.items():
+        if sql.count(anchor) != 1:
+            raise RuntimeError(f"revision 0007's manet_search changed ({anchor.strip()!r} is not there "
+                               "exactly once); update revision 0010")
+        sql = sql.replace(anchor, replacement)
+    return sql
+
+
+def upgrade() -> None:
+    # Same signature: CREATE OR REPLACE keeps the grants, and manet_similar calls the new one.
+    op.execute(search_function())
+
+
+def downgrade() -> None:
+    op.execute(importlib.import_module("manet.migrations.versions.0007_filter_planner").search_function())
