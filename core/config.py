@@ -62,9 +62,15 @@ DEFAULT_FILTER_EXACT_THRESHOLD = 5000
 #: ef_search of filtered searches on the HNSW path that set none: the filter keeps more than
 #: the threshold's rows there, and recall@7 must still reach 0.95 (docs/PERFORMANCE.md).
 DEFAULT_FILTERED_EF_SEARCH = 400
-#: ef_search of filtered searches on a category's own HNSW index (manet index build
-#: --by-category) that set none: an unfiltered search of the category's rows, at recall >= 0.99.
-DEFAULT_CATEGORY_EF_SEARCH = 200
+#: Categories with more catalogue images than this get their own HNSW index from
+#: `manet index build --by-category`: above it, walking a graph of the category's rows costs less
+#: than ranking them exactly (measured at 100K x 512, docs/PERFORMANCE.md).
+DEFAULT_CATEGORY_INDEX_MIN_ROWS = 1000
+#: ef_search of searches on a category's own index that set none grows with the index's rows,
+#: ``CATEGORY_EF_AT_1000 * (rows / 1000) ** CATEGORY_EF_EXPONENT`` (40 at 1,000 rows, 233 at 50,000):
+#: the smallest that kept recall@7 >= 0.99 on graphs of 1,000 to 50,000 rows (docs/PERFORMANCE.md).
+CATEGORY_EF_AT_1000 = 40
+CATEGORY_EF_EXPONENT = 0.45
 
 # `manet serve` (manet.serve): its options' variables and defaults.
 SERVE_HOST_ENV = "MANET_SERVE_HOST"

@@ -245,3 +245,30 @@ def test_the_cookbook_query_plans_on_the_category_index(catalogue):
         hnsw_path(conn)
         plan = "\n".join(conn.execute(sa.text(sql)).scalars())
     assert f"Index Scan using {category_index_name(model, category_ids['big'])} on descriptors" in plan, plan
+
+
+def test_a_category_alone_is_walked_without_counting_but_with_a_brand_it_is_counted(catalogue):
+    """Under the default threshold (5,000) 'big' (200 images) would be ranked exactly; with its own
+    index it is walked at once, as `manet search` does. With a brand too, the few matching images
+    are counted and ranked exactly (the primary key), not walked."""
+    db, models, category_ids, vectors, queries = catalogue
+    model = models["none"]
+    own = category_index_name(model, category_ids["big"])
+    with db.begin() as conn:
+        conn.execute(sa.text("SET LOCAL hnsw.ef_search = 1000"))
+        conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+        conn.execute(sa.text("SET LOCAL enable_sort = off"))
+        ids, scans = search(conn, model.name, queries[0], "big", own, "descriptors_pkey")
+        assert scans[own] >= 1, scans
+        assert ids == brute_force(vectors, queries[0], "big")
+        before = conn.execute(sa.text("SELECT coalesce(pg_stat_get_xact_numscans(to_regclass(:n)), 0)"),
+                              {"n": own}).scalar_one()
+        branded = conn.execute(sa.text(
+            "SELECT image_id FROM manet_search(:m, CAST(:q AS vector), 7, category_name => 'big', "
+            "brand_name => 'Brand 2') ORDER BY rank"), {"m": model.name, "q": str(queries[0].tolist())}).scalars().all()
+        after = conn.execute(sa.text("SELECT coalesce(pg_stat_get_xact_numscans(to_regclass(:n)), 0)"),
+                             {"n": own}).scalar_one()
+    assert after == before
+    members = [i for i in range(1, N + 1) if _product(i) in CATEGORIES["big"] and _product(i) % 7 == 2]
+    expected = sorted(members, key=lambda i: (-float(vectors[i - 1] @ queries[0]), i))[:7]
+    assert branded == expected

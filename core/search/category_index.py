@@ -39,8 +39,8 @@ class CategoryIndexReport:
 def chosen_categories(per_category: dict[int, tuple[str, int]], names: list[str] | None, min_rows: int
                       ) -> list[tuple[int, str, int]]:
     """``(id, name, rows)`` of the categories to index: those named (each must exist and hold rows),
-    else every category with more than ``min_rows`` catalogue descriptors (the planner ranks
-    smaller ones exactly), largest first."""
+    else every category with more than ``min_rows`` catalogue descriptors (smaller ones are ranked
+    exactly), largest first."""
     if names is None:
         chosen = [(cid, name, rows) for cid, (name, rows) in per_category.items() if rows > min_rows]
         return sorted(chosen, key=lambda c: (-c[2], c[1]))
@@ -56,15 +56,15 @@ def build_category_indexes(db: Database, model: ModelRecord, *, categories: list
                            min_rows: int | None = None, maintenance_work_mem: str | None = None,
                            parallel_workers: int = 2, progress: bool = False) -> list[CategoryIndexReport]:
     """(Re)build the category indexes of ``model``: for the ``categories`` named, else for every
-    category with more than ``min_rows`` (default: the planner's exact threshold) catalogue
-    descriptors. They take the layout and graph options of the model's index, which must exist."""
+    category with more than ``min_rows`` (default :data:`manet.config.DEFAULT_CATEGORY_INDEX_MIN_ROWS`)
+    catalogue descriptors. They take the layout and graph options of the model's index, which must exist."""
     if not model.index_options:
         raise ManetError(f"model '{model.name}' has no HNSW index yet; build it first: "
                          f"manet index build --model {model.name}")
     layout = index_layout(model)
     m = int(model.index_options.get("m", config.DEFAULT_HNSW_M))
     ef_construction = int(model.index_options.get("ef_construction", config.DEFAULT_EF_CONSTRUCTION))
-    min_rows = config.DEFAULT_FILTER_EXACT_THRESHOLD if min_rows is None else int(min_rows)
+    min_rows = config.DEFAULT_CATEGORY_INDEX_MIN_ROWS if min_rows is None else int(min_rows)
     workers, _ = build_workers(db, parallel_workers)
     with db.begin() as conn:
         category_indexes.fill_missing(conn, model.id)

@@ -1,4 +1,5 @@
-"""The filter planner: which path a filtered top-k takes, exact or HNSW, by the filter's size.
+"""The filter planner: which path a filtered top-k takes (exact, HNSW, or a category's own HNSW
+index) by the filter's size.
 
 A filter that keeps few catalogue images leaves fewer descriptors than an HNSW scan visits to
 find k of them: ranking those rows exactly is then both faster and exact, while pgvector's
@@ -11,6 +12,12 @@ The filter's size is counted, not estimated, in the statement that tries the exa
 ``threshold + 1`` of them, so a large filter costs little to recognise; it ranks them when there
 are at most ``threshold``, and otherwise the HNSW statement follows.
 It needs no counts kept anywhere, so it is right however products, categories and images change.
+
+A category that has its own HNSW index (``manet index build --by-category``,
+:mod:`manet.search.category_index`) is walked there instead, at an ef_search that grows with the
+index's rows (:func:`category_ef_search`): a graph of only the rows that pass costs about what an
+unfiltered search of that many rows costs. With a brand as well, the count comes first, and only a
+filter past the threshold walks the category's index (the brand checked as rows arrive).
 """
 
 from __future__ import annotations
@@ -65,20 +72,31 @@ def exact_limits(path: str, threshold: int) -> tuple[int | None, int]:
     return (None, 2**31 - 1) if path == "exact" else (int(threshold) + 1, int(threshold))
 
 
-def decide(path: str, matching: int | None, threshold: int, category_index: bool = False) -> tuple[str, str]:
-    """The path a filtered search takes once ``matching`` images were counted (None: not counted,
-    HNSW forced), and why; ``category_index``: the category filtered on has its own HNSW index
-    (:mod:`manet.search.category_index`), which a filter past the threshold then walks."""
+def decide(path: str, matching: int | None, threshold: int, category_index_rows: int | None = None
+           ) -> tuple[str, str]:
+    """The path a filtered search takes once ``matching`` images were counted (None: not counted),
+    and why. ``category_index_rows``: the category filtered on has its own HNSW index
+    (:mod:`manet.search.category_index`) of that many rows, which the search then walks."""
     if path == "hnsw":
         return "hnsw", "HNSW forced"
     if path == "exact":
         return "exact", f"exact forced; {matching} catalogue images match the filter"
+    if category_index_rows is not None and matching is None:
+        return "category-index", f"the category has its own index ({category_index_rows} rows)"
     if matching is not None and matching <= threshold:
         return "exact", f"{matching} catalogue images match the filter (threshold {threshold})"
     counted = "catalogue images" if matching is not None else "products"
-    if category_index:
-        return "category-index", f"more than {threshold} {counted} match the filter; the category has its own index"
+    if category_index_rows is not None:
+        return "category-index", (f"more than {threshold} {counted} match the filter; the category has its own "
+                                  f"index ({category_index_rows} rows)")
     return "hnsw", f"more than {threshold} {counted} match the filter"
+
+
+def category_ef_search(rows: int) -> int:
+    """ef_search for a category's own index of ``rows`` rows (the ``CATEGORY_EF_*`` rule of
+    :mod:`manet.config`), between 40 and pgvector's 1,000."""
+    wanted = config.CATEGORY_EF_AT_1000 * (max(int(rows), 1) / 1000) ** config.CATEGORY_EF_EXPONENT
+    return int(min(1000, max(config.CATEGORY_EF_AT_1000, round(wanted))))
 
 
 def default_threshold(threshold: int | None) -> int:

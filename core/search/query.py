@@ -19,15 +19,20 @@ import sqlalchemy as sa
 from manet import config
 from manet.errors import ManetError, NotFoundError
 from manet.search.index import IndexLayout, index_layout
-from manet.search.planner import SearchPlan, check_path, decide, default_threshold, exact_limits
+from manet.search.planner import (
+    SearchPlan,
+    category_ef_search,
+    check_path,
+    decide,
+    default_threshold,
+    exact_limits,
+)
 from manet.store import category_indexes, descriptors
 from manet.store.database import Database, vector_connection
 from manet.store.models import ModelRecord
 
 #: ef_search of filtered searches on the HNSW path that set none (manet.config).
 FILTERED_EF_SEARCH = config.DEFAULT_FILTERED_EF_SEARCH
-#: ef_search of searches on a category's own index that set none (manet.config).
-CATEGORY_EF_SEARCH = config.DEFAULT_CATEGORY_EF_SEARCH
 #: Search statements are prepared (psycopg, after a few runs); their plan does not depend on the
 #: values bound (the model id and limits are literals), so PostgreSQL need not re-plan each run to
 #: compare a custom plan with the generic one: planning the joins cost more than the join itself.
@@ -134,17 +139,21 @@ class SearchResult:
     explain: list[str] = field(default_factory=list)
 
 
-def _hnsw_settings(ef_search: int | None, filtered: bool, own_graph: bool = False) -> dict[str, str | None]:
+def _hnsw_settings(ef_search: int | None, filtered: bool) -> dict[str, str | None]:
     if ef_search is None and filtered:
-        # A category's own graph holds only rows that pass: it needs no more candidates than an
-        # unfiltered search of that many rows, far fewer than an iterative scan skipping the rest.
-        ef_search = CATEGORY_EF_SEARCH if own_graph else FILTERED_EF_SEARCH
+        ef_search = FILTERED_EF_SEARCH
     if ef_search is not None and not 1 <= int(ef_search) <= 1000:
         raise ManetError(f"ef_search={ef_search} is out of range; use 1..1000")
     # relaxed_order: the SQL re-sorts the candidates by the exact distance anyway (pgvector's
     # advice), and it measured a higher filtered recall than strict_order at the same cost.
     return {**GENERIC_PLANS, "hnsw.iterative_scan": "relaxed_order",
             "hnsw.ef_search": None if ef_search is None else str(int(ef_search))}
+
+
+def _category_graph(conn: Any, model: ModelRecord, category: str) -> tuple[int, int] | None:
+    """``(category id, rows)`` of the category's own valid index under ``model``, if it has one."""
+    found = conn.execute(category_indexes.LOOKUP_SQL, {"model": model.id, "category": category}).fetchone()
+    return None if found is None else (int(found[0]), int(found[1]))
 
 
 def _run_planned(conn: Any, applied: dict[str, str | None], model: ModelRecord, vector: np.ndarray, k: int,
@@ -156,8 +165,12 @@ def _run_planned(conn: Any, applied: dict[str, str | None], model: ModelRecord, 
         raise ManetError("the exact path needs a filter (--category or --brand); without one, search uses HNSW")
     sql, params = _search_sql(model, k, category, brand)
     params["q"] = vector
-    chosen, matching, reason, rows = "hnsw", None, "no filter", None
-    if filtered and path != "hnsw":
+    chosen, matching, reason, rows, graph = "hnsw", None, "no filter", None, None
+    if path == "auto" and category is not None and brand is None:
+        # A category with its own index is walked at once: it was built because the category is
+        # large, and however its size changed since, its graph holds only rows that pass.
+        graph = _category_graph(conn, model, category)
+    if filtered and path != "hnsw" and graph is None:
         # One round trip: count the filter's images and, when few enough, rank them exactly. No
         # index setting matters to it, so none is sent.
         cap, limit = exact_limits(path, threshold)
@@ -167,16 +180,18 @@ def _run_planned(conn: Any, applied: dict[str, str | None], model: ModelRecord, 
         matching = found[0][0]  # NULL: past the threshold in products already
         if matching is not None and matching <= limit:
             sql, params, rows = exact_sql, exact_params, [row[1:] for row in found if row[1] is not None]
-    own_graph = None
-    if rows is None and path == "auto" and category is not None:
-        found = conn.execute(category_indexes.LOOKUP_SQL, {"model": model.id, "category": category}).fetchone()
-        if found is not None:
-            own_graph = int(found[0])
-            sql, params = _search_sql(model, k, category, brand, category_index=own_graph)
-            params["q"] = vector
+        elif path == "auto" and category is not None:  # with a brand: many match, walk the category
+            graph = _category_graph(conn, model, category)
+    if graph is not None:
+        sql, params = _search_sql(model, k, category, brand, category_index=graph[0])
+        params["q"] = vector
+        if ef_search is None:
+            # Only rows that pass are in this graph: it needs the candidates of an unfiltered
+            # search of its size, far fewer than an iterative scan that skips the others.
+            ef_search = category_ef_search(graph[1])
     if filtered:
-        chosen, reason = decide(path, matching, threshold, own_graph is not None)
-    settings = _hnsw_settings(ef_search, filtered, own_graph is not None)
+        chosen, reason = decide(path, matching, threshold, None if graph is None else graph[1])
+    settings = _hnsw_settings(ef_search, filtered)
     if rows is None:
         rows = execute_search(conn, sql, params, settings, applied)
     plan = SearchPlan(chosen, filtered, matching, threshold,

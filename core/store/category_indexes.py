@@ -91,10 +91,11 @@ def drop_stale(conn: sa.Connection, model_id: int) -> list[str]:
     return names
 
 
-#: psycopg ``%(name)s`` SQL: the id of category ``name`` when model ``model``'s valid category
-#: index of it exists, else no row. One index lookup per catalogue table.
+#: psycopg ``%(name)s`` SQL: the id of category ``name`` and the rows of model ``model``'s
+#: category index of it (PostgreSQL's count at the last build or VACUUM) when a valid one
+#: exists, else no row. One index lookup per catalogue table.
 LOOKUP_SQL = f"""
-    SELECT c.id FROM categories c
+    SELECT c.id, greatest(ic.reltuples, 0)::bigint FROM categories c
       JOIN pg_class ic ON ic.relname = '{MODEL_INDEX_PREFIX}' || %(model)s || '{CATEGORY_PART}' || c.id
       JOIN pg_index x ON x.indexrelid = ic.oid AND x.indisvalid AND x.indrelid = 'descriptors'::regclass
      WHERE c.name = %(category)s

@@ -1,12 +1,13 @@
 """manet_search walks a category's own HNSW graph when it has one.
 
-On the HNSW path (a filter past ``manet.filter_exact_threshold``) with ``category_name`` given,
-``manet_search`` (and so ``manet_similar``, which calls it) looks for a valid category index of
-this model and category, ``descriptors_hnsw_model_<M>_category_<C>`` (revision 0009's partial
+With ``category_name`` given, ``manet_search`` (and so ``manet_similar``, which calls it) looks
+for a valid category index of this model and category, ``descriptors_hnsw_model_<M>_category_<C>`` (revision 0009's partial
 index ``WHERE model_id = M AND gallery AND category_ids @> ARRAY[C]``), and when there is one adds
 ``AND d.category_ids @> ARRAY[C]`` to its statement, with ``C`` a literal: PostgreSQL matches a
 partial index only on the same clause. The scan then walks the category's graph instead of an
-iterative scan over the whole model's graph that skips the other categories' rows. The
+iterative scan over the whole model's graph that skips the other categories' rows. A category
+alone is then walked at once, without counting it first; with ``brand_name`` as well the filter is
+counted as before, and only a filter past the threshold walks the category's graph. The
 ``EXISTS`` predicates stay: they decide the filter; the column only chooses the graph. Without
 such an index (none, or an invalid one left by a failed ``CREATE INDEX CONCURRENTLY``) the
 function runs exactly as revision 0007's.
@@ -43,13 +44,17 @@ CATEGORY_INDEX = r"""    IF category_name IS NOT NULL THEN
             preds := preds || format(' AND d.category_ids @> ARRAY[%s]', category_index);
         END IF;
     END IF;
+    -- A category with its own index is walked at once (as manet search does): its graph holds
+    -- only rows that pass. With a brand as well, the filter is counted first as before.
+    IF conds <> '' AND (category_index IS NULL OR brand_name IS NOT NULL) THEN
 """
 
 #: Where the lookup goes in revision 0007's manet_search: a new variable, and the lookup just
-#: before the HNSW statement is written (after the exact path has returned).
+#: before the planner counts the filter, whose count it skips for a category alone with an index
+#: (n_products stays NULL, so the exact path is not taken).
 EDITS = {
     "    ids       bigint[];\n": "    ids       bigint[];\n    category_index integer;\n",
-    "    ordering := CASE quantize\n": CATEGORY_INDEX + "    ordering := CASE quantize\n",
+    "    IF conds <> '' THEN\n        -- The planner:": CATEGORY_INDEX + "        -- The planner:",
 }
 
 
