@@ -169,10 +169,10 @@ def test_deleting_the_model_drops_its_category_indexes(cat):
     assert left == 0
 
 
-@pytest.mark.parametrize("rows, ef", [(1, 40), (1000, 40), (5000, 83), (50_000, 233), (500_000, 656),
+@pytest.mark.parametrize("rows, ef", [(1, 45), (1000, 45), (5000, 93), (50_000, 262), (500_000, 738),
                                       (10_000_000, 1000)])
 def test_category_ef_search_grows_with_the_index(rows, ef):
     from manet.search.planner import category_ef_search
 
-    # 40 * (rows / 1000) ** 0.45, within 40..1000: 5,000 -> 40 * 5 ** 0.45 = 82.5; 50,000 -> 232.6
+    # 45 * (rows / 1000) ** 0.45, within 45..1000: 5,000 -> 45 * 5 ** 0.45 = 92.8; 50,000 -> 261.7
     assert category_ef_search(rows) == ef

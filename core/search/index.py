@@ -192,8 +192,10 @@ def build_index(db: Database, model: ModelRecord, *, m: int = config.DEFAULT_HNS
         if rows == 0:
             raise ManetError(f"model '{model.name}' has no gallery descriptors; run: manet extract --model {model.name}")
         memory = maintenance_work_mem or auto_build_memory(rows, layout, m)
-        if model.index_options.get("quantize", layout.quantize) != layout.quantize:
-            # Category indexes hold the old layout's expression, which searches no longer use.
+        previous = model.index_options
+        if (previous.get("quantize", layout.quantize), int(previous.get("m", m))) != (layout.quantize, int(m)):
+            # Category indexes of another layout hold an expression searches no longer use, and
+            # PostgreSQL costs a graph of larger m above the model's and would pass them over.
             category_indexes.drop_for_model(conn, model.id)
         create_hnsw_index(db, conn, name, layout, m=m, ef_construction=ef_construction,
                           where=f"model_id = {int(model.id)} AND gallery", rows=rows, memory=memory,

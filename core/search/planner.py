@@ -94,7 +94,7 @@ def decide(path: str, matching: int | None, threshold: int, category_index_rows:
 
 def category_ef_search(rows: int) -> int:
     """ef_search for a category's own index of ``rows`` rows (the ``CATEGORY_EF_*`` rule of
-    :mod:`manet.config`), between 40 and pgvector's 1,000."""
+    :mod:`manet.config`), between that rule's value at 1,000 rows and pgvector's 1,000."""
     wanted = config.CATEGORY_EF_AT_1000 * (max(int(rows), 1) / 1000) ** config.CATEGORY_EF_EXPONENT
     return int(min(1000, max(config.CATEGORY_EF_AT_1000, round(wanted))))
 
