@@ -169,7 +169,7 @@ def test_deleting_the_model_drops_its_category_indexes(cat):
     assert left == 0
 
 
-@pytest.mark.parametrize("rows, ef", [(1, 45), (1000, 45), (5000, 93), (50_000, 262), (500_000, 738),
+@pytest.mark.parametrize("rows, ef", [(1, 45), (1000, 45), (5000, 93), (50_000, 262), (500_000, 737),
                                       (10_000_000, 1000)])
 def test_category_ef_search_grows_with_the_index(rows, ef):
     from manet.search.planner import category_ef_search
