@@ -159,6 +159,25 @@ def test_bad_requests_say_what_to_do(cat, database_url, monkeypatch):
     assert status.exit_code == 0 and category_name(SMALL) in status.output, status.output
 
 
+@pytest.mark.parametrize("rows, ef", [(1, 45), (1000, 45), (5000, 93), (50_000, 262), (500_000, 737),
+                                      (10_000_000, 1000)])
+def test_category_ef_search_grows_with_the_index(rows, ef):
+    from manet.search.planner import category_ef_search
+
+    # 45 * (rows / 1000) ** 0.45, within 45..1000: 5,000 -> 45 * 5 ** 0.45 = 92.8; 50,000 -> 261.7
+    assert category_ef_search(rows) == ef
+
+
+def test_a_rebuild_rebuilds_the_category_indexes_too(cat):
+    retriever = cat[0]
+    names = [c["name"] for c in retriever.index_status("cat")[0]["category_indexes"]]
+    report = retriever.rebuild_index("cat", concurrently=True)
+    assert report["category_indexes"] == names and names
+    status = retriever.index_status("cat")[0]
+    assert [(c["name"], c["valid"]) for c in status["category_indexes"]] == [(name, True) for name in names]
+    assert status["leftovers"] == []
+
+
 def test_deleting_the_model_drops_its_category_indexes(cat):
     retriever = cat[0]
     model = retriever.model("cat")
@@ -167,12 +186,3 @@ def test_deleting_the_model_drops_its_category_indexes(cat):
         left = conn.execute(sa.text("SELECT count(*) FROM pg_class WHERE starts_with(relname, :p)"),
                             {"p": f"{model.index_name}_"}).scalar_one()
     assert left == 0
-
-
-@pytest.mark.parametrize("rows, ef", [(1, 45), (1000, 45), (5000, 93), (50_000, 262), (500_000, 737),
-                                      (10_000_000, 1000)])
-def test_category_ef_search_grows_with_the_index(rows, ef):
-    from manet.search.planner import category_ef_search
-
-    # 45 * (rows / 1000) ** 0.45, within 45..1000: 5,000 -> 45 * 5 ** 0.45 = 92.8; 50,000 -> 261.7
-    assert category_ef_search(rows) == ef

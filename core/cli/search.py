@@ -115,7 +115,9 @@ def index_rebuild(state: State, model: str, concurrently: bool, maintenance_work
                    f"{'concurrently ' if report['concurrently'] else ''}in {report['seconds']:.2f} s, "
                    f"{report['size_bytes_before'] / 2**20:.1f} MiB -> {report['size_bytes_after'] / 2**20:.1f} MiB"
                    + (f" (dropped leftovers {', '.join(report['dropped_leftovers'])})"
-                      if report["dropped_leftovers"] else ""))
+                      if report["dropped_leftovers"] else "")
+                   + (f"; then its category indexes {', '.join(report['category_indexes'])}"
+                      if report["category_indexes"] else ""))
 
 
 @click.command()

@@ -127,10 +127,37 @@ def _size(conn: Any, name: str) -> int:
     return int(conn.execute("SELECT pg_relation_size(to_regclass(%s))", [name]).fetchone()[0] or 0)
 
 
+def _category_indexes(db: Database, model: ModelRecord) -> list[category_indexes.CategoryIndex]:
+    with db.begin() as conn:
+        return category_indexes.list_for_model(conn, model.id)
+
+
+def _reindex(db: Database, conn: Any, name: str, rows: int, label: str, concurrently: bool, progress: bool
+             ) -> tuple[list[str], float]:
+    """REINDEX index ``name`` on an autocommit connection, dropping what failed rebuilds of it left
+    before and, on failure, after; (leftovers dropped first, seconds)."""
+    dropped = _drop_leftovers(conn, name, concurrently)
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    started = time.perf_counter()
+    try:
+        with index_build_progress(db, pid, rows, label, progress):
+            conn.execute(f"REINDEX INDEX {'CONCURRENTLY ' if concurrently else ''}{name}")
+    except KeyboardInterrupt:  # psycopg has cancelled the REINDEX: drop its half-built copy too
+        _drop_leftovers(conn, name, concurrently)
+        raise
+    except Exception as exc:
+        reason_failed = one_line(exc)
+        _drop_leftovers(conn, name, concurrently)
+        raise ManetError(f"rebuilding index {name} of model '{label}' failed: {reason_failed}; the "
+                         f"index in use is unchanged, fix the cause and run the rebuild again") from None
+    return dropped, time.perf_counter() - started
+
+
 def rebuild_index(db: Database, model: ModelRecord, *, concurrently: bool = True,
                   maintenance_work_mem: str | None = None, progress: bool = False) -> dict[str, Any]:
-    """Rebuild ``model``'s HNSW index in place (same layout and options) and record an
-    ``index.rebuild`` event; ``concurrently`` (default) keeps searches and writes running meanwhile.
+    """Rebuild ``model``'s HNSW index, then its category indexes, in place (same layout and options)
+    and record an ``index.rebuild`` event; ``concurrently`` (default) keeps searches and writes
+    running meanwhile.
 
     Without an index yet it is a ManetError naming ``manet index build``; a rebuild already
     running for the model (another session) is one too. A failed concurrent rebuild leaves the
@@ -150,30 +177,20 @@ def rebuild_index(db: Database, model: ModelRecord, *, concurrently: bool = True
         if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (REBUILD_LOCK, model.id)).fetchone()[0]:
             raise ManetError(f"the index of model '{model.name}' is being rebuilt by another session; wait for it "
                              f"to finish, then check: manet index status --model {model.name}")
-        dropped = _drop_leftovers(conn, name, concurrently)
         # Session settings (REINDEX reads them); this connection is closed afterwards.
         conn.execute("SELECT set_config('maintenance_work_mem', %s, false), "
                      "set_config('max_parallel_maintenance_workers', %s, false)", (memory, str(workers)))
         size_before = _size(conn, name)
-        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-        started = time.perf_counter()
-        try:
-            with index_build_progress(db, pid, int(rows), model.name, progress):
-                conn.execute(f"REINDEX INDEX {'CONCURRENTLY ' if concurrently else ''}{name}")
-        except KeyboardInterrupt:  # psycopg has cancelled the REINDEX: drop its half-built copy too
-            _drop_leftovers(conn, name, concurrently)
-            raise
-        except Exception as exc:
-            reason_failed = one_line(exc)
-            _drop_leftovers(conn, name, concurrently)
-            raise ManetError(f"rebuilding index {name} of model '{model.name}' failed: {reason_failed}; the "
-                             f"index in use is unchanged, fix the cause and run the rebuild again") from None
-        seconds = time.perf_counter() - started
+        dropped, seconds = _reindex(db, conn, name, int(rows), model.name, concurrently, progress)
         size_after = _size(conn, name)
+        # The categories' own graphs (manet.search.category_index) hold the same rows: rebuilt too.
+        by_category = _category_indexes(db, model)
+        for graph in by_category:
+            dropped += _reindex(db, conn, graph.name, graph.rows, model.name, concurrently, progress)[0]
     report = {"model": model.name, "index": name, "rows": int(rows), "concurrently": concurrently,
               "seconds": round(seconds, 3), "size_bytes_before": size_before, "size_bytes_after": size_after,
               "maintenance_work_mem": memory, "parallel_workers": workers, "parallel_reason": reason,
-              "dropped_leftovers": dropped}
+              "dropped_leftovers": dropped, "category_indexes": [graph.name for graph in by_category]}
     with db.begin() as conn:
         conn.execute(sa.text("UPDATE models SET index_options = index_options || jsonb_build_object('built_at', "
                              "now()) WHERE id = :m"), {"m": model.id})
