@@ -450,7 +450,12 @@ class EastTextDetector(TextDetector):
         # readNet, kills the process with SIGSEGV on a file that is not a TensorFlow graph.
         # The classic importer (OpenCV 4's) reads the official EAST graph and reports a bad
         # file as an empty net or cv2.error, so read with it where the choice exists.
-        net = _read_net(cv2.dnn.readNetFromTensorflow, path, "ENGINE_CLASSIC", not_east)
+        reader = getattr(cv2.dnn, "readNetFromTensorflow", None)
+        if reader is None:  # OpenCV 5.1 removed its TensorFlow importer
+            raise WeightsError(f"OpenCV {cv2.__version__} cannot read TensorFlow graphs such as EAST's; install "
+                               f"'opencv-python-headless>=4.8,<5.1', or use the default text detector "
+                               f"{PPOCR_DETECTOR}")
+        net = _read_net(reader, path, "ENGINE_CLASSIC", not_east)
         if net.getLayerId(EAST_SCORE_LAYER) < 0:
             raise WeightsError(f"{not_east}: it has no layer {EAST_SCORE_LAYER}")
         self._net = net

@@ -135,13 +135,18 @@ def test_bench_search_json(manet, database_url):
     for row in report["sweep"]:
         assert set(row) >= {"p50_ms", "p99_ms", "qps", "recall_at_7", "raw_p50_ms", "raw_recall_at_7"}
         assert 0.0 <= row["recall_at_7"] <= 1.0
-    # One row per selectivity: 28 and 1500 of the 3000 rows match, both under the exact threshold.
+    # One row per selectivity: 28 and 1500 of the 3000 rows match. The 1500 are past the category
+    # index's 1,000 rows: that category gets its own graph, which the planner walks.
     assert [(row["selectivity"], row["matching_rows"]) for row in report["filters"]] == [(0.01, 28), (0.5, 1500)]
+    assert [(c["category"], c["rows"]) for c in report["category_indexes"]] == [("bench-filter-0.5", 1500)]
     for row in report["filters"]:
         for series in ("planner", "hnsw", "exact", "raw"):
             assert {f"{series}_p50_ms", f"{series}_p99_ms", f"{series}_recall_at_7"} <= set(row), series
-        assert row["planner_path"] == "exact" and row["planner_recall_at_7"] == 1.0  # 1500 <= the threshold
         assert row["exact_recall_at_7"] == 1.0 and row["exact_rows_min"] == 7
+    small, large = report["filters"]
+    assert small["planner_path"] == "exact" and small["planner_recall_at_7"] == 1.0
+    assert large["planner_path"] == "category-index" and large["planner_ef_search"] == 54  # 45 x 1.5 ** 0.45
+    assert large["planner_recall_at_7"] >= 0.9
     assert report["filtered_rows_min"] == 7
     assert report["exact_recall_at_7"] == 1.0
     assert report["index"]["parallel_workers"] == 0  # the embedded pgvector 0.8.1 (CVE-2026-3172)

