@@ -88,7 +88,7 @@ def index_status(state: State, model: str | None, as_json: bool) -> None:
                    f"{row['dead_tuples']} dead of {row['live_tuples']} live tuples"
                    + (f"  -- {row['hint']}" if row["hint"] else ""))
         for c in row.get("category_indexes", []):
-            click.echo(f"{'':<24} {c['rows']:>9} rows  index {c['name']} "
+            click.echo(f"{'':<24} {c['rows']:>9} rows  index {c['name']} {c['size_bytes'] / 2**20:>6.1f} MiB "
                        f"{'valid' if c['valid'] else 'INVALID'}, category "
                        + (f"'{c['category']}'" if c["category"] is not None
                           else f"{c['category_id']} (deleted; drop it with: manet index build --model "

@@ -43,7 +43,8 @@ class CategoryIndex:
     #: None when the index names a category that no longer exists (re-mined categories).
     category: str | None
     valid: bool
-    #: PostgreSQL's count of the rows it holds (pg_class.reltuples: exact after the build).
+    #: The rows it holds, as PostgreSQL last counted them (pg_class.reltuples: set by the build,
+    #: then estimated by VACUUM and ANALYZE).
     rows: int
     size_bytes: int
 
