@@ -56,8 +56,8 @@ class ModelUpkeep:
                                min_rows: int | None = None, maintenance_work_mem: str | None = None
                                ) -> list[Any]:
         """Give large categories their own HNSW graph: the ``categories`` named, else every category
-        with more than ``min_rows`` catalogue descriptors (default: the filter planner's exact
-        threshold); see :func:`manet.search.category_index.build_category_indexes`."""
+        with more than ``min_rows`` catalogue descriptors (default
+        :data:`manet.config.DEFAULT_CATEGORY_INDEX_MIN_ROWS`); see :func:`manet.search.category_index.build_category_indexes`."""
         from manet.search.category_index import build_category_indexes
 
         return build_category_indexes(self.db, self.model(model), categories=categories, min_rows=min_rows,

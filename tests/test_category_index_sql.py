@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from manet.search.index import index_layout
-from manet.store import descriptors
+from manet.search.category_index import build_category_indexes
+from manet.store import category_indexes, descriptors
 from manet.store.models import create_vector_model
 
 N, DIM, PER_PRODUCT = 400, 16, 4  # images 1..400, products 1..100
@@ -60,25 +60,14 @@ def catalogue(retriever):
             descriptors.copy_rows(cur, model.id, list(range(1, N + 1)), [True] * N, vectors)
         retriever.build_index(model.name, quantize=layout)
         models[layout] = retriever.model(model.name)
-        create_category_index(db, models[layout], category_ids["big"])
+        build_category_indexes(db, models[layout], categories=["big"])
     with db.begin() as conn:
         conn.execute(sa.text("ANALYZE"))
     return db, models, category_ids, vectors, rng.standard_normal((6, DIM)).astype(np.float32)
 
 
 def category_index_name(model, category_id: int) -> str:
-    return f"descriptors_hnsw_model_{int(model.id)}_category_{int(category_id)}"
-
-
-def create_category_index(db, model, category_id: int) -> str:
-    """The partial index that `manet index build --by-category` makes, by hand."""
-    layout, name = index_layout(model), category_index_name(model, category_id)
-    with db.begin() as conn:
-        conn.execute(sa.text(
-            f"CREATE INDEX {name} ON descriptors USING hnsw (({layout.stored('embedding')}) {layout.opclass}) "
-            f"WITH (m = 16, ef_construction = 64) "
-            f"WHERE model_id = {int(model.id)} AND gallery AND category_ids @> ARRAY[{int(category_id)}]"))
-    return name
+    return category_indexes.index_name(model.id, category_id)
 
 
 def hnsw_path(conn) -> None:
@@ -163,23 +152,22 @@ def test_joining_or_leaving_the_category_is_seen_by_the_next_search(catalogue):
             hnsw_path(conn)
             return search(conn, model.name, vectors[image_of[product] - 1], "big", own, model.index_name)
 
-    assert image_of[joining] not in top(joining)[0] and top(leaving)[0][0] == image_of[leaving]
-    try:
+    def move(into: int, out_of: int) -> None:
         with db.begin() as conn:
             conn.execute(sa.text("INSERT INTO product_categories (product_id, category_id) VALUES (:p, :c)"),
-                         {"p": joining, "c": big})
+                         {"p": into, "c": big})
             conn.execute(sa.text("DELETE FROM product_categories WHERE product_id = :p AND category_id = :c"),
-                         {"p": leaving, "c": big})
+                         {"p": out_of, "c": big})
+
+    assert image_of[joining] not in top(joining)[0] and top(leaving)[0][0] == image_of[leaving]
+    try:
+        move(joining, leaving)
         ids, scans = top(joining)
         assert ids[0] == image_of[joining] and scans[own] >= 1 and scans[model.index_name] == 0, (ids, scans)
         ids, scans = top(leaving)
         assert image_of[leaving] not in ids and len(ids) == 7 and scans[own] >= 1, (ids, scans)
     finally:
-        with db.begin() as conn:
-            conn.execute(sa.text("DELETE FROM product_categories WHERE product_id = :p AND category_id = :c"),
-                         {"p": joining, "c": big})
-            conn.execute(sa.text("INSERT INTO product_categories (product_id, category_id) VALUES (:p, :c)"),
-                         {"p": leaving, "c": big})
+        move(leaving, joining)
     assert image_of[joining] not in top(joining)[0] and top(leaving)[0][0] == image_of[leaving]
 
 

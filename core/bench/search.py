@@ -107,7 +107,7 @@ class SearchBenchOptions:
     ef_construction: int = 64
     quantize: str | None = None
     faiss: bool | None = None
-    #: Give each filter category past the planner's exact threshold its own HNSW index.
+    #: Give each filter category of more than DEFAULT_CATEGORY_INDEX_MIN_ROWS images its own HNSW index.
     category_indexes: bool = True
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from manet.cli.common import BATCH_SIZE, JSON_OPTION, State, _echo_json, pass_state
-from manet.config import DEFAULT_BACKBONE
+from manet.config import DEFAULT_BACKBONE, DEFAULT_CATEGORY_INDEX_MIN_ROWS
 
 
 @click.group()
@@ -167,7 +167,8 @@ def bench_extract(state: State, model: str | None, backbone: str, pooling: str, 
 @click.option("--faiss/--no-faiss", "use_faiss", default=None,
               help="Compare with FAISS flat and HNSW  [default: when faiss is installed]")
 @click.option("--category-indexes/--no-category-indexes", default=True, show_default=True,
-              help="Give each filter category past the planner's exact threshold its own HNSW index.")
+              help=f"Give each filter category of more than {DEFAULT_CATEGORY_INDEX_MIN_ROWS} images its "
+                   f"own HNSW index.")
 @JSON_OPTION
 @pass_state
 def bench_search(state: State, n: int | None, dim: int | None, queries: int, filter_selectivity: str,

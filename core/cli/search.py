@@ -32,7 +32,7 @@ def index() -> None:
               help="Candidates per result re-ranked exactly (halfvec default 4, binary 10).")
 @click.option("--maintenance-work-mem", help="Build memory, e.g. 2GB (default: estimated from the rows, <= 4GB).")
 @click.option("--by-category", is_flag=True,
-              help=f"Also give every category with more than {config.DEFAULT_FILTER_EXACT_THRESHOLD} catalogue "
+              help=f"Also give every category with more than {config.DEFAULT_CATEGORY_INDEX_MIN_ROWS} catalogue "
                    f"images its own HNSW index, which filtered searches of it then walk.")
 @click.option("--category", "categories", multiple=True, metavar="NAME",
               help="Also give this category its own HNSW index (repeatable).")
@@ -63,7 +63,7 @@ def index_build(state: State, model: str, m: int, ef_construction: int, quantize
     for r in reports:
         click.echo(f"index {r.name} (category '{r.category}'): {r.rows} rows in {r.seconds:.2f} s")
     if (by_category or categories) and not reports:
-        click.echo(f"no category has more than {config.DEFAULT_FILTER_EXACT_THRESHOLD} catalogue images of this "
+        click.echo(f"no category has more than {config.DEFAULT_CATEGORY_INDEX_MIN_ROWS} catalogue images of this "
                    f"model: filtered searches rank them exactly, no category index is needed")
 
 

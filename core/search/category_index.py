@@ -68,7 +68,7 @@ def build_category_indexes(db: Database, model: ModelRecord, *, categories: list
     workers, _ = build_workers(db, parallel_workers)
     with db.begin() as conn:
         category_indexes.fill_missing(conn, model.id)
-        category_indexes.drop_stale(conn, model.id)
+        category_indexes.drop_for_model(conn, model.id, stale_only=True)
         chosen = chosen_categories(category_indexes.gallery_rows_per_category(conn, model.id), categories, min_rows)
     reports = []
     for category_id, name, rows in chosen:

@@ -76,17 +76,10 @@ def list_for_model(conn: sa.Connection, model_id: int) -> list[CategoryIndex]:
     return [CategoryIndex(**row._mapping) for row in conn.execute(_LIST, {"prefix": _prefix(model_id)})]
 
 
-def drop_for_model(conn: sa.Connection, model_id: int) -> list[str]:
-    """Drop every category index of the model (its layout changed, or it is being deleted)."""
-    names = [index.name for index in list_for_model(conn, model_id)]
-    for name in names:
-        conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
-    return names
-
-
-def drop_stale(conn: sa.Connection, model_id: int) -> list[str]:
-    """Drop the model's category indexes of categories that no longer exist (re-mined)."""
-    names = [index.name for index in list_for_model(conn, model_id) if index.category is None]
+def drop_for_model(conn: sa.Connection, model_id: int, *, stale_only: bool = False) -> list[str]:
+    """Drop the model's category indexes: all of them (its layout changed, or it is being deleted),
+    or with ``stale_only`` those of categories that no longer exist (re-mined)."""
+    names = [index.name for index in list_for_model(conn, model_id) if not stale_only or index.category is None]
     for name in names:
         conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
     return names

@@ -49,22 +49,25 @@ $fn$;
 CREATE TRIGGER descriptors_category_ids BEFORE INSERT OR UPDATE OF image_id, gallery ON descriptors
     FOR EACH ROW EXECUTE FUNCTION manet_descriptor_category_ids();
 
+-- What the column holds for the catalogue images of some products, set again.
+CREATE FUNCTION manet_refresh_category_ids(products bigint[]) RETURNS void
+LANGUAGE sql AS $fn$
+    UPDATE descriptors d SET category_ids = manet_image_category_ids(d.image_id)
+      FROM images i
+     WHERE d.image_id = i.id AND d.gallery AND i.product_id = ANY(products)
+$fn$;
+
 -- One statement-level refresh per membership change (bulk ingest adds thousands of rows at a
--- time); only the products that changed are touched.
-CREATE FUNCTION manet_refresh_category_ids() RETURNS trigger
+-- time); only the products that changed are touched. A transition table exists only for the
+-- events that have it, so each is read in its own branch.
+CREATE FUNCTION manet_product_categories_changed() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        UPDATE descriptors d SET category_ids = manet_image_category_ids(d.image_id)
-          FROM images i
-         WHERE d.image_id = i.id AND d.gallery
-           AND i.product_id IN (SELECT product_id FROM changed_new);
+        PERFORM manet_refresh_category_ids(ARRAY(SELECT product_id FROM changed_new));
     END IF;
     IF TG_OP IN ('DELETE', 'UPDATE') THEN
-        UPDATE descriptors d SET category_ids = manet_image_category_ids(d.image_id)
-          FROM images i
-         WHERE d.image_id = i.id AND d.gallery
-           AND i.product_id IN (SELECT product_id FROM changed_old);
+        PERFORM manet_refresh_category_ids(ARRAY(SELECT product_id FROM changed_old));
     END IF;
     RETURN NULL;
 END
@@ -72,13 +75,13 @@ $fn$;
 
 CREATE TRIGGER product_categories_added AFTER INSERT ON product_categories
     REFERENCING NEW TABLE AS changed_new
-    FOR EACH STATEMENT EXECUTE FUNCTION manet_refresh_category_ids();
+    FOR EACH STATEMENT EXECUTE FUNCTION manet_product_categories_changed();
 CREATE TRIGGER product_categories_removed AFTER DELETE ON product_categories
     REFERENCING OLD TABLE AS changed_old
-    FOR EACH STATEMENT EXECUTE FUNCTION manet_refresh_category_ids();
+    FOR EACH STATEMENT EXECUTE FUNCTION manet_product_categories_changed();
 CREATE TRIGGER product_categories_changed AFTER UPDATE ON product_categories
     REFERENCING NEW TABLE AS changed_new OLD TABLE AS changed_old
-    FOR EACH STATEMENT EXECUTE FUNCTION manet_refresh_category_ids();
+    FOR EACH STATEMENT EXECUTE FUNCTION manet_product_categories_changed();
 
 CREATE FUNCTION manet_image_moved() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
@@ -101,7 +104,8 @@ DROP TRIGGER IF EXISTS product_categories_removed ON product_categories;
 DROP TRIGGER IF EXISTS product_categories_changed ON product_categories;
 DROP TRIGGER IF EXISTS descriptors_category_ids ON descriptors;
 DROP FUNCTION IF EXISTS manet_image_moved();
-DROP FUNCTION IF EXISTS manet_refresh_category_ids();
+DROP FUNCTION IF EXISTS manet_product_categories_changed();
+DROP FUNCTION IF EXISTS manet_refresh_category_ids(bigint[]);
 DROP FUNCTION IF EXISTS manet_descriptor_category_ids();
 DROP FUNCTION IF EXISTS manet_image_category_ids(bigint);
 ALTER TABLE descriptors DROP COLUMN IF EXISTS category_ids;
