@@ -85,11 +85,13 @@ def test_text_mask_weights_the_features(registry):
     assert ratio[masked["features"] > 1e-3].min() >= 1.5 - 1e-4  # T_m in [0, 1] -> T in [1.5, 1.73]
 
 
-def test_saliency_weights_the_features(registry):
-    model = tiny(registry, text=False)
+@pytest.mark.parametrize("gate", ["multiply", "residual"])
+def test_saliency_weights_the_features(registry, gate):
+    model = tiny(registry, text=False, saliency_gate=gate)
     with torch.inference_mode():
         out = model(images())
-        expected = out["features"] * model.saliency_map(images())
+        saliency = model.saliency_map(images())
+        expected = out["features"] * (saliency if gate == "multiply" else 1 + saliency)
     torch.testing.assert_close(out["weighted"], expected)
 
 
@@ -150,5 +152,9 @@ def test_config_round_trip_and_errors():
     assert MANetConfig.from_dict(config.to_dict()) == config
     with pytest.raises(Exception, match="head pooling"):
         MANetConfig(head_pooling="max")
+    with pytest.raises(Exception, match="unknown saliency gate 'sum'"):
+        MANetConfig(saliency_gate="sum")
+    # A checkpoint written before the gate existed reads as the paper's X * S.
+    assert MANetConfig.from_dict({"backbone": "vgg16"}).saliency_gate == "multiply"
     with pytest.raises(Exception, match="unknown MANet settings"):
         MANetConfig.from_dict({"colour": "red"})

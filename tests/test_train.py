@@ -101,6 +101,25 @@ def test_learned_saliency_pipeline_matches_training_network(prepared, run):
     assert out.shape == (2, 512) and torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-4)
 
 
+def test_residual_saliency_gate_reaches_extraction(prepared, run):
+    from manet.nn.pipeline import build_pipeline
+
+    result = run("train", "--name", "gated", "--epochs", "1", *TINY, "--saliency-gate", "residual")
+    assert result.exit_code == 0, result.output
+    record = prepared.model("gated")
+    assert record.config.manet["saliency_gate"] == "residual"
+    pipeline = build_pipeline(record.config, prepared.registry)
+    assert pipeline.saliency_gate == "residual"  # validation during training and extraction agree
+    images = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        residual = pipeline(images)
+        pipeline.saliency_gate = "multiply"
+        multiply = pipeline(images)
+    assert not torch.allclose(residual, multiply)
+    bad = run("train", "--name", "bad-gate", "--epochs", "1", *TINY, "--saliency-gate", "sum")
+    assert bad.exit_code == 2 and "'sum' is not one of 'multiply', 'residual'" in bad.output
+
+
 def test_resume_with_another_architecture(prepared, run):
     result = run("train", "--name", "m1", "--epochs", "3", "--backbone", "resnet34", "--weights", "none",
                  "--image-size", "64", "--batch-size", "4", "--workers", "0", "--resume")

@@ -12,7 +12,12 @@ from torch import Tensor
 
 from manet.nn.pooling import above_mean
 
-__all__ = ["binarize_at_mean", "dice_loss", "resize_map", "text_weight", "weight_features"]
+__all__ = ["SALIENCY_GATES", "binarize_at_mean", "dice_loss", "resize_map", "saliency_weight", "text_weight",
+           "weight_features"]
+
+#: How the saliency S weights X in Eq. 3: ``multiply`` (the paper's X ⊙ S) or ``residual``
+#: (X ⊙ (1 + S), residual attention: a cell the branch calls background keeps its features).
+SALIENCY_GATES = ("multiply", "residual")
 
 
 def resize_map(maps: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
@@ -68,10 +73,22 @@ def text_weight(text_mask: Tensor) -> Tensor:
     return torch.sigmoid(text_mask) + 1.0
 
 
+def saliency_weight(saliency_prob: Tensor, gate: str = "multiply") -> Tensor:
+    """The factor of X in ``X_s``: S itself (``multiply``, in [0, 1]) or ``1 + S``
+    (``residual``, in [1, 2]: attention that boosts salient cells and never zeroes the rest, as
+    in Wang et al.'s Residual Attention Network)."""
+    if gate == "multiply":
+        return saliency_prob
+    if gate == "residual":
+        return saliency_prob + 1.0
+    raise ValueError(f"unknown saliency gate {gate!r}; use one of: {', '.join(SALIENCY_GATES)}")
+
+
 def weight_features(
-    x: Tensor, saliency_prob: Tensor | None = None, text_mask: Tensor | None = None
+    x: Tensor, saliency_prob: Tensor | None = None, text_mask: Tensor | None = None, gate: str = "multiply"
 ) -> Tensor:
-    """Eq. 3: ``X~ = T ⊙ X_s`` with ``X_s = X ⊙ S``.
+    """Eq. 3: ``X~ = T ⊙ X_s`` with ``X_s = X ⊙ S`` (``gate`` ``residual``: ``X ⊙ (1 + S)``,
+    :func:`saliency_weight`).
 
     ``x`` is (B, C, h, w). ``saliency_prob`` S (B, 1, h', w') in [0, 1] and the text weight
     ``T = text_weight(text_mask)`` (``text_mask`` T_m (B, 1, h'', w'') in [0, 1]) are resized
@@ -80,7 +97,7 @@ def weight_features(
     """
     out = x
     if saliency_prob is not None:
-        out = out * resize_map(saliency_prob.to(x.dtype), x.shape[-2:])
+        out = out * resize_map(saliency_weight(saliency_prob.to(x.dtype), gate), x.shape[-2:])
     if text_mask is not None:
         out = out * resize_map(text_weight(text_mask.to(x.dtype)), x.shape[-2:])
     return out

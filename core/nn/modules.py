@@ -55,12 +55,12 @@ class DescriptorPipeline(torch.nn.Module):
     ``text`` the text detector plugin or None; ``projection`` a
     :class:`manet.nn.whitening.Projection` or None; ``learned_saliency`` whether Eq. 3 and the
     pooling use the learned map; ``saliency_name`` the estimator's name (for
-    ``saliency_source``).
+    ``saliency_source``); ``saliency_gate`` how the learned map weights X (the trained MANet's).
     """
 
     def __init__(self, backbone: Any, network: torch.nn.Module, pool: torch.nn.Module, *,
                  uses_saliency: bool, estimator: Any = None, text: Any = None, projection: Any = None,
-                 learned_saliency: bool = False, saliency_name: str = "") -> None:
+                 learned_saliency: bool = False, saliency_name: str = "", saliency_gate: str = "multiply") -> None:
         super().__init__()
         self.dim = int(backbone.out_channels)
         self.backbone = backbone
@@ -71,6 +71,7 @@ class DescriptorPipeline(torch.nn.Module):
         self.text = text
         self.learned_saliency = learned_saliency
         self.saliency_name = saliency_name
+        self.saliency_gate = saliency_gate
         self.whitened = projection is not None
         if projection is not None:
             self.dim = projection.output_dim
@@ -141,7 +142,7 @@ class DescriptorPipeline(torch.nn.Module):
                   learned: torch.Tensor | None, text: torch.Tensor | None) -> torch.Tensor:
         seen = self._attention(unit, features, learned, text)
         if seen.learned is not None or seen.text is not None:
-            features = weight_features(features, seen.learned, seen.text)
+            features = weight_features(features, seen.learned, seen.text, self.saliency_gate)
         if self.uses_saliency:
             pooled = self.pool(features, seen.pool_saliency)
         else:

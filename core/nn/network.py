@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from manet.errors import PluginError
-from manet.nn.attention_math import dice_loss, resize_map, weight_features
+from manet.nn.attention_math import SALIENCY_GATES, dice_loss, resize_map, weight_features
 from manet.plugin_manager import Registry
 
 #: Head pooling name -> (pooling plugin, its parameters). GeM's p is learnt with the head.
@@ -39,12 +39,16 @@ class MANetConfig:
     attention_params: dict[str, Any] = field(default_factory=dict)
     head_pooling: str = "gem"
     dropout: float = 0.2
+    #: How the learned saliency weights X in Eq. 3 (:data:`manet.nn.attention_math.SALIENCY_GATES`).
+    saliency_gate: str = "multiply"
 
     def __post_init__(self) -> None:
         if self.head_pooling not in HEAD_POOLINGS:
             raise PluginError(
                 f"unknown head pooling '{self.head_pooling}'; known: {', '.join(HEAD_POOLINGS)}"
             )
+        if self.saliency_gate not in SALIENCY_GATES:
+            raise PluginError(f"unknown saliency gate '{self.saliency_gate}'; known: {', '.join(SALIENCY_GATES)}")
         if int(self.num_classes) < 1:
             raise PluginError(f"num_classes must be >= 1, got {self.num_classes}")
         if not 0.0 <= float(self.dropout) < 1.0:
@@ -109,6 +113,7 @@ class MANet(nn.Module):
             features,
             torch.sigmoid(saliency_logits) if saliency_logits is not None else None,
             text_mask if self.config.text else None,
+            self.config.saliency_gate,
         )
         logits = self.classifier(self.dropout(self.pool(weighted)))
         return {"features": features, "weighted": weighted,

@@ -41,6 +41,8 @@ class TrainConfig:
     saliency_estimator: str = "spectral-residual"
     text_detector: str = ""
     attention_branch: str = "saliency-fpn"
+    #: How the learned saliency weights X (:data:`manet.nn.attention_math.SALIENCY_GATES`).
+    saliency_gate: str = "multiply"
     seed: int = 0
     num_workers: int | None = None
     #: How the learning rate grows with the global batch (processes x batch_size): sqrt | linear | none.
@@ -52,7 +54,8 @@ class TrainConfig:
 
     def manet_config(self, num_classes: int) -> dict[str, Any]:
         return {"backbone": self.backbone, "weights": self.weights, "num_classes": num_classes,
-                "saliency": self.saliency, "text": self.text, "attention_branch": self.attention_branch}
+                "saliency": self.saliency, "text": self.text, "attention_branch": self.attention_branch,
+                "saliency_gate": self.saliency_gate}
 
 
 @dataclass

@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from manet.nn.attention_math import binarize_at_mean, dice_loss, resize_map, text_weight, weight_features
+from manet.nn.attention_math import (
+    binarize_at_mean,
+    dice_loss,
+    resize_map,
+    saliency_weight,
+    text_weight,
+    weight_features,
+)
 
 LN3 = math.log(3.0)  # sigmoid(ln 3) = 0.75, sigmoid(-ln 3) = 0.25
 
@@ -64,6 +71,19 @@ def test_weight_features_eq3() -> None:
     t_m = torch.tensor([[[[0.0, LN3], [0.0, -LN3]]]])  # T = [[1.5, 1.75], [1.5, 1.25]]
     expected = torch.tensor([[[[1.5, 1.75], [0.0, 1.25]], [[-1.5, 0.0], [0.0, 0.3125]]]])
     close(weight_features(x, s, t_m), expected)
+
+
+def test_weight_features_residual_gate() -> None:
+    # X_s = X * (1 + S): a cell with S = 0 keeps X, S = 1 doubles it; then T as in Eq. 3.
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])  # (1, 1, 2, 2)
+    s = torch.tensor([[[[1.0, 0.5], [0.0, 0.25]]]])
+    t_m = torch.tensor([[[[0.0, LN3], [0.0, -LN3]]]])  # T = [[1.5, 1.75], [1.5, 1.25]]
+    expected = torch.tensor([[[[3.0, 5.25], [4.5, 6.25]]]])
+    close(weight_features(x, s, t_m, gate="residual"), expected)
+    close(saliency_weight(s, "residual"), [[[[2.0, 1.5], [1.0, 1.25]]]])
+    assert torch.equal(saliency_weight(s, "multiply"), s)
+    with pytest.raises(ValueError, match="unknown saliency gate 'sum'"):
+        saliency_weight(s, "sum")
 
 
 def test_weight_features_branches_off() -> None:
