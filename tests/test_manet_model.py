@@ -70,6 +70,14 @@ def test_gradient_reaches_the_saliency_branch(registry):
     assert model.pool.p.grad is not None  # GeM's p is learnt with the head
 
 
+def test_neutral_text_scale_divides_the_weighting_by_one_and_a_half(registry):
+    paper, neutral = tiny(registry, saliency=False), tiny(registry, saliency=False, text_scale="neutral")
+    neutral.load_state_dict(paper.state_dict())
+    with torch.inference_mode():
+        a, b = paper(images(), text_mask()), neutral(images(), text_mask())
+    torch.testing.assert_close(b["weighted"] * 1.5, a["weighted"])
+
+
 def test_text_mask_weights_the_features(registry):
     model = tiny(registry, saliency=False)
     plain = tiny(registry, saliency=False, text=False)
@@ -154,7 +162,10 @@ def test_config_round_trip_and_errors():
         MANetConfig(head_pooling="max")
     with pytest.raises(Exception, match="unknown saliency gate 'sum'"):
         MANetConfig(saliency_gate="sum")
-    # A checkpoint written before the gate existed reads as the paper's X * S.
-    assert MANetConfig.from_dict({"backbone": "vgg16"}).saliency_gate == "multiply"
+    with pytest.raises(Exception, match="unknown text scale 'loud'"):
+        MANetConfig(text_scale="loud")
+    # A checkpoint written before these settings existed reads as the paper's X * S and T.
+    old = MANetConfig.from_dict({"backbone": "vgg16"})
+    assert (old.saliency_gate, old.text_scale) == ("multiply", "paper")
     with pytest.raises(Exception, match="unknown MANet settings"):
         MANetConfig.from_dict({"colour": "red"})

@@ -104,12 +104,14 @@ def test_learned_saliency_pipeline_matches_training_network(prepared, run):
 def test_residual_saliency_gate_reaches_extraction(prepared, run):
     from manet.nn.pipeline import build_pipeline
 
-    result = run("train", "--name", "gated", "--epochs", "1", *TINY, "--saliency-gate", "residual")
+    result = run("train", "--name", "gated", "--epochs", "1", *TINY, "--saliency-gate", "residual",
+                 "--text-scale", "neutral")
     assert result.exit_code == 0, result.output
     record = prepared.model("gated")
-    assert record.config.manet["saliency_gate"] == "residual"
+    assert (record.config.manet["saliency_gate"], record.config.manet["text_scale"]) == ("residual", "neutral")
     pipeline = build_pipeline(record.config, prepared.registry)
-    assert pipeline.saliency_gate == "residual"  # validation during training and extraction agree
+    # validation during training and extraction weight alike
+    assert (pipeline.saliency_gate, pipeline.text_scale) == ("residual", "neutral")
     images = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         residual = pipeline(images)

@@ -12,12 +12,15 @@ from torch import Tensor
 
 from manet.nn.pooling import above_mean
 
-__all__ = ["SALIENCY_GATES", "binarize_at_mean", "dice_loss", "resize_map", "saliency_weight", "text_weight",
+__all__ = ["SALIENCY_GATES", "TEXT_SCALES", "binarize_at_mean", "dice_loss", "resize_map", "saliency_weight", "text_weight",
            "weight_features"]
 
 #: How the saliency S weights X in Eq. 3: ``multiply`` (the paper's X ⊙ S) or ``residual``
 #: (X ⊙ (1 + S), residual attention: a cell the branch calls background keeps its features).
 SALIENCY_GATES = ("multiply", "residual")
+#: The scale of Eq. 2's T: ``paper`` (sigmoid(T_m) + 1, so 1.5 on a text-free cell) or ``neutral``
+#: (the same divided by 1.5, so a text-free cell keeps its features and text weighs up to 4/3 of it).
+TEXT_SCALES = ("paper", "neutral")
 
 
 def resize_map(maps: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
@@ -67,10 +70,18 @@ def binarize_at_mean(maps: Tensor) -> Tensor:
     return above_mean(maps.to(dtype)).to(dtype)
 
 
-def text_weight(text_mask: Tensor) -> Tensor:
+def text_weight(text_mask: Tensor, scale: str = "paper") -> Tensor:
     """Eq. 2: ``T = sigmoid(T_m) + 1``, so a text-free cell (T_m = 0) gets 1.5 and the weight
-    stays in (1, 2): text boosts features but never suppresses them."""
-    return torch.sigmoid(text_mask) + 1.0
+    stays in (1, 2): text boosts features but never suppresses them. ``scale`` ``neutral`` divides
+    T by 1.5: the same ratios between cells, but a text-free cell keeps its features. Extraction
+    L2-normalises every region, so the two give the same descriptors from the same network; they
+    differ in training, where T scales the features that reach the classifier."""
+    weight = torch.sigmoid(text_mask) + 1.0
+    if scale == "paper":
+        return weight
+    if scale == "neutral":
+        return weight / 1.5
+    raise ValueError(f"unknown text scale {scale!r}; use one of: {', '.join(TEXT_SCALES)}")
 
 
 def saliency_weight(saliency_prob: Tensor, gate: str = "multiply") -> Tensor:
@@ -85,10 +96,11 @@ def saliency_weight(saliency_prob: Tensor, gate: str = "multiply") -> Tensor:
 
 
 def weight_features(
-    x: Tensor, saliency_prob: Tensor | None = None, text_mask: Tensor | None = None, gate: str = "multiply"
+    x: Tensor, saliency_prob: Tensor | None = None, text_mask: Tensor | None = None, gate: str = "multiply",
+    text_scale: str = "paper",
 ) -> Tensor:
     """Eq. 3: ``X~ = T ⊙ X_s`` with ``X_s = X ⊙ S`` (``gate`` ``residual``: ``X ⊙ (1 + S)``,
-    :func:`saliency_weight`).
+    :func:`saliency_weight`; ``text_scale``: :func:`text_weight`).
 
     ``x`` is (B, C, h, w). ``saliency_prob`` S (B, 1, h', w') in [0, 1] and the text weight
     ``T = text_weight(text_mask)`` (``text_mask`` T_m (B, 1, h'', w'') in [0, 1]) are resized
@@ -99,5 +111,5 @@ def weight_features(
     if saliency_prob is not None:
         out = out * resize_map(saliency_weight(saliency_prob.to(x.dtype), gate), x.shape[-2:])
     if text_mask is not None:
-        out = out * resize_map(text_weight(text_mask.to(x.dtype)), x.shape[-2:])
+        out = out * resize_map(text_weight(text_mask.to(x.dtype), text_scale), x.shape[-2:])
     return out

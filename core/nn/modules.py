@@ -55,12 +55,14 @@ class DescriptorPipeline(torch.nn.Module):
     ``text`` the text detector plugin or None; ``projection`` a
     :class:`manet.nn.whitening.Projection` or None; ``learned_saliency`` whether Eq. 3 and the
     pooling use the learned map; ``saliency_name`` the estimator's name (for
-    ``saliency_source``); ``saliency_gate`` how the learned map weights X (the trained MANet's).
+    ``saliency_source``); ``saliency_gate`` and ``text_scale`` how the learned map and the text weight X (the
+    trained MANet's).
     """
 
     def __init__(self, backbone: Any, network: torch.nn.Module, pool: torch.nn.Module, *,
                  uses_saliency: bool, estimator: Any = None, text: Any = None, projection: Any = None,
-                 learned_saliency: bool = False, saliency_name: str = "", saliency_gate: str = "multiply") -> None:
+                 learned_saliency: bool = False, saliency_name: str = "", saliency_gate: str = "multiply",
+                 text_scale: str = "paper") -> None:
         super().__init__()
         self.dim = int(backbone.out_channels)
         self.backbone = backbone
@@ -72,6 +74,7 @@ class DescriptorPipeline(torch.nn.Module):
         self.learned_saliency = learned_saliency
         self.saliency_name = saliency_name
         self.saliency_gate = saliency_gate
+        self.text_scale = text_scale
         self.whitened = projection is not None
         if projection is not None:
             self.dim = projection.output_dim
@@ -142,7 +145,8 @@ class DescriptorPipeline(torch.nn.Module):
                   learned: torch.Tensor | None, text: torch.Tensor | None) -> torch.Tensor:
         seen = self._attention(unit, features, learned, text)
         if seen.learned is not None or seen.text is not None:
-            features = weight_features(features, seen.learned, seen.text, self.saliency_gate)
+            features = weight_features(features, seen.learned, seen.text, self.saliency_gate,
+                                       self.text_scale)
         if self.uses_saliency:
             pooled = self.pool(features, seen.pool_saliency)
         else:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from manet.errors import PluginError
-from manet.nn.attention_math import SALIENCY_GATES, dice_loss, resize_map, weight_features
+from manet.nn.attention_math import SALIENCY_GATES, TEXT_SCALES, dice_loss, resize_map, weight_features
 from manet.plugin_manager import Registry
 
 #: Head pooling name -> (pooling plugin, its parameters). GeM's p is learnt with the head.
@@ -41,6 +41,8 @@ class MANetConfig:
     dropout: float = 0.2
     #: How the learned saliency weights X in Eq. 3 (:data:`manet.nn.attention_math.SALIENCY_GATES`).
     saliency_gate: str = "multiply"
+    #: The scale of Eq. 2's text weight (:data:`manet.nn.attention_math.TEXT_SCALES`).
+    text_scale: str = "paper"
 
     def __post_init__(self) -> None:
         if self.head_pooling not in HEAD_POOLINGS:
@@ -49,6 +51,8 @@ class MANetConfig:
             )
         if self.saliency_gate not in SALIENCY_GATES:
             raise PluginError(f"unknown saliency gate '{self.saliency_gate}'; known: {', '.join(SALIENCY_GATES)}")
+        if self.text_scale not in TEXT_SCALES:
+            raise PluginError(f"unknown text scale '{self.text_scale}'; known: {', '.join(TEXT_SCALES)}")
         if int(self.num_classes) < 1:
             raise PluginError(f"num_classes must be >= 1, got {self.num_classes}")
         if not 0.0 <= float(self.dropout) < 1.0:
@@ -114,6 +118,7 @@ class MANet(nn.Module):
             torch.sigmoid(saliency_logits) if saliency_logits is not None else None,
             text_mask if self.config.text else None,
             self.config.saliency_gate,
+            self.config.text_scale,
         )
         logits = self.classifier(self.dropout(self.pool(weighted)))
         return {"features": features, "weighted": weighted,

@@ -172,4 +172,5 @@ def build_pipeline(config: PipelineConfig, registry: Registry, projection: Any =
     return DescriptorPipeline(backbone, network, pool, uses_saliency=pooling.uses_saliency, estimator=estimator,
                               text=text, projection=projection, learned_saliency=config.learned_saliency,
                               saliency_name=config.saliency,
-                              saliency_gate=(config.manet or {}).get("saliency_gate", "multiply")).eval()
+                              saliency_gate=(config.manet or {}).get("saliency_gate", "multiply"),
+                              text_scale=(config.manet or {}).get("text_scale", "paper")).eval()

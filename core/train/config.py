@@ -43,6 +43,8 @@ class TrainConfig:
     attention_branch: str = "saliency-fpn"
     #: How the learned saliency weights X (:data:`manet.nn.attention_math.SALIENCY_GATES`).
     saliency_gate: str = "multiply"
+    #: The scale of Eq. 2's text weight (:data:`manet.nn.attention_math.TEXT_SCALES`).
+    text_scale: str = "paper"
     seed: int = 0
     num_workers: int | None = None
     #: How the learning rate grows with the global batch (processes x batch_size): sqrt | linear | none.
@@ -55,7 +57,7 @@ class TrainConfig:
     def manet_config(self, num_classes: int) -> dict[str, Any]:
         return {"backbone": self.backbone, "weights": self.weights, "num_classes": num_classes,
                 "saliency": self.saliency, "text": self.text, "attention_branch": self.attention_branch,
-                "saliency_gate": self.saliency_gate}
+                "saliency_gate": self.saliency_gate, "text_scale": self.text_scale}
 
 
 @dataclass

@@ -65,6 +65,15 @@ def test_text_weight_eq2() -> None:
     assert text_weight(torch.tensor([1.0])).item() == pytest.approx(1 + 1 / (1 + math.exp(-1)))
 
 
+def test_text_weight_neutral_scale() -> None:
+    # The paper's T divided by 1.5: a text-free cell keeps X, T_m = ln 3 gives 1.75 / 1.5.
+    close(text_weight(torch.tensor([0.0, LN3, -LN3]), "neutral"), [1.0, 7 / 6, 5 / 6])
+    x = torch.tensor([[[[2.0, 3.0]]]])
+    close(weight_features(x, text_mask=torch.tensor([[[[0.0, LN3]]]]), text_scale="neutral"), [[[[2.0, 3.5]]]])
+    with pytest.raises(ValueError, match="unknown text scale 'loud'"):
+        text_weight(torch.zeros(1), "loud")
+
+
 def test_weight_features_eq3() -> None:
     x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[-1.0, 0.0], [10.0, 1.0]]]])  # (1, 2, 2, 2)
     s = torch.tensor([[[[1.0, 0.5], [0.0, 0.25]]]])
