@@ -67,6 +67,7 @@ def test_train_resume_extract_compare(prepared, run):
     assert resumed["resumed_from"] == 1 and [e["epoch"] for e in resumed["epochs"]] == [2]
     stored = prepared.model("m1")
     assert stored.config.manet is not None and stored.config.learned_saliency and stored.config.text_mask
+    assert stored.config.manet["text_scale"] == "neutral"  # the default
     assert [e["epoch"] for e in stored.metrics["epochs"]] == [1, 2]
 
     baseline = run("train", "--name", "plain", "--epochs", "1", *TINY, "--no-saliency", "--no-text")
@@ -105,13 +106,13 @@ def test_residual_saliency_gate_reaches_extraction(prepared, run):
     from manet.nn.pipeline import build_pipeline
 
     result = run("train", "--name", "gated", "--epochs", "1", *TINY, "--saliency-gate", "residual",
-                 "--text-scale", "neutral")
+                 "--text-scale", "paper")
     assert result.exit_code == 0, result.output
     record = prepared.model("gated")
-    assert (record.config.manet["saliency_gate"], record.config.manet["text_scale"]) == ("residual", "neutral")
+    assert (record.config.manet["saliency_gate"], record.config.manet["text_scale"]) == ("residual", "paper")
     pipeline = build_pipeline(record.config, prepared.registry)
     # validation during training and extraction weight alike
-    assert (pipeline.saliency_gate, pipeline.text_scale) == ("residual", "neutral")
+    assert (pipeline.saliency_gate, pipeline.text_scale) == ("residual", "paper")
     images = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         residual = pipeline(images)

@@ -26,8 +26,9 @@ from manet.train.distributed import LR_SCALING_RULES
 @click.option("--no-text", is_flag=True, help="No text branch.")
 @click.option("--saliency-gate", type=click.Choice(["multiply", "residual"]), default="multiply", show_default=True,
               help="How the learned saliency S weights the features: X * S (the paper's) or X * (1 + S).")
-@click.option("--text-scale", type=click.Choice(["paper", "neutral"]), default="paper", show_default=True,
-              help="Eq. 2's text weight: sigmoid(T_m) + 1 (the paper's, 1.5 without text) or the same / 1.5.")
+@click.option("--text-scale", type=click.Choice(["paper", "neutral"]), default="neutral", show_default=True,
+              help="Eq. 2's text weight: the same / 1.5, so 1 without text, or sigmoid(T_m) + 1 (the paper's, "
+                   "1.5 without text; trains worse, see docs/RESULTS.md).")
 @click.option("--lambda", "lambda_dice", default=1.0, show_default=True, help="Weight of the Dice loss.")
 @click.option("--lr", default=1e-3, show_default=True,
               help="Learning rate of the attention branch and head for one process.")
