@@ -3,6 +3,7 @@ resume -> extract with the learned saliency -> derived variants -> eval --compar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -112,11 +113,12 @@ def test_residual_saliency_gate_reaches_extraction(prepared, run):
     assert (record.config.manet["saliency_gate"], record.config.manet["text_scale"]) == ("residual", "paper")
     pipeline = build_pipeline(record.config, prepared.registry)
     # validation during training and extraction weight alike
-    assert (pipeline.saliency_gate, pipeline.text_scale) == ("residual", "paper")
+    trained = pipeline.network.manet.config
+    assert (trained.saliency_gate, trained.text_scale) == ("residual", "paper")
     images = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         residual = pipeline(images)
-        pipeline.saliency_gate = "multiply"
+        pipeline.network.manet.config = dataclasses.replace(trained, saliency_gate="multiply")
         multiply = pipeline(images)
     assert not torch.allclose(residual, multiply)
     bad = run("train", "--name", "bad-gate", "--epochs", "1", *TINY, "--saliency-gate", "sum")

@@ -10,17 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from manet.config import SALIENCY_GATES, TEXT_SCALES
 from manet.nn.pooling import above_mean
 
 __all__ = ["SALIENCY_GATES", "TEXT_SCALES", "binarize_at_mean", "dice_loss", "resize_map", "saliency_weight", "text_weight",
            "weight_features"]
-
-#: How the saliency S weights X in Eq. 3: ``multiply`` (the paper's X ⊙ S) or ``residual``
-#: (X ⊙ (1 + S), residual attention: a cell the branch calls background keeps its features).
-SALIENCY_GATES = ("multiply", "residual")
-#: The scale of Eq. 2's T: ``paper`` (sigmoid(T_m) + 1, so 1.5 on a text-free cell) or ``neutral``
-#: (the same divided by 1.5, so a text-free cell keeps its features and text weighs up to 4/3 of it).
-TEXT_SCALES = ("paper", "neutral")
 
 
 def resize_map(maps: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:

@@ -29,6 +29,11 @@ class Plain(torch.nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
         return self.features(images), None
 
+    def weight(self, features: torch.Tensor, saliency_prob: torch.Tensor | None,
+               text_mask: torch.Tensor | None) -> torch.Tensor:
+        """Eq. 3 as the paper writes it (an untrained network was trained with no variant)."""
+        return weight_features(features, saliency_prob, text_mask)
+
 
 class Trained(torch.nn.Module):
     """A trained MANet as a pipeline network: images -> (X, learned saliency or None)."""
@@ -39,6 +44,11 @@ class Trained(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.manet.attend(images)
+
+    def weight(self, features: torch.Tensor, saliency_prob: torch.Tensor | None,
+               text_mask: torch.Tensor | None) -> torch.Tensor:
+        """Eq. 3 as the MANet was trained with it (:meth:`manet.nn.network.MANet.weight`)."""
+        return self.manet.weight(features, saliency_prob, text_mask)
 
 
 class DescriptorPipeline(torch.nn.Module):
@@ -55,14 +65,12 @@ class DescriptorPipeline(torch.nn.Module):
     ``text`` the text detector plugin or None; ``projection`` a
     :class:`manet.nn.whitening.Projection` or None; ``learned_saliency`` whether Eq. 3 and the
     pooling use the learned map; ``saliency_name`` the estimator's name (for
-    ``saliency_source``); ``saliency_gate`` and ``text_scale`` how the learned map and the text weight X (the
-    trained MANet's).
+    ``saliency_source``). The network weights X (Eq. 3) as it was trained to.
     """
 
     def __init__(self, backbone: Any, network: torch.nn.Module, pool: torch.nn.Module, *,
                  uses_saliency: bool, estimator: Any = None, text: Any = None, projection: Any = None,
-                 learned_saliency: bool = False, saliency_name: str = "", saliency_gate: str = "multiply",
-                 text_scale: str = "paper") -> None:
+                 learned_saliency: bool = False, saliency_name: str = "") -> None:
         super().__init__()
         self.dim = int(backbone.out_channels)
         self.backbone = backbone
@@ -73,8 +81,6 @@ class DescriptorPipeline(torch.nn.Module):
         self.text = text
         self.learned_saliency = learned_saliency
         self.saliency_name = saliency_name
-        self.saliency_gate = saliency_gate
-        self.text_scale = text_scale
         self.whitened = projection is not None
         if projection is not None:
             self.dim = projection.output_dim
@@ -145,8 +151,7 @@ class DescriptorPipeline(torch.nn.Module):
                   learned: torch.Tensor | None, text: torch.Tensor | None) -> torch.Tensor:
         seen = self._attention(unit, features, learned, text)
         if seen.learned is not None or seen.text is not None:
-            features = weight_features(features, seen.learned, seen.text, self.saliency_gate,
-                                       self.text_scale)
+            features = self.network.weight(features, seen.learned, seen.text)
         if self.uses_saliency:
             pooled = self.pool(features, seen.pool_saliency)
         else:

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from manet.config import SALIENCY_GATES, TEXT_SCALES
 from manet.errors import PluginError
-from manet.nn.attention_math import SALIENCY_GATES, TEXT_SCALES, dice_loss, resize_map, weight_features
+from manet.nn.attention_math import dice_loss, resize_map, weight_features
 from manet.plugin_manager import Registry
 
 #: Head pooling name -> (pooling plugin, its parameters). GeM's p is learnt with the head.
@@ -39,9 +40,9 @@ class MANetConfig:
     attention_params: dict[str, Any] = field(default_factory=dict)
     head_pooling: str = "gem"
     dropout: float = 0.2
-    #: How the learned saliency weights X in Eq. 3 (:data:`manet.nn.attention_math.SALIENCY_GATES`).
+    #: How the learned saliency weights X in Eq. 3 (:data:`manet.config.SALIENCY_GATES`).
     saliency_gate: str = "multiply"
-    #: The scale of Eq. 2's text weight (:data:`manet.nn.attention_math.TEXT_SCALES`).
+    #: The scale of Eq. 2's text weight (:data:`manet.config.TEXT_SCALES`).
     text_scale: str = "paper"
 
     def __post_init__(self) -> None:
@@ -113,16 +114,16 @@ class MANet(nn.Module):
         maps = self._stage_maps(images)
         features = maps[-1]
         saliency_logits = self.attention(maps) if self.attention is not None else None
-        weighted = weight_features(
-            features,
-            torch.sigmoid(saliency_logits) if saliency_logits is not None else None,
-            text_mask if self.config.text else None,
-            self.config.saliency_gate,
-            self.config.text_scale,
-        )
+        weighted = self.weight(features, torch.sigmoid(saliency_logits) if saliency_logits is not None else None,
+                               text_mask if self.config.text else None)
         logits = self.classifier(self.dropout(self.pool(weighted)))
         return {"features": features, "weighted": weighted,
                 "saliency_logits": saliency_logits, "logits": logits}
+
+    def weight(self, features: Tensor, saliency_prob: Tensor | None, text_mask: Tensor | None) -> Tensor:
+        """Eq. 3 with this network's saliency gate and text scale (None: that factor is 1); the
+        one place training and extraction weight X."""
+        return weight_features(features, saliency_prob, text_mask, self.config.saliency_gate, self.config.text_scale)
 
     def attend(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """X (B, C, h, w) and the saliency probability at X's resolution (None when the branch

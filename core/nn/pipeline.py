@@ -171,6 +171,4 @@ def build_pipeline(config: PipelineConfig, registry: Registry, projection: Any =
         text = create_text_detector(registry, config.text_detector, east_model)
     return DescriptorPipeline(backbone, network, pool, uses_saliency=pooling.uses_saliency, estimator=estimator,
                               text=text, projection=projection, learned_saliency=config.learned_saliency,
-                              saliency_name=config.saliency,
-                              saliency_gate=(config.manet or {}).get("saliency_gate", "multiply"),
-                              text_scale=(config.manet or {}).get("text_scale", "paper")).eval()
+                              saliency_name=config.saliency).eval()

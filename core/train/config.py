@@ -41,9 +41,9 @@ class TrainConfig:
     saliency_estimator: str = "spectral-residual"
     text_detector: str = ""
     attention_branch: str = "saliency-fpn"
-    #: How the learned saliency weights X (:data:`manet.nn.attention_math.SALIENCY_GATES`).
+    #: How the learned saliency weights X (:data:`manet.config.SALIENCY_GATES`).
     saliency_gate: str = "multiply"
-    #: The scale of Eq. 2's text weight (:data:`manet.nn.attention_math.TEXT_SCALES`). ``neutral``:
+    #: The scale of Eq. 2's text weight (:data:`manet.config.TEXT_SCALES`). ``neutral``:
     #: the paper's 1.5 on text-free cells scaled the classifier's input and cost MAP@7 0.05 on
     #: Grocery (three seeds) and 0.07 in the demo (docs/RESULTS.md).
     text_scale: str = "neutral"
