@@ -66,7 +66,8 @@ def test_auto_batch_size_rule():
 
 def test_decode_workers_and_device_decode_rules():
     assert default_workers(64, 32, "cpu", cpu_count=16) == 0  # a handful: no worker start-up
-    assert default_workers(65, 32, "cpu", cpu_count=2) == 1
+    assert default_workers(65, 32, "cpu", cpu_count=2) == 0  # the model takes both cores
+    assert default_workers(65, 32, "cpu", cpu_count=4) == 1
     assert default_workers(1000, 32, "cpu", cpu_count=16) == 2  # one per 8 cores
     assert default_workers(1000, 32, "cuda", cpu_count=4) == 3  # all but one core
     assert default_workers(1000, 32, "cuda:1", cpu_count=64) == 8
