@@ -74,9 +74,10 @@ CATEGORY_EF_AT_1000 = 45
 CATEGORY_EF_EXPONENT = 0.45
 
 # MANet's Eq. 2-3 variants (manet.nn.attention_math); here so the CLI lists them without torch.
-#: How the saliency S weights X in Eq. 3: ``multiply`` (the paper's X ⊙ S) or ``residual``
-#: (X ⊙ (1 + S), residual attention: a cell the branch calls background keeps its features).
-SALIENCY_GATES = ("multiply", "residual")
+#: How the saliency S weights X in Eq. 3: ``multiply`` (the paper's X ⊙ S), ``residual``
+#: (X ⊙ (1 + S), residual attention: a cell the branch calls background keeps its features) or
+#: ``detached`` (X ⊙ S, but only Eq. 1 trains the branch: no classification gradient through S).
+SALIENCY_GATES = ("multiply", "residual", "detached")
 #: The scale of Eq. 2's T: ``paper`` (sigmoid(T_m) + 1, so 1.5 on a text-free cell) or ``neutral``
 #: (the same divided by 1.5, so a text-free cell keeps its features and text weighs up to 4/3 of it).
 TEXT_SCALES = ("paper", "neutral")

@@ -93,14 +93,23 @@ def test_text_mask_weights_the_features(registry):
     assert ratio[masked["features"] > 1e-3].min() >= 1.5 - 1e-4  # T_m in [0, 1] -> T in [1.5, 1.73]
 
 
-@pytest.mark.parametrize("gate", ["multiply", "residual"])
+@pytest.mark.parametrize("gate", ["multiply", "residual", "detached"])
 def test_saliency_weights_the_features(registry, gate):
     model = tiny(registry, text=False, saliency_gate=gate)
     with torch.inference_mode():
         out = model(images())
         saliency = model.saliency_map(images())
-        expected = out["features"] * (saliency if gate == "multiply" else 1 + saliency)
+        expected = out["features"] * (1 + saliency if gate == "residual" else saliency)
     torch.testing.assert_close(out["weighted"], expected)
+
+
+def test_detached_gate_trains_saliency_by_dice_only(registry):
+    # The classification loss alone leaves the saliency branch's weights without gradient.
+    model = tiny(registry, text=False, saliency_gate="detached")
+    out = model(images())
+    torch.nn.functional.cross_entropy(out["logits"], torch.zeros(len(out["logits"]), dtype=torch.long)).backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.attention.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in model.stages.parameters())
 
 
 @pytest.mark.parametrize("name", ["resnet18", pytest.param("vgg16", marks=pytest.mark.slow)])

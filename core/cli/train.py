@@ -25,7 +25,8 @@ from manet.train.distributed import LR_SCALING_RULES
 @click.option("--no-saliency", is_flag=True, help="No saliency branch (with --no-text: the plain classifier).")
 @click.option("--no-text", is_flag=True, help="No text branch.")
 @click.option("--saliency-gate", type=click.Choice(config.SALIENCY_GATES), default="multiply", show_default=True,
-              help="How the learned saliency S weights the features: X * S (the paper's) or X * (1 + S).")
+              help="How the learned saliency S weights the features: X * S (the paper's), X * (1 + S), or "
+                   "X * S with only the Dice loss training S (detached).")
 @click.option("--text-scale", type=click.Choice(config.TEXT_SCALES), default="neutral", show_default=True,
               help="Eq. 2's text weight: the same / 1.5, so 1 without text, or sigmoid(T_m) + 1 (the paper's, "
                    "1.5 without text; trains worse, see docs/RESULTS.md).")

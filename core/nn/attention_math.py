@@ -79,11 +79,15 @@ def text_weight(text_mask: Tensor, scale: str = "paper") -> Tensor:
 
 
 def saliency_weight(saliency_prob: Tensor, gate: str = "multiply") -> Tensor:
-    """The factor of X in ``X_s``: S itself (``multiply``, in [0, 1]) or ``1 + S``
+    """The factor of X in ``X_s``: S itself (``multiply``, in [0, 1]), ``1 + S``
     (``residual``, in [1, 2]: attention that boosts salient cells and never zeroes the rest, as
-    in Wang et al.'s Residual Attention Network)."""
+    in Wang et al.'s Residual Attention Network), or S as a constant (``detached``: the same
+    value as ``multiply``, but the classification loss cannot open S up to the whole image, as
+    it does to ``multiply``'s; only the saliency loss trains the branch)."""
     if gate == "multiply":
         return saliency_prob
+    if gate == "detached":
+        return saliency_prob.detach()
     if gate == "residual":
         return saliency_prob + 1.0
     raise ValueError(f"unknown saliency gate {gate!r}; use one of: {', '.join(SALIENCY_GATES)}")

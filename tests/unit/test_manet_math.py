@@ -95,6 +95,17 @@ def test_weight_features_residual_gate() -> None:
         saliency_weight(s, "sum")
 
 
+def test_weight_features_detached_gate() -> None:
+    # The paper's values, but no gradient reaches S from X~: only Eq. 1 trains the branch.
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]], requires_grad=True)
+    s = torch.tensor([[[[1.0, 0.5], [0.0, 0.25]]]], requires_grad=True)
+    out = weight_features(x, s, gate="detached")
+    close(out, [[[[1.0, 1.0], [0.0, 1.0]]]])
+    out.sum().backward()
+    assert s.grad is None  # X~ does not depend on S for autograd
+    close(x.grad, [[[[1.0, 0.5], [0.0, 0.25]]]])  # dX~/dX = S, as with the paper's gate
+
+
 def test_weight_features_branches_off() -> None:
     x = torch.rand(2, 3, 4, 4)
     s = torch.rand(2, 1, 4, 4)
