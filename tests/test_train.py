@@ -125,6 +125,20 @@ def test_residual_saliency_gate_reaches_extraction(prepared, run):
     assert bad.exit_code == 2 and "'sum' is not one of 'multiply', 'residual'" in bad.output
 
 
+def test_saliency_target_is_any_saliency_estimator(prepared, run):
+    result = run("train", "--name", "ft-target", "--epochs", "1", *TINY, "--saliency-target", "frequency-tuned")
+    assert result.exit_code == 0, result.output
+    record = prepared.model("ft-target")
+    # the Dice targets' estimator is recorded, and a derived model with the learned saliency
+    # off falls back to the same estimator
+    assert record.metrics["training"]["saliency_estimator"] == "frequency-tuned"
+    assert record.config.saliency == "frequency-tuned"
+    bad = run("train", "--name", "bad-target", "--epochs", "1", *TINY, "--saliency-target", "nope")
+    assert bad.exit_code == 1
+    assert "unknown saliency estimator 'nope'; known: frequency-tuned, spectral-residual" in bad.output
+    assert "bad-target" not in {m["name"] for m in prepared.models()}
+
+
 def test_resume_with_another_architecture(prepared, run):
     result = run("train", "--name", "m1", "--epochs", "3", "--backbone", "resnet34", "--weights", "none",
                  "--image-size", "64", "--batch-size", "4", "--workers", "0", "--resume")

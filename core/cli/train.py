@@ -30,6 +30,9 @@ from manet.train.distributed import LR_SCALING_RULES
 @click.option("--text-scale", type=click.Choice(config.TEXT_SCALES), default="neutral", show_default=True,
               help="Eq. 2's text weight: the same / 1.5, so 1 without text, or sigmoid(T_m) + 1 (the paper's, "
                    "1.5 without text; trains worse, see docs/RESULTS.md).")
+@click.option("--saliency-target", default="spectral-residual", show_default=True,
+              help="Saliency estimator whose maps are the Dice loss's targets (Eq. 1); "
+                   "`manet plugins list` names them.")
 @click.option("--lambda", "lambda_dice", default=1.0, show_default=True, help="Weight of the Dice loss.")
 @click.option("--lr", default=1e-3, show_default=True,
               help="Learning rate of the attention branch and head for one process.")
@@ -51,7 +54,8 @@ from manet.train.distributed import LR_SCALING_RULES
 @JSON_OPTION
 @pass_state
 def train(state: State, name: str, backbone: str, weights: str, epochs: int, batch_size: int, image_size: int,
-          no_saliency: bool, no_text: bool, saliency_gate: str, text_scale: str, lambda_dice: float, lr: float, lr_scaling: str,
+          no_saliency: bool, no_text: bool, saliency_gate: str, text_scale: str, saliency_target: str,
+          lambda_dice: float, lr: float, lr_scaling: str,
           backbone_lr_scale: float, frozen_stages: int, training_set: str, labels: str, text_detector: str,
           num_workers: int | None, seed: int, resume: bool, device: str | None, as_json: bool) -> None:
     """Train MANet on the training set (manet dataset build) and store it as a model.
@@ -65,7 +69,7 @@ def train(state: State, name: str, backbone: str, weights: str, epochs: int, bat
         state.device = device
     cfg = TrainConfig(name=name, backbone=backbone, weights=weights, image_size=image_size, epochs=epochs,
                       batch_size=batch_size, saliency=not no_saliency, text=not no_text, saliency_gate=saliency_gate,
-                      text_scale=text_scale, lambda_dice=lambda_dice,
+                      text_scale=text_scale, saliency_estimator=saliency_target, lambda_dice=lambda_dice,
                       lr=lr, backbone_lr_scale=backbone_lr_scale, frozen_stages=frozen_stages,
                       training_set=training_set, labels=labels,
                       text_detector=text_detector, seed=seed,
