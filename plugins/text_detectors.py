@@ -30,13 +30,12 @@ from manet.config import EAST_MODEL_ENV
 from manet.errors import PluginError, WeightsError
 from manet.hookspecs import Register, hookimpl
 from manet.plugin_base import IMAGENET_MEAN, IMAGENET_STD, TextDetector
-from manet.plugins.mser_text import text_boxes_mask
+from manet.plugins.mser_text import FloatMap, text_boxes_mask
 from manet.plugins.onnx_runtime import ONNXRUNTIME, RUNTIMES, read_session, resolve_runtime, run_session
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
-FloatMap = npt.NDArray[np.float32]
 
 PPOCR_DETECTOR = "ppocr"
 FALLBACK_DETECTOR = "mser"

@@ -31,7 +31,7 @@ def models() -> None:
               help="Input size in pixels [default: 224; with --from: the trained model's].")
 @click.option("--pooling", default=None, help="Pooling plugin [default: srmac; with --from: the trained model's].")
 @click.option("-p", "--pooling-param", "pooling_params", multiple=True, metavar="KEY=VALUE")
-@click.option("--saliency", default="spectral-residual", show_default=True,
+@click.option("--saliency", default=config.DEFAULT_SALIENCY_ESTIMATOR, show_default=True,
               help="Saliency estimator for poolings that use saliency (SR-MAC) without a trained branch.")
 @click.option("--no-saliency", is_flag=True, help="With --from: switch the learned saliency branch off.")
 @click.option("--no-text", is_flag=True, help="With --from: switch the text branch off.")

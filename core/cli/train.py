@@ -30,7 +30,7 @@ from manet.train.distributed import LR_SCALING_RULES
 @click.option("--text-scale", type=click.Choice(config.TEXT_SCALES), default="neutral", show_default=True,
               help="Eq. 2's text weight: the same / 1.5, so 1 without text, or sigmoid(T_m) + 1 (the paper's, "
                    "1.5 without text; trains worse, see docs/RESULTS.md).")
-@click.option("--saliency-target", default="spectral-residual", show_default=True,
+@click.option("--saliency-target", default=config.DEFAULT_SALIENCY_ESTIMATOR, show_default=True,
               help="Saliency estimator whose maps are the Dice loss's targets (Eq. 1); "
                    "`manet plugins list` names them.")
 @click.option("--lambda", "lambda_dice", default=1.0, show_default=True, help="Weight of the Dice loss.")

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from manet.config import DEFAULT_BACKBONE
+from manet.config import DEFAULT_BACKBONE, DEFAULT_SALIENCY_ESTIMATOR
 from manet.errors import ManetError, PluginError, WeightsError
 from manet.plugin_manager import Registry
 
@@ -31,7 +31,7 @@ class PipelineConfig:
     image_size: int = 224
     pooling: str = "srmac"
     pooling_params: dict[str, Any] = field(default_factory=dict)
-    saliency: str = "spectral-residual"
+    saliency: str = DEFAULT_SALIENCY_ESTIMATOR
     saliency_params: dict[str, Any] = field(default_factory=dict)
     postprocess: str = "l2"
     #: Trained MANet (``manet train``): its config and checkpoint; None for plain backbones.

@@ -38,7 +38,7 @@ class TrainConfig:
     #: Classes of the classifier: the training set's mined ``category`` (the paper's), or each
     #: image's product (``sku``: finer, for catalogues with several images per product).
     labels: str = "category"
-    saliency_estimator: str = "spectral-residual"
+    saliency_estimator: str = manet_config.DEFAULT_SALIENCY_ESTIMATOR
     text_detector: str = ""
     attention_branch: str = "saliency-fpn"
     #: How the learned saliency weights X (:data:`manet.config.SALIENCY_GATES`).
