@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from manet.bench.search_data import CHUNK_ROWS, DescriptorGenerator
+from manet.bench.search_timing import timed_series
 from manet.bench.search_truth import RunningTopK, category_members, filtered_rows, merge_top_k, recall_at_k
 from manet.cli.main import cli
 from manet.config import sqlalchemy_url
@@ -38,6 +39,26 @@ def test_category_members_are_an_evenly_spaced_fraction():
     assert category_members(np.arange(1, 1001), 0.05).sum() == 50
     # 10 rows = products 1..3 (4, 4, 2 images); at 0.5 products 2 (4 images) is in.
     assert filtered_rows(10, 0.5) == 4 and filtered_rows(12, 0.5) == 4 and filtered_rows(16, 0.5) == 8
+
+
+def test_timed_series_rotates_runners_block_by_block():
+    calls = []
+
+    def runner(name):
+        def run(q):
+            calls.append((name, int(q[0])))
+            return [int(q[0])]
+        return run
+
+    queries = np.arange(5, dtype=np.float32)[:, None]
+    timed = timed_series({"a": runner("a"), "b": runner("b")}, queries, block=2)
+    timed_calls = calls[-10:]  # after the untimed warm-up of every query through both
+    assert calls[:-10] == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3), ("b", 3),
+                           ("a", 4), ("b", 4)]
+    assert timed_calls == [("a", 0), ("a", 1), ("b", 0), ("b", 1), ("b", 2), ("b", 3), ("a", 2), ("a", 3),
+                           ("a", 4), ("b", 4)]
+    assert [ids for ids in timed["a"][1]] == [[0], [1], [2], [3], [4]] == timed["b"][1]
+    assert len(timed["a"][0]) == len(timed["b"][0]) == 5
 
 
 def test_hnsw_build_memory_estimate():

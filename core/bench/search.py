@@ -28,7 +28,7 @@ from manet.bench.search_data import DescriptorGenerator, VectorFile
 from manet.bench.search_faiss import faiss_available, faiss_series
 from manet.bench.search_filters import filter_row, format_filter_rows
 from manet.bench.search_load import BENCH_MODEL, Loaded, clear_scratch, load_gallery
-from manet.bench.search_timing import WARMUP_QUERIES, series_figures, timed_series
+from manet.bench.search_timing import BLOCK_QUERIES, WARMUP_QUERIES, series_figures, timed_series
 from manet.bench.search_truth import K, filtered_rows, recall_at_k
 from manet.errors import ManetError
 from manet.search.category_index import build_category_indexes
@@ -245,7 +245,7 @@ def _report(options: SearchBenchOptions, source: Any, loaded: Loaded, index: Any
         },
         "warmup": f"per ef_search, the first {min(WARMUP_QUERIES, options.queries)} queries run untimed through "
                   f"the SQL and raw searches, then all {options.queries} are timed one at a time, the two "
-                  f"taking turns on each query in rotating order; per filter selectivity, the first "
+                  f"taking turns every {BLOCK_QUERIES} queries in rotating order; per filter selectivity, the first "
                   f"{min(options.filter_queries, options.queries)} queries likewise through the planner, forced "
                   f"HNSW and raw pgvector, and forced exact on a sample; the exact scan is timed on a sample "
                   f"(>= {EXACT_MIN_QUERIES} queries, about {EXACT_BUDGET_S:.0f} s)",

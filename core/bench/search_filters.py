@@ -3,7 +3,7 @@ forced HNSW, forced exact and raw pgvector with an iterative scan, on the same q
 
 Each selectivity has its own category in the scratch catalogue (``bench-filter-<selectivity>``,
 an evenly spaced fraction of the products) and its own exact top-7. The planner, forced HNSW and
-raw pgvector take turns on every query (:func:`manet.bench.search_timing.timed_series`); forced
+raw pgvector take turns on the same queries (:func:`manet.bench.search_timing.timed_series`); forced
 exact reads every matching row, so on large filters it is timed on a sample, like the unfiltered
 exact scan.
 """

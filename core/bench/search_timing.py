@@ -13,17 +13,21 @@ from manet.bench.search_truth import recall_at_k
 
 #: Each timed series first runs this many of its queries untimed (caches, prepared statements).
 WARMUP_QUERIES = 50
+#: Queries a runner times in a row before the next runner takes over.
+BLOCK_QUERIES = 25
 
 Runner = Callable[[np.ndarray], list[int]]
 
 
-def timed_series(runners: dict[str, Runner], queries: np.ndarray
+def timed_series(runners: dict[str, Runner], queries: np.ndarray, block: int = BLOCK_QUERIES
                  ) -> dict[str, tuple[list[float], list[list[int]]]]:
     """Latencies and result ids of every query through every runner, one query at a time.
 
-    The runners take turns on each query, in an order that rotates from query to query, so
-    load drift on a shared machine hits them alike and none always meets the index pages cold
-    (the next runner with the same query finds them cached). :data:`WARMUP_QUERIES` queries go
+    The runners take turns block by block (``block`` queries each), in an order that rotates
+    from block to block, so load drift on a shared machine hits them alike. Not query by query:
+    a runner that walks the same graph as the one before it would find that query's pages in
+    the CPU caches, and one on another graph (a category's own index) never would, so the
+    comparison would favour the runners that share a graph. :data:`WARMUP_QUERIES` queries go
     through every runner untimed first.
     """
     names = list(runners)
@@ -31,13 +35,14 @@ def timed_series(runners: dict[str, Runner], queries: np.ndarray
         for name in names:
             runners[name](query)
     timed: dict[str, tuple[list[float], list[list[int]]]] = {name: ([], []) for name in names}
-    for index, query in enumerate(queries):
+    for number, start in enumerate(range(0, len(queries), block)):
         for turn in range(len(names)):
-            name = names[(index + turn) % len(names)]
-            started = time.perf_counter()
-            ids = runners[name](query)
-            timed[name][0].append(time.perf_counter() - started)
-            timed[name][1].append(ids)
+            name = names[(number + turn) % len(names)]
+            for query in queries[start:start + block]:
+                started = time.perf_counter()
+                ids = runners[name](query)
+                timed[name][0].append(time.perf_counter() - started)
+                timed[name][1].append(ids)
     return timed
 
 
