@@ -102,6 +102,18 @@ def test_a_filter_matching_nothing_returns_no_rows(vec):
     assert result.plan.path == "exact" and result.plan.matching == 0 and result.hits == []
 
 
+def test_cli_says_why_a_filtered_search_found_nothing(vec, database_url, monkeypatch):
+    from manet.cli.main import cli
+
+    monkeypatch.setenv("MANET_DATABASE_URL", database_url)
+    result = CliRunner().invoke(cli, ["--quiet", "search", "--model", "vec", "--image-id", "3", "--category",
+                                      "no such category", "--brand", "BRAND 4"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == ("Error: no catalogue image of model 'vec' matches category 'no such category' and "
+                             "brand 'BRAND 4'; check the spelling (categories: manet categories list) or drop "
+                             "the filter\n")
+
+
 def test_the_exact_path_needs_a_filter(vec):
     retriever, _, queries = vec
     with pytest.raises(ManetError, match="the exact path needs a filter"):

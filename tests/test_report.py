@@ -103,8 +103,9 @@ def test_search_html_with_an_image_id_text_mode(populated, run, small_catalogue,
     page_path = tmp_path / "by-id.html"
     result = run("search", "--image-id", str(stored.id), "--model", "tiny", "-k", "5", "--brand", "zzz-none",
                  "--html", str(page_path))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the page is written, then why nothing matched
     assert result.stdout.strip().splitlines()[-1] == f"wrote {page_path}"
+    assert result.stderr.startswith("Error: no catalogue image of model 'tiny' matches brand 'zzz-none'")
     root, page = parse(page_path)
     assert "brand = zzz-none" in root.one("table", "info").content()
     assert "no results" in page

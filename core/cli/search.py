@@ -169,6 +169,21 @@ def search(state: State, image: Path | None, model: str, image_id: int | None, k
         state.retriever.write_search_page(html, hits, model=model, k=k, image=image, image_id=image_id,
                                           filters={"category": category, "brand": brand}, reranker=reranker)
         click.echo(f"wrote {html}", err=as_json)
+    if not hits:
+        # An empty list says nothing about why; a misspelt filter is the usual cause.
+        raise click.ClickException(_no_hits_reason(model, category, brand))
+
+
+def _no_hits_reason(model: str, category: str | None, brand: str | None) -> str:
+    filters = []
+    if category is not None:
+        filters.append(f"category {category!r}")
+    if brand is not None:
+        filters.append(f"brand {brand!r}")
+    if filters:
+        return (f"no catalogue image of model '{model}' matches {' and '.join(filters)}; check the spelling "
+                f"(categories: manet categories list) or drop the filter")
+    return f"model '{model}' has no catalogue descriptors to search; run: manet extract --model {model}"
 
 
 def _print_hits(hits: list) -> None:
