@@ -80,6 +80,10 @@ CATEGORY_EF_EXPONENT = 0.45
 #: (X ⊙ (1 + S), residual attention: a cell the branch calls background keeps its features) or
 #: ``detached`` (X ⊙ S, but only Eq. 1 trains the branch: no classification gradient through S).
 SALIENCY_GATES = ("multiply", "residual", "detached")
+#: What the saliency branch reads: the backbone's stages as they are (``shared``: Eq. 1's gradient
+#: also trains the backbone, the paper's multi-task set-up) or ``detached`` from it (only the
+#: classification loss trains the backbone; the branch learns on top of its features).
+SALIENCY_INPUTS = ("shared", "detached")
 #: The scale of Eq. 2's T: ``paper`` (sigmoid(T_m) + 1, so 1.5 on a text-free cell) or ``neutral``
 #: (the same divided by 1.5, so a text-free cell keeps its features and text weighs up to 4/3 of it).
 TEXT_SCALES = ("paper", "neutral")

@@ -112,6 +112,22 @@ def test_detached_gate_trains_saliency_by_dice_only(registry):
     assert any(p.grad is not None and p.grad.any() for p in model.stages.parameters())
 
 
+@pytest.mark.parametrize("branch_input", ["shared", "detached"])
+def test_detached_saliency_input_keeps_dice_out_of_the_backbone(registry, branch_input):
+    # Eq. 1 alone: it trains the branch either way, and the backbone only when the input is shared.
+    model = tiny(registry, text=False, saliency_input=branch_input)
+    out = model(images())
+    target = binarize_at_mean(torch.rand(BATCH, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(2)))
+    manet_loss({**out, "logits": out["logits"].detach()}, torch.zeros(BATCH, dtype=torch.long), target).backward()
+    assert any(p.grad is not None and p.grad.any() for p in model.attention.parameters())
+    backbone_trained = any(p.grad is not None and p.grad.any() for p in model.stages.parameters())
+    assert backbone_trained == (branch_input == "shared")
+    with torch.inference_mode():  # the forward pass is the same
+        shared = tiny(registry, text=False)
+        shared.load_state_dict(model.state_dict())
+        torch.testing.assert_close(shared(images())["weighted"], model(images())["weighted"])
+
+
 @pytest.mark.parametrize("name", ["resnet18", pytest.param("vgg16", marks=pytest.mark.slow)])
 def test_stages_equal_build(registry, name):
     backbone = registry.create("backbone", name)
@@ -171,10 +187,12 @@ def test_config_round_trip_and_errors():
         MANetConfig(head_pooling="max")
     with pytest.raises(Exception, match="unknown saliency gate 'sum'"):
         MANetConfig(saliency_gate="sum")
+    with pytest.raises(Exception, match="unknown saliency input 'glued'"):
+        MANetConfig(saliency_input="glued")
     with pytest.raises(Exception, match="unknown text scale 'loud'"):
         MANetConfig(text_scale="loud")
     # A checkpoint written before these settings existed reads as the paper's X * S and T.
     old = MANetConfig.from_dict({"backbone": "vgg16"})
-    assert (old.saliency_gate, old.text_scale) == ("multiply", "paper")
+    assert (old.saliency_gate, old.saliency_input, old.text_scale) == ("multiply", "shared", "paper")
     with pytest.raises(Exception, match="unknown MANet settings"):
         MANetConfig.from_dict({"colour": "red"})

@@ -126,9 +126,11 @@ def test_residual_saliency_gate_reaches_extraction(prepared, run):
 
 
 def test_saliency_target_is_any_saliency_estimator(prepared, run):
-    result = run("train", "--name", "ft-target", "--epochs", "1", *TINY, "--saliency-target", "frequency-tuned")
+    result = run("train", "--name", "ft-target", "--epochs", "1", *TINY, "--saliency-target", "frequency-tuned",
+                 "--saliency-input", "detached")
     assert result.exit_code == 0, result.output
     record = prepared.model("ft-target")
+    assert record.config.manet["saliency_input"] == "detached"
     # the Dice targets' estimator is recorded, and a derived model with the learned saliency
     # off falls back to the same estimator
     assert record.metrics["training"]["saliency_estimator"] == "frequency-tuned"

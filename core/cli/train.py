@@ -27,6 +27,9 @@ from manet.train.distributed import LR_SCALING_RULES
 @click.option("--saliency-gate", type=click.Choice(config.SALIENCY_GATES), default="multiply", show_default=True,
               help="How the learned saliency S weights the features: X * S (the paper's), X * (1 + S), or "
                    "X * S with only the Dice loss training S (detached).")
+@click.option("--saliency-input", type=click.Choice(config.SALIENCY_INPUTS), default="shared", show_default=True,
+              help="What the saliency branch reads: the backbone's stages, so that the Dice loss also trains "
+                   "the backbone (the paper's), or the same detached, so that only the classification loss does.")
 @click.option("--text-scale", type=click.Choice(config.TEXT_SCALES), default="neutral", show_default=True,
               help="Eq. 2's text weight: the same / 1.5, so 1 without text, or sigmoid(T_m) + 1 (the paper's, "
                    "1.5 without text; trains worse, see docs/RESULTS.md).")
@@ -54,7 +57,7 @@ from manet.train.distributed import LR_SCALING_RULES
 @JSON_OPTION
 @pass_state
 def train(state: State, name: str, backbone: str, weights: str, epochs: int, batch_size: int, image_size: int,
-          no_saliency: bool, no_text: bool, saliency_gate: str, text_scale: str, saliency_target: str,
+          no_saliency: bool, no_text: bool, saliency_gate: str, saliency_input: str, text_scale: str, saliency_target: str,
           lambda_dice: float, lr: float, lr_scaling: str,
           backbone_lr_scale: float, frozen_stages: int, training_set: str, labels: str, text_detector: str,
           num_workers: int | None, seed: int, resume: bool, device: str | None, as_json: bool) -> None:
@@ -69,7 +72,8 @@ def train(state: State, name: str, backbone: str, weights: str, epochs: int, bat
         state.device = device
     cfg = TrainConfig(name=name, backbone=backbone, weights=weights, image_size=image_size, epochs=epochs,
                       batch_size=batch_size, saliency=not no_saliency, text=not no_text, saliency_gate=saliency_gate,
-                      text_scale=text_scale, saliency_estimator=saliency_target, lambda_dice=lambda_dice,
+                      saliency_input=saliency_input, text_scale=text_scale, saliency_estimator=saliency_target,
+                      lambda_dice=lambda_dice,
                       lr=lr, backbone_lr_scale=backbone_lr_scale, frozen_stages=frozen_stages,
                       training_set=training_set, labels=labels,
                       text_detector=text_detector, seed=seed,

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from manet.config import SALIENCY_GATES, TEXT_SCALES
+from manet.config import SALIENCY_GATES, SALIENCY_INPUTS, TEXT_SCALES
 from manet.errors import PluginError
 from manet.nn.attention_math import dice_loss, resize_map, weight_features
 from manet.plugin_manager import Registry
@@ -42,6 +42,8 @@ class MANetConfig:
     dropout: float = 0.2
     #: How the learned saliency weights X in Eq. 3 (:data:`manet.config.SALIENCY_GATES`).
     saliency_gate: str = "multiply"
+    #: Whether Eq. 1's gradient reaches the backbone (:data:`manet.config.SALIENCY_INPUTS`).
+    saliency_input: str = "shared"
     #: The scale of Eq. 2's text weight (:data:`manet.config.TEXT_SCALES`).
     text_scale: str = "paper"
 
@@ -52,6 +54,8 @@ class MANetConfig:
             )
         if self.saliency_gate not in SALIENCY_GATES:
             raise PluginError(f"unknown saliency gate '{self.saliency_gate}'; known: {', '.join(SALIENCY_GATES)}")
+        if self.saliency_input not in SALIENCY_INPUTS:
+            raise PluginError(f"unknown saliency input '{self.saliency_input}'; known: {', '.join(SALIENCY_INPUTS)}")
         if self.text_scale not in TEXT_SCALES:
             raise PluginError(f"unknown text scale '{self.text_scale}'; known: {', '.join(TEXT_SCALES)}")
         if int(self.num_classes) < 1:
@@ -97,6 +101,10 @@ class MANet(nn.Module):
             maps.append(x)
         return maps
 
+    def _branch_input(self, maps: list[Tensor]) -> list[Tensor]:
+        """The stages as the saliency branch reads them (cut from the backbone's graph when detached)."""
+        return [m.detach() for m in maps] if self.config.saliency_input == "detached" else maps
+
     def forward(self, images: Tensor, text_mask: Tensor | None = None) -> dict[str, Tensor | None]:
         """Return ``features`` X (B, C, h, w), ``weighted`` X~ (Eq. 3), ``saliency_logits``
         (B, 1, h', w') or None when the branch is off, and ``logits`` (B, num_classes).
@@ -113,7 +121,7 @@ class MANet(nn.Module):
             )
         maps = self._stage_maps(images)
         features = maps[-1]
-        saliency_logits = self.attention(maps) if self.attention is not None else None
+        saliency_logits = self.attention(self._branch_input(maps)) if self.attention is not None else None
         weighted = self.weight(features, torch.sigmoid(saliency_logits) if saliency_logits is not None else None,
                                text_mask if self.config.text else None)
         logits = self.classifier(self.dropout(self.pool(weighted)))
@@ -132,7 +140,7 @@ class MANet(nn.Module):
         features = maps[-1]
         if self.attention is None:
             return features, None
-        return features, resize_map(torch.sigmoid(self.attention(maps)), features.shape[-2:])
+        return features, resize_map(torch.sigmoid(self.attention(self._branch_input(maps))), features.shape[-2:])
 
     def saliency_map(self, images: Tensor) -> Tensor:
         """Saliency probability (B, 1, h, w) at the feature map's resolution (for SR-MAC)."""

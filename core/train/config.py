@@ -43,6 +43,8 @@ class TrainConfig:
     attention_branch: str = "saliency-fpn"
     #: How the learned saliency weights X (:data:`manet.config.SALIENCY_GATES`).
     saliency_gate: str = "multiply"
+    #: Whether Eq. 1's gradient reaches the backbone (:data:`manet.config.SALIENCY_INPUTS`).
+    saliency_input: str = "shared"
     #: The scale of Eq. 2's text weight (:data:`manet.config.TEXT_SCALES`). ``neutral``:
     #: the paper's 1.5 on text-free cells scaled the classifier's input and cost MAP@7 0.05 on
     #: Grocery (three seeds) and 0.07 in the demo (docs/RESULTS.md).
@@ -59,7 +61,8 @@ class TrainConfig:
     def manet_config(self, num_classes: int) -> dict[str, Any]:
         return {"backbone": self.backbone, "weights": self.weights, "num_classes": num_classes,
                 "saliency": self.saliency, "text": self.text, "attention_branch": self.attention_branch,
-                "saliency_gate": self.saliency_gate, "text_scale": self.text_scale}
+                "saliency_gate": self.saliency_gate, "saliency_input": self.saliency_input,
+                "text_scale": self.text_scale}
 
 
 @dataclass
