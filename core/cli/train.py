@@ -27,9 +27,11 @@ from manet.train.distributed import LR_SCALING_RULES
 @click.option("--saliency-gate", type=click.Choice(config.SALIENCY_GATES), default="multiply", show_default=True,
               help="How the learned saliency S weights the features: X * S (the paper's), X * (1 + S), or "
                    "X * S with only the Dice loss training S (detached).")
-@click.option("--saliency-input", type=click.Choice(config.SALIENCY_INPUTS), default="shared", show_default=True,
-              help="What the saliency branch reads: the backbone's stages, so that the Dice loss also trains "
-                   "the backbone (the paper's), or the same detached, so that only the classification loss does.")
+@click.option("--saliency-input", type=click.Choice(config.SALIENCY_INPUTS), default=config.DEFAULT_SALIENCY_INPUT,
+              show_default=True,
+              help="What the saliency branch reads: the backbone's stages detached, so that only the "
+                   "classification loss trains the backbone, or shared, so that the Dice loss does too (the "
+                   "paper's; 0.01-0.016 MAP@7 lower on Grocery, see docs/RESULTS.md).")
 @click.option("--text-scale", type=click.Choice(config.TEXT_SCALES), default="neutral", show_default=True,
               help="Eq. 2's text weight: the same / 1.5, so 1 without text, or sigmoid(T_m) + 1 (the paper's, "
                    "1.5 without text; trains worse, see docs/RESULTS.md).")

@@ -44,7 +44,7 @@ class TrainConfig:
     #: How the learned saliency weights X (:data:`manet.config.SALIENCY_GATES`).
     saliency_gate: str = "multiply"
     #: Whether Eq. 1's gradient reaches the backbone (:data:`manet.config.SALIENCY_INPUTS`).
-    saliency_input: str = "shared"
+    saliency_input: str = manet_config.DEFAULT_SALIENCY_INPUT
     #: The scale of Eq. 2's text weight (:data:`manet.config.TEXT_SCALES`). ``neutral``:
     #: the paper's 1.5 on text-free cells scaled the classifier's input and cost MAP@7 0.05 on
     #: Grocery (three seeds) and 0.07 in the demo (docs/RESULTS.md).
