@@ -57,7 +57,7 @@ def test_timed_series_rotates_runners_block_by_block():
                            ("a", 4), ("b", 4)]
     assert timed_calls == [("a", 0), ("a", 1), ("b", 0), ("b", 1), ("b", 2), ("b", 3), ("a", 2), ("a", 3),
                            ("a", 4), ("b", 4)]
-    assert [ids for ids in timed["a"][1]] == [[0], [1], [2], [3], [4]] == timed["b"][1]
+    assert timed["a"][1] == [[0], [1], [2], [3], [4]] == timed["b"][1]
     assert len(timed["a"][0]) == len(timed["b"][0]) == 5
 
 

@@ -48,16 +48,13 @@ class MANetConfig:
     text_scale: str = "paper"
 
     def __post_init__(self) -> None:
-        if self.head_pooling not in HEAD_POOLINGS:
-            raise PluginError(
-                f"unknown head pooling '{self.head_pooling}'; known: {', '.join(HEAD_POOLINGS)}"
-            )
-        if self.saliency_gate not in SALIENCY_GATES:
-            raise PluginError(f"unknown saliency gate '{self.saliency_gate}'; known: {', '.join(SALIENCY_GATES)}")
-        if self.saliency_input not in SALIENCY_INPUTS:
-            raise PluginError(f"unknown saliency input '{self.saliency_input}'; known: {', '.join(SALIENCY_INPUTS)}")
-        if self.text_scale not in TEXT_SCALES:
-            raise PluginError(f"unknown text scale '{self.text_scale}'; known: {', '.join(TEXT_SCALES)}")
+        choices = (("head pooling", self.head_pooling, tuple(HEAD_POOLINGS)),
+                   ("saliency gate", self.saliency_gate, SALIENCY_GATES),
+                   ("saliency input", self.saliency_input, SALIENCY_INPUTS),
+                   ("text scale", self.text_scale, TEXT_SCALES))
+        for what, value, known in choices:
+            if value not in known:
+                raise PluginError(f"unknown {what} '{value}'; known: {', '.join(known)}")
         if int(self.num_classes) < 1:
             raise PluginError(f"num_classes must be >= 1, got {self.num_classes}")
         if not 0.0 <= float(self.dropout) < 1.0:
