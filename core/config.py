@@ -87,9 +87,10 @@ SALIENCY_INPUTS = ("shared", "detached")
 #: `manet train`'s: detached measured 0.010-0.016 MAP@7 above shared on every one of three seeds
 #: (Grocery, docs/RESULTS.md). A checkpoint without the setting reads as shared.
 DEFAULT_SALIENCY_INPUT = "detached"
-#: The scale of Eq. 2's T: ``paper`` (sigmoid(T_m) + 1, so 1.5 on a text-free cell) or ``neutral``
-#: (the same divided by 1.5, so a text-free cell keeps its features and text weighs up to 4/3 of it).
-TEXT_SCALES = ("paper", "neutral")
+#: The scale of Eq. 2's T: ``paper`` (sigmoid(T_m) + 1, so 1.5 on a text-free cell), ``neutral``
+#: (the same divided by 1.5, so a text-free cell keeps its features) or ``logit`` (1 + T_m: the
+#: detector's probability taken as the sigmoid of the logit Eq. 2 expects, so T spans (1, 2)).
+TEXT_SCALES = ("paper", "neutral", "logit")
 
 # `manet serve` (manet.serve): its options' variables and defaults.
 SERVE_HOST_ENV = "MANET_SERVE_HOST"

@@ -78,6 +78,13 @@ def test_neutral_text_scale_divides_the_weighting_by_one_and_a_half(registry):
     torch.testing.assert_close(b["weighted"] * 1.5, a["weighted"])
 
 
+def test_logit_text_scale_weights_features_by_one_plus_the_mask(registry):
+    model = tiny(registry, saliency=False, text_scale="logit")
+    mask = text_mask()  # already at the feature map's size
+    with torch.inference_mode():
+        out = model(images(), mask)
+    torch.testing.assert_close(out["weighted"], out["features"] * (1.0 + mask))
+
 def test_text_mask_weights_the_features(registry):
     model = tiny(registry, saliency=False)
     plain = tiny(registry, saliency=False, text=False)

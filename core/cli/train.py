@@ -33,8 +33,9 @@ from manet.train.distributed import LR_SCALING_RULES
                    "classification loss trains the backbone, or shared, so that the Dice loss does too (the "
                    "paper's; 0.01-0.016 MAP@7 lower on Grocery, see docs/RESULTS.md).")
 @click.option("--text-scale", type=click.Choice(config.TEXT_SCALES), default="neutral", show_default=True,
-              help="Eq. 2's text weight: the same / 1.5, so 1 without text, or sigmoid(T_m) + 1 (the paper's, "
-                   "1.5 without text; trains worse, see docs/RESULTS.md).")
+              help="Eq. 2's text weight: the same / 1.5, so 1 without text; sigmoid(T_m) + 1 (the paper's, "
+                   "1.5 without text; trains worse, see docs/RESULTS.md); or 1 + T_m (logit: 1 without "
+                   "text, 2 on sure text).")
 @click.option("--saliency-target", default=config.DEFAULT_SALIENCY_ESTIMATOR, show_default=True,
               help="Saliency estimator whose maps are the Dice loss's targets (Eq. 1); "
                    "`manet plugins list` names them.")

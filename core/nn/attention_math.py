@@ -69,7 +69,14 @@ def text_weight(text_mask: Tensor, scale: str = "paper") -> Tensor:
     stays in (1, 2): text boosts features but never suppresses them. ``scale`` ``neutral`` divides
     T by 1.5: the same ratios between cells, but a text-free cell keeps its features. Extraction
     L2-normalises every region, so the two give the same descriptors from the same network; they
-    differ in training, where T scales the features that reach the classifier."""
+    differ in training, where T scales the features that reach the classifier.
+
+    ``logit`` gives ``1 + T_m``. A detector's mask is already a probability, sigmoid(logit), so
+    Eq. 2's own sigmoid over it squeezes T into [1.5, 1.73]: a text cell weighs at most 1.155 times
+    a text-free one. Taking T_m as the sigmoid of the logit that Eq. 2 expects gives its whole range,
+    1 without text to 2 on sure text, and changes the descriptors, not only the training."""
+    if scale == "logit":
+        return 1.0 + text_mask
     weight = torch.sigmoid(text_mask) + 1.0
     if scale == "paper":
         return weight

@@ -74,6 +74,13 @@ def test_text_weight_neutral_scale() -> None:
         text_weight(torch.zeros(1), "loud")
 
 
+def test_text_weight_logit_scale_spans_one_to_two() -> None:
+    # 1 + T_m: no text keeps X, sure text doubles it; the paper's T only spans 1.5 .. 1.73 on [0, 1].
+    close(text_weight(torch.tensor([0.0, 0.25, 1.0]), "logit"), [1.0, 1.25, 2.0])
+    x = torch.tensor([[[[2.0, 3.0]]]])
+    close(weight_features(x, text_mask=torch.tensor([[[[0.0, 0.5]]]]), text_scale="logit"), [[[[2.0, 4.5]]]])
+
+
 def test_weight_features_eq3() -> None:
     x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[-1.0, 0.0], [10.0, 1.0]]]])  # (1, 2, 2, 2)
     s = torch.tensor([[[[1.0, 0.5], [0.0, 0.25]]]])
