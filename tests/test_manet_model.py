@@ -85,6 +85,7 @@ def test_logit_text_scale_weights_features_by_one_plus_the_mask(registry):
         out = model(images(), mask)
     torch.testing.assert_close(out["weighted"], out["features"] * (1.0 + mask))
 
+
 def test_text_mask_weights_the_features(registry):
     model = tiny(registry, saliency=False)
     plain = tiny(registry, saliency=False, text=False)

@@ -32,7 +32,8 @@ from manet.train.distributed import LR_SCALING_RULES
               help="What the saliency branch reads: the backbone's stages detached, so that only the "
                    "classification loss trains the backbone, or shared, so that the Dice loss does too (the "
                    "paper's; 0.01-0.016 MAP@7 lower on Grocery, see docs/RESULTS.md).")
-@click.option("--text-scale", type=click.Choice(config.TEXT_SCALES), default="neutral", show_default=True,
+@click.option("--text-scale", type=click.Choice(config.TEXT_SCALES), default=config.DEFAULT_TEXT_SCALE,
+              show_default=True,
               help="Eq. 2's text weight: the same / 1.5, so 1 without text; sigmoid(T_m) + 1 (the paper's, "
                    "1.5 without text; trains worse, see docs/RESULTS.md); or 1 + T_m (logit: 1 without "
                    "text, 2 on sure text).")

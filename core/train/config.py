@@ -45,10 +45,8 @@ class TrainConfig:
     saliency_gate: str = "multiply"
     #: Whether Eq. 1's gradient reaches the backbone (:data:`manet.config.SALIENCY_INPUTS`).
     saliency_input: str = manet_config.DEFAULT_SALIENCY_INPUT
-    #: The scale of Eq. 2's text weight (:data:`manet.config.TEXT_SCALES`). ``neutral``:
-    #: the paper's 1.5 on text-free cells scaled the classifier's input and cost MAP@7 0.05 on
-    #: Grocery (three seeds) and 0.07 in the demo (docs/RESULTS.md).
-    text_scale: str = "neutral"
+    #: The scale of Eq. 2's text weight (:data:`manet.config.TEXT_SCALES`; why this default there).
+    text_scale: str = manet_config.DEFAULT_TEXT_SCALE
     seed: int = 0
     num_workers: int | None = None
     #: How the learning rate grows with the global batch (processes x batch_size): sqrt | linear | none.
