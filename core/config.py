@@ -80,6 +80,8 @@ CATEGORY_EF_EXPONENT = 0.45
 #: (X ⊙ (1 + S), residual attention: a cell the branch calls background keeps its features) or
 #: ``detached`` (X ⊙ S, but only Eq. 1 trains the branch: no classification gradient through S).
 SALIENCY_GATES = ("multiply", "residual", "detached")
+#: `manet train`'s: the paper's X ⊙ S (the other gates are compared in docs/RESULTS.md).
+DEFAULT_SALIENCY_GATE = "multiply"
 #: What the saliency branch reads: the backbone's stages as they are (``shared``: Eq. 1's gradient
 #: also trains the backbone, the paper's multi-task set-up) or ``detached`` from it (only the
 #: classification loss trains the backbone; the branch learns on top of its features).

@@ -24,7 +24,8 @@ from manet.train.distributed import LR_SCALING_RULES
 @click.option("--image-size", default=224, show_default=True)
 @click.option("--no-saliency", is_flag=True, help="No saliency branch (with --no-text: the plain classifier).")
 @click.option("--no-text", is_flag=True, help="No text branch.")
-@click.option("--saliency-gate", type=click.Choice(config.SALIENCY_GATES), default="multiply", show_default=True,
+@click.option("--saliency-gate", type=click.Choice(config.SALIENCY_GATES), default=config.DEFAULT_SALIENCY_GATE,
+              show_default=True,
               help="How the learned saliency S weights the features: X * S (the paper's), X * (1 + S), or "
                    "X * S with only the Dice loss training S (detached).")
 @click.option("--saliency-input", type=click.Choice(config.SALIENCY_INPUTS), default=config.DEFAULT_SALIENCY_INPUT,

@@ -42,7 +42,7 @@ class TrainConfig:
     text_detector: str = ""
     attention_branch: str = "saliency-fpn"
     #: How the learned saliency weights X (:data:`manet.config.SALIENCY_GATES`).
-    saliency_gate: str = "multiply"
+    saliency_gate: str = manet_config.DEFAULT_SALIENCY_GATE
     #: Whether Eq. 1's gradient reaches the backbone (:data:`manet.config.SALIENCY_INPUTS`).
     saliency_input: str = manet_config.DEFAULT_SALIENCY_INPUT
     #: The scale of Eq. 2's text weight (:data:`manet.config.TEXT_SCALES`; why this default there).
