@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from manet import config
+
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable
 
@@ -53,14 +55,16 @@ class ModelUpkeep:
         return [index_status(self.db, self.model(name)) for name in names]
 
     def build_category_indexes(self, model: str, *, categories: list[str] | None = None,
-                               min_rows: int | None = None, maintenance_work_mem: str | None = None
-                               ) -> list[Any]:
+                               min_rows: int | None = None, m: int = config.DEFAULT_CATEGORY_HNSW_M,
+                               ef_construction: int = config.DEFAULT_CATEGORY_EF_CONSTRUCTION,
+                               maintenance_work_mem: str | None = None) -> list[Any]:
         """Give large categories their own HNSW graph: the ``categories`` named, else every category
         with more than ``min_rows`` catalogue descriptors (default
-        :data:`manet.config.DEFAULT_CATEGORY_INDEX_MIN_ROWS`); see :func:`manet.search.category_index.build_category_indexes`."""
+        :data:`manet.config.DEFAULT_CATEGORY_INDEX_MIN_ROWS`), of degree ``m``; see :func:`manet.search.category_index.build_category_indexes`."""
         from manet.search.category_index import build_category_indexes
 
         return build_category_indexes(self.db, self.model(model), categories=categories, min_rows=min_rows,
+                                      m=m, ef_construction=ef_construction,
                                       maintenance_work_mem=maintenance_work_mem, progress=self.progress)
 
     def rebuild_index(self, model: str, *, concurrently: bool = True,

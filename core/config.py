@@ -68,11 +68,16 @@ DEFAULT_FILTERED_EF_SEARCH = 400
 #: `manet index build --by-category`: above it, walking a graph of the category's rows costs less
 #: than ranking them exactly (measured at 100K x 512, docs/PERFORMANCE.md).
 DEFAULT_CATEGORY_INDEX_MIN_ROWS = 1000
+#: Graph degree and build candidate list of a category's own index: denser than the model's, so
+#: that recall@7 0.99 costs less ef_search there (docs/PERFORMANCE.md, "Denser category graphs").
+DEFAULT_CATEGORY_HNSW_M = 24
+DEFAULT_CATEGORY_EF_CONSTRUCTION = 128
 #: ef_search of searches on a category's own index that set none grows with the index's rows,
-#: ``CATEGORY_EF_AT_1000 * (rows / 1000) ** CATEGORY_EF_EXPONENT`` (45 at 1,000 rows, 262 at 50,000):
-#: about 1.1 x the smallest that kept recall@7 >= 0.99 on graphs of 1,000 to 50,000 rows, since
-#: two builds of the same graph differ by about 0.005 in recall (docs/PERFORMANCE.md).
-CATEGORY_EF_AT_1000 = 45
+#: ``CATEGORY_EF_AT_1000 * (rows / 1000) ** CATEGORY_EF_EXPONENT`` (27 at 1,000 rows, 157 at 50,000):
+#: about 1.1 x the smallest that kept recall@7 >= 0.99 on graphs of 5,000 to 50,000 rows built
+#: with the settings above, since two builds of the same graph differ by about 0.005 in recall
+#: (docs/PERFORMANCE.md).
+CATEGORY_EF_AT_1000 = 27
 CATEGORY_EF_EXPONENT = 0.45
 
 # MANet's Eq. 2-3 variants (manet.nn.attention_math); here so the CLI lists them without torch.

@@ -166,7 +166,7 @@ def test_bench_search_json(manet, database_url):
         assert row["exact_recall_at_7"] == 1.0 and row["exact_rows_min"] == 7
     small, large = report["filters"]
     assert small["planner_path"] == "exact" and small["planner_recall_at_7"] == 1.0
-    assert large["planner_path"] == "category-index" and large["planner_ef_search"] == 54  # 45 x 1.5 ** 0.45
+    assert large["planner_path"] == "category-index" and large["planner_ef_search"] == 32  # 27 x 1.5 ** 0.45
     assert large["planner_recall_at_7"] >= 0.9
     assert report["filtered_rows_min"] == 7
     assert report["exact_recall_at_7"] == 1.0

@@ -159,13 +159,26 @@ def test_bad_requests_say_what_to_do(cat, database_url, monkeypatch):
     assert status.exit_code == 0 and category_name(SMALL) in status.output, status.output
 
 
-@pytest.mark.parametrize("rows, ef", [(1, 45), (1000, 45), (5000, 93), (50_000, 262), (500_000, 737),
+@pytest.mark.parametrize("rows, ef", [(1, 27), (1000, 27), (5000, 56), (50_000, 157), (500_000, 442),
                                       (10_000_000, 1000)])
 def test_category_ef_search_grows_with_the_index(rows, ef):
     from manet.search.planner import category_ef_search
 
-    # 45 * (rows / 1000) ** 0.45, within 45..1000: 5,000 -> 45 * 5 ** 0.45 = 92.8; 50,000 -> 261.7
+    # 27 * (rows / 1000) ** 0.45, within 27..1000: 5,000 -> 27 * 5 ** 0.45 = 55.7; 50,000 -> 157.0;
+    # 500,000 -> 442.5; 10,000,000 -> 1,704
     assert category_ef_search(rows) == ef
+
+
+def test_the_category_graph_is_denser_than_the_models(cat):
+    """m 24 / ef_construction 128 on the category's own expression, beside the model's m 16 / 64."""
+    retriever = cat[0]
+    model = retriever.model("cat")
+    own = category_indexes.index_name(model.id, _category_id(retriever, LARGE))
+    with retriever.db.begin() as conn:
+        definition = {name: conn.execute(sa.text("SELECT pg_get_indexdef(to_regclass(:n))"), {"n": name}).scalar_one()
+                      for name in (own, model.index_name)}
+    assert f"subvector(embedding, 1, {DIM})" in definition[own] and "m='24', ef_construction='128'" in definition[own]
+    assert "subvector" not in definition[model.index_name] and "m='16'" in definition[model.index_name]
 
 
 def test_a_rebuild_rebuilds_the_category_indexes_too(cat):

@@ -33,7 +33,9 @@ def index() -> None:
 @click.option("--maintenance-work-mem", help="Build memory, e.g. 2GB (default: estimated from the rows, <= 4GB).")
 @click.option("--by-category", is_flag=True,
               help=f"Also give every category with more than {config.DEFAULT_CATEGORY_INDEX_MIN_ROWS} catalogue "
-                   f"images its own HNSW index, which filtered searches of it then walk.")
+                   f"images its own HNSW index, which filtered searches of it then walk (denser than the "
+                   f"model's: m {config.DEFAULT_CATEGORY_HNSW_M}, ef_construction "
+                   f"{config.DEFAULT_CATEGORY_EF_CONSTRUCTION}).")
 @click.option("--category", "categories", multiple=True, metavar="NAME",
               help="Also give this category its own HNSW index (repeatable).")
 @click.option("--categories-only", is_flag=True,

@@ -18,7 +18,8 @@ from typing import Any
 
 from manet import config
 from manet.errors import ManetError
-from manet.search.index import auto_build_memory, build_workers, create_hnsw_index, index_layout
+from manet.search.index import (auto_build_memory, build_workers, check_graph_options, create_hnsw_index,
+                                index_layout)
 from manet.store import category_indexes
 from manet.store.database import Database
 from manet.store.events import record_event
@@ -53,17 +54,20 @@ def chosen_categories(per_category: dict[int, tuple[str, int]], names: list[str]
 
 
 def build_category_indexes(db: Database, model: ModelRecord, *, categories: list[str] | None = None,
-                           min_rows: int | None = None, maintenance_work_mem: str | None = None,
-                           parallel_workers: int = 2, progress: bool = False) -> list[CategoryIndexReport]:
+                           min_rows: int | None = None, m: int = config.DEFAULT_CATEGORY_HNSW_M,
+                           ef_construction: int = config.DEFAULT_CATEGORY_EF_CONSTRUCTION,
+                           maintenance_work_mem: str | None = None, parallel_workers: int = 2,
+                           progress: bool = False) -> list[CategoryIndexReport]:
     """(Re)build the category indexes of ``model``: for the ``categories`` named, else for every
     category with more than ``min_rows`` (default :data:`manet.config.DEFAULT_CATEGORY_INDEX_MIN_ROWS`)
-    catalogue descriptors. They take the layout and graph options of the model's index, which must exist."""
+    catalogue descriptors. They take the layout of the model's index, which must exist, on their
+    own expression (:meth:`IndexLayout.for_category`), and a graph denser than the model's
+    (``m``, ``ef_construction``): recall 0.99 then needs fewer candidates (:func:`manet.search.planner.category_ef_search`)."""
     if not model.index_options:
         raise ManetError(f"model '{model.name}' has no HNSW index yet; build it first: "
                          f"manet index build --model {model.name}")
-    layout = index_layout(model)
-    m = int(model.index_options.get("m", config.DEFAULT_HNSW_M))
-    ef_construction = int(model.index_options.get("ef_construction", config.DEFAULT_EF_CONSTRUCTION))
+    check_graph_options(m, ef_construction)
+    layout = index_layout(model).for_category()
     min_rows = config.DEFAULT_CATEGORY_INDEX_MIN_ROWS if min_rows is None else int(min_rows)
     workers, _ = build_workers(db, parallel_workers)
     with db.begin() as conn:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -73,13 +73,24 @@ class IndexLayout:
     quantize: str
     dim: int
     rerank_factor: int
+    #: A category's own index (:mod:`manet.search.category_index`): the same values, indexed
+    #: through the identity ``subvector(embedding, 1, dim)``. Its graph is denser than the
+    #: model's, and pgvector costs a denser graph higher, so on the model's expression PostgreSQL
+    #: would plan a category's search on the model's index; on its own expression it cannot.
+    category: bool = False
 
     @property
     def opclass(self) -> str:
         return {"none": "vector_ip_ops", "halfvec": "halfvec_ip_ops", "binary": "bit_hamming_ops"}[self.quantize]
 
+    def for_category(self) -> IndexLayout:
+        """The layout of the model's category indexes."""
+        return replace(self, category=True)
+
     def stored(self, column: str) -> str:
         """The indexed expression over the ``embedding`` column named ``column``."""
+        if self.category:
+            column = f"subvector({column}, 1, {self.dim})"
         if self.quantize == "binary":
             return f"binary_quantize({column})::bit({self.dim})"
         return f"{column}::{'halfvec' if self.quantize == 'halfvec' else 'vector'}({self.dim})"
@@ -147,6 +158,15 @@ def create_hnsw_index(db: Database, conn: sa.Connection, name: str, layout: Inde
             f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)}) WHERE {where}"))
 
 
+def check_graph_options(m: int, ef_construction: int) -> None:
+    """A one-line error for HNSW graph options pgvector refuses."""
+    if not (2 <= m <= 100 and 4 <= ef_construction <= 1000 and ef_construction >= 2 * m):
+        raise ManetError(
+            f"invalid HNSW options m={m}, ef_construction={ef_construction}; "
+            f"use 2 <= m <= 100 and 2*m <= ef_construction <= 1000"
+        )
+
+
 @dataclass(frozen=True)
 class IndexReport:
     name: str
@@ -176,11 +196,7 @@ def build_index(db: Database, model: ModelRecord, *, m: int = config.DEFAULT_HNS
     (:func:`hnsw_build_memory_mb`, at most 4 GB). Parallel workers are used only where pgvector
     allows them safely (>= 0.8.2).
     """
-    if not (2 <= m <= 100 and 4 <= ef_construction <= 1000 and ef_construction >= 2 * m):
-        raise ManetError(
-            f"invalid HNSW options m={m}, ef_construction={ef_construction}; "
-            f"use 2 <= m <= 100 and 2*m <= ef_construction <= 1000"
-        )
+    check_graph_options(m, ef_construction)
     layout = index_layout(model, quantize, rerank_factor)
     workers, reason = build_workers(db, parallel_workers)
     options = {"quantize": layout.quantize, "rerank_factor": layout.rerank_factor, "m": int(m),
@@ -192,10 +208,8 @@ def build_index(db: Database, model: ModelRecord, *, m: int = config.DEFAULT_HNS
         if rows == 0:
             raise ManetError(f"model '{model.name}' has no gallery descriptors; run: manet extract --model {model.name}")
         memory = maintenance_work_mem or auto_build_memory(rows, layout, m)
-        previous = model.index_options
-        if (previous.get("quantize", layout.quantize), int(previous.get("m", m))) != (layout.quantize, int(m)):
-            # Category indexes of another layout hold an expression searches no longer use, and
-            # PostgreSQL costs a graph of larger m above the model's and would pass them over.
+        if model.index_options.get("quantize", layout.quantize) != layout.quantize:
+            # Category indexes of another layout hold an expression searches no longer use.
             category_indexes.drop_for_model(conn, model.id)
         create_hnsw_index(db, conn, name, layout, m=m, ef_construction=ef_construction,
                           where=f"model_id = {int(model.id)} AND gallery", rows=rows, memory=memory,

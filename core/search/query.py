@@ -74,6 +74,8 @@ def _search_sql(model: ModelRecord, k: int, category: str | None, brand: str | N
     if not 1 <= int(k) <= 1000:
         raise ManetError(f"k={k} is out of range; use 1..1000")
     layout = IndexLayout("none", model.dim, 1) if exact else index_layout(model)
+    if category_index is not None:
+        layout = layout.for_category()
     params: dict[str, Any] = {}
     if category is not None:
         params["category"] = category
