@@ -151,10 +151,15 @@ def test_bad_requests_say_what_to_do(cat, database_url, monkeypatch):
     monkeypatch.setenv("MANET_DATABASE_URL", database_url)
     usage = CliRunner().invoke(cli, ["--quiet", "index", "build", "--model", "cat", "--categories-only"])
     assert usage.exit_code == 2 and "--categories-only needs --by-category" in usage.output
+    refused = CliRunner().invoke(cli, ["--quiet", "index", "build", "--model", "cat", "--categories-only",
+                                       "--category", category_name(SMALL), "--category-m", "1"])
+    assert refused.exit_code == 1 and "invalid HNSW options m=1" in refused.output, refused.output
     built = CliRunner().invoke(cli, ["--quiet", "index", "build", "--model", "cat", "--categories-only",
-                                     "--category", category_name(SMALL), "--json"])
+                                     "--category", category_name(SMALL), "--category-m", "8",
+                                     "--category-ef-construction", "32", "--json"])
     assert built.exit_code == 0, built.output
-    assert [c["category"] for c in json.loads(built.output)["category_indexes"]] == [category_name(SMALL)]
+    assert [(c["category"], c["m"], c["ef_construction"]) for c in json.loads(built.output)["category_indexes"]] == [
+        (category_name(SMALL), 8, 32)]
     status = CliRunner().invoke(cli, ["--quiet", "index", "status", "--model", "cat"])
     assert status.exit_code == 0 and category_name(SMALL) in status.output, status.output
 

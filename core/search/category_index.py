@@ -32,6 +32,8 @@ class CategoryIndexReport:
     category: str
     rows: int
     seconds: float
+    m: int
+    ef_construction: int
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,6 +87,7 @@ def build_category_indexes(db: Database, model: ModelRecord, *, categories: list
                               memory=maintenance_work_mem or auto_build_memory(rows, layout, m),
                               workers=workers, progress=progress, label=f"{model.name} / {name}")
             record_event(conn, "index.build_category", model_id=model.id,
-                         details={"model": model.name, "index": index, "category": name, "rows": rows})
-        reports.append(CategoryIndexReport(index, name, rows, time.perf_counter() - started))
+                         details={"model": model.name, "index": index, "category": name, "rows": rows, "m": m,
+                                  "ef_construction": ef_construction})
+        reports.append(CategoryIndexReport(index, name, rows, time.perf_counter() - started, m, ef_construction))
     return reports
