@@ -25,6 +25,8 @@ import importlib
 
 from alembic import op
 
+from manet.migrations.function_text import edited
+
 revision = "0010"
 down_revision = "0009"
 branch_labels = None
@@ -62,12 +64,7 @@ def search_function() -> str:
     """This revision's ``CREATE OR REPLACE FUNCTION manet_search``: revision 0007's with the
     category index lookup (fails loudly if 0007's text no longer has the places it goes)."""
     sql = importlib.import_module("manet.migrations.versions.0007_filter_planner").search_function()
-    for anchor, replacement in EDITS.items():
-        if sql.count(anchor) != 1:
-            raise RuntimeError(f"revision 0007's manet_search changed ({anchor.strip()!r} is not there "
-                               "exactly once); update revision 0010")
-        sql = sql.replace(anchor, replacement)
-    return sql
+    return edited(sql, EDITS, "0007", "0010")
 
 
 def upgrade() -> None:

@@ -24,6 +24,8 @@ import importlib
 
 from alembic import op
 
+from manet.migrations.function_text import edited
+
 revision = "0011"
 down_revision = "0010"
 branch_labels = None
@@ -72,12 +74,7 @@ def search_function() -> str:
     """This revision's ``CREATE OR REPLACE FUNCTION manet_search``: revision 0010's with the
     category index's expression (fails loudly if 0010's text no longer has the places it goes)."""
     sql = importlib.import_module("manet.migrations.versions.0010_search_category_index").search_function()
-    for anchor, replacement in EDITS.items():
-        if sql.count(anchor) != 1:
-            raise RuntimeError(f"revision 0010's manet_search changed ({anchor.strip()!r} is not there "
-                               "exactly once); update revision 0011")
-        sql = sql.replace(anchor, replacement)
-    return sql
+    return edited(sql, EDITS, "0010", "0011")
 
 
 def upgrade() -> None:
