@@ -158,8 +158,8 @@ def test_bad_requests_say_what_to_do(cat, database_url, monkeypatch):
                                      "--category", category_name(SMALL), "--category-m", "8",
                                      "--category-ef-construction", "32", "--json"])
     assert built.exit_code == 0, built.output
-    assert [(c["category"], c["m"], c["ef_construction"]) for c in json.loads(built.output)["category_indexes"]] == [
-        (category_name(SMALL), 8, 32)]
+    assert [(c["category"], c["m"], c["ef_construction"], c["quantize"], c["rerank_factor"])
+            for c in json.loads(built.output)["category_indexes"]] == [(category_name(SMALL), 8, 32, "halfvec", 4)]
     status = CliRunner().invoke(cli, ["--quiet", "index", "status", "--model", "cat"])
     assert status.exit_code == 0 and category_name(SMALL) in status.output, status.output
 
@@ -175,7 +175,8 @@ def test_category_ef_search_grows_with_the_index(rows, ef):
 
 
 def test_the_category_graph_is_denser_than_the_models(cat):
-    """m 24 / ef_construction 128 on the category's own expression, beside the model's m 16 / 64."""
+    """m 24 / ef_construction 128 on the category's own expression, beside the model's m 16 / 64;
+    halfvec where the model's index is float32."""
     retriever = cat[0]
     model = retriever.model("cat")
     own = category_indexes.index_name(model.id, _category_id(retriever, LARGE))
@@ -183,7 +184,9 @@ def test_the_category_graph_is_denser_than_the_models(cat):
         definition = {name: conn.execute(sa.text("SELECT pg_get_indexdef(to_regclass(:n))"), {"n": name}).scalar_one()
                       for name in (own, model.index_name)}
     assert f"subvector(embedding, 1, {DIM})" in definition[own] and "m='24', ef_construction='128'" in definition[own]
+    assert f"halfvec({DIM})) halfvec_ip_ops" in definition[own]
     assert "subvector" not in definition[model.index_name] and "m='16'" in definition[model.index_name]
+    assert f"vector({DIM})) vector_ip_ops" in definition[model.index_name]
 
 
 def test_a_rebuild_rebuilds_the_category_indexes_too(cat):

@@ -125,20 +125,21 @@ def test_a_category_with_its_own_index_is_searched_through_it(catalogue, layout)
 
 def test_the_plan_uses_the_category_index_for_the_same_clause(catalogue):
     """The statement's shape, by hand, as docs/sql.md writes it: EXPLAIN names the category index
-    (a denser graph than the model's) with the clause and the category's expression; the model's
-    expression is planned on the model's index, with the clause or without it."""
+    (a denser graph than the model's, halfvec for this float32 model) with the clause and the
+    category's expression; the model's expression is planned on the model's index, with the clause
+    or without it."""
     db, models, category_ids, _, queries = catalogue
     model, big = models["none"], category_ids["big"]
     statement = ("EXPLAIN (COSTS OFF) SELECT d.image_id FROM descriptors d "
                  "WHERE d.model_id = {m} AND d.gallery{extra} "
-                 "ORDER BY {stored}::vector({dim}) <#> CAST(:q AS vector({dim})) LIMIT 7")
+                 "ORDER BY {stored}::{vtype}({dim}) <#> CAST(:q AS {vtype}({dim})) LIMIT 7")
     clause, category_expression = f" AND d.category_ids @> ARRAY[{big}]", f"subvector(d.embedding, 1, {DIM})"
     with db.begin() as conn:
         hnsw_path(conn)
-        for extra, stored, used in ((clause, category_expression, category_index_name(model, big)),
-                                    (clause, "d.embedding", model.index_name),
-                                    ("", "d.embedding", model.index_name)):
-            sql = statement.format(m=model.id, dim=DIM, extra=extra, stored=stored)
+        for extra, stored, vtype, used in ((clause, category_expression, "halfvec", category_index_name(model, big)),
+                                           (clause, "d.embedding", "vector", model.index_name),
+                                           ("", "d.embedding", "vector", model.index_name)):
+            sql = statement.format(m=model.id, dim=DIM, extra=extra, stored=stored, vtype=vtype)
             plan = "\n".join(conn.execute(sa.text(sql), {"q": str(queries[0].tolist())}).scalars())
             assert f"Index Scan using {used} on descriptors" in plan, plan
 
@@ -224,12 +225,12 @@ def test_the_cookbook_query_plans_on_the_category_index(catalogue):
     """docs/sql.md's EXPLAIN of the hand-written category query, with a category index there
     (tests/test_sql_cookbook.py runs it on a catalogue without one)."""
     db, models, category_ids, _, _ = catalogue
-    model = models["halfvec"]
+    model = models["none"]  # a float32 model: its category index is halfvec all the same
     page = (Path(__file__).resolve().parents[1] / "docs" / "sql.md").read_text()
     [block] = [b for b in re.findall(r"^```sql\n(.*?)^```", page, re.M | re.S)
                if "EXPLAIN" in b and "category_ids @> ARRAY[:category_id]" in b]
     explain = block[block.index("EXPLAIN"):block.index(";", block.index("EXPLAIN"))]
-    variables = {"model_id": model.id, "category_id": category_ids["big"], "vtype": "halfvec", "dim": DIM,
+    variables = {"model_id": model.id, "category_id": category_ids["big"], "vtype": "vector", "dim": DIM,
                  "image_id": 1}
     sql = re.sub(r"(?<!:):(\w+)", lambda m: str(variables[m.group(1)]), explain)
     with db.begin() as conn:

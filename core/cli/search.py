@@ -65,7 +65,7 @@ def index_build(state: State, model: str, m: int, ef_construction: int, quantize
                    f"parallel workers {report.parallel_workers}: {report.parallel_reason})")
     for r in reports:
         click.echo(f"index {r.name} (category '{r.category}'): {r.rows} rows in {r.seconds:.2f} s "
-                   f"(m={r.m}, ef_construction={r.ef_construction})")
+                   f"({r.quantize}, rerank factor {r.rerank_factor}, m={r.m}, ef_construction={r.ef_construction})")
     if (by_category or categories) and not reports:
         click.echo(f"no category has more than {config.DEFAULT_CATEGORY_INDEX_MIN_ROWS} catalogue images of this "
                    f"model: filtered searches rank them exactly, no category index is needed")

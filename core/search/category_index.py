@@ -34,6 +34,9 @@ class CategoryIndexReport:
     seconds: float
     m: int
     ef_construction: int
+    #: The layout it holds (:meth:`manet.search.index.IndexLayout.for_category`).
+    quantize: str
+    rerank_factor: int
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,8 +65,8 @@ def build_category_indexes(db: Database, model: ModelRecord, *, categories: list
                            progress: bool = False) -> list[CategoryIndexReport]:
     """(Re)build the category indexes of ``model``: for the ``categories`` named, else for every
     category with more than ``min_rows`` (default :data:`manet.config.DEFAULT_CATEGORY_INDEX_MIN_ROWS`)
-    catalogue descriptors. They take the layout of the model's index, which must exist, on their
-    own expression (:meth:`IndexLayout.for_category`), and a graph denser than the model's
+    catalogue descriptors. They take the layout of the model's index, which must exist (halfvec
+    where it is float32), on their own expression (:meth:`IndexLayout.for_category`), and a graph denser than the model's
     (``m``, ``ef_construction``): recall 0.99 then needs fewer candidates (:func:`manet.search.planner.category_ef_search`)."""
     if not model.index_options:
         raise ManetError(f"model '{model.name}' has no HNSW index yet; build it first: "
@@ -88,6 +91,7 @@ def build_category_indexes(db: Database, model: ModelRecord, *, categories: list
                               workers=workers, progress=progress, label=f"{model.name} / {name}")
             record_event(conn, "index.build_category", model_id=model.id,
                          details={"model": model.name, "index": index, "category": name, "rows": rows, "m": m,
-                                  "ef_construction": ef_construction})
-        reports.append(CategoryIndexReport(index, name, rows, time.perf_counter() - started, m, ef_construction))
+                                  "ef_construction": ef_construction, "quantize": layout.quantize})
+        reports.append(CategoryIndexReport(index, name, rows, time.perf_counter() - started, m, ef_construction,
+                                           layout.quantize, layout.rerank_factor))
     return reports

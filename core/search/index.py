@@ -74,7 +74,7 @@ class IndexLayout:
     dim: int
     rerank_factor: int
     #: A category's own index (:mod:`manet.search.category_index`): the same values, indexed
-    #: through the identity ``subvector(embedding, 1, dim)``. Its graph is denser than the
+    #: through the identity ``subvector(embedding, 1, dim)`` (see :meth:`for_category`). Its graph is denser than the
     #: model's, and pgvector costs a denser graph higher, so on the model's expression PostgreSQL
     #: would plan a category's search on the model's index; on its own expression it cannot.
     category: bool = False
@@ -84,7 +84,11 @@ class IndexLayout:
         return {"none": "vector_ip_ops", "halfvec": "halfvec_ip_ops", "binary": "bit_hamming_ops"}[self.quantize]
 
     def for_category(self) -> IndexLayout:
-        """The layout of the model's category indexes."""
+        """The layout of the model's category indexes: halfvec, re-ranked by the float32 inner
+        product, where the model's index is float32 (half the size, and 0.9 x the search time at
+        equal recall: docs/PERFORMANCE.md); else the model's own quantisation."""
+        if self.quantize == "none":
+            return replace(self, category=True, quantize="halfvec", rerank_factor=DEFAULT_RERANK_FACTOR["halfvec"])
         return replace(self, category=True)
 
     def stored(self, column: str) -> str:
