@@ -24,7 +24,7 @@ import importlib
 
 from alembic import op
 
-from manet.migrations.function_text import edited
+from manet.migrations.function_text import drop_category_indexes, edited
 
 revision = "0011"
 down_revision = "0010"
@@ -50,24 +50,8 @@ EDITS = {
         "format('%2$s::vector(%1$s) <#> $1::vector(%1$s)', m_dim, stored)",
 }
 
-#: Drops the category indexes whose definition does (``=``) or does not (``<>``) use subvector.
-DROP_CATEGORY_INDEXES = r"""
-DO $drop$
-DECLARE
-    name text;
-BEGIN
-    FOR name IN
-        SELECT ic.relname FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid
-         WHERE x.indrelid = 'descriptors'::regclass
-           AND ic.relname ~ '^descriptors_hnsw_model_[0-9]+_category_[0-9]+$'
-           AND (strpos(pg_get_indexdef(x.indexrelid), 'subvector(') > 0) __WHICH__ true
-    LOOP
-        EXECUTE format('DROP INDEX %I', name);
-        RAISE NOTICE 'dropped category index %; rebuild with: manet index build --model <model> --by-category --categories-only', name;
-    END LOOP;
-END
-$drop$;
-"""
+#: Whether a category index's definition uses subvector (this revision's expression).
+USES_SUBVECTOR = "strpos(pg_get_indexdef(x.indexrelid), 'subvector(') > 0"
 
 
 def search_function() -> str:
@@ -78,10 +62,10 @@ def search_function() -> str:
 
 
 def upgrade() -> None:
-    op.execute(DROP_CATEGORY_INDEXES.replace("__WHICH__", "<>"))
+    op.execute(drop_category_indexes(f"NOT ({USES_SUBVECTOR})"))
     op.execute(search_function())
 
 
 def downgrade() -> None:
-    op.execute(DROP_CATEGORY_INDEXES.replace("__WHICH__", "="))
+    op.execute(drop_category_indexes(USES_SUBVECTOR))
     op.execute(importlib.import_module("manet.migrations.versions.0010_search_category_index").search_function())

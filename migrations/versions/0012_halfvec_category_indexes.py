@@ -24,7 +24,7 @@ import importlib
 
 from alembic import op
 
-from manet.migrations.function_text import edited
+from manet.migrations.function_text import drop_category_indexes, edited
 
 revision = "0012"
 down_revision = "0011"
@@ -43,26 +43,12 @@ HALFVEC_CATEGORY = r"""    -- A float32 model's category indexes hold halfvec (r
 #: Revision 0011's manet_search -> this revision's.
 EDITS = {"    -- A category's own index holds subvector(embedding, 1, dim) (revision 0011).\n": HALFVEC_CATEGORY}
 
-#: Drops the category indexes of float32 models whose definition has (``>``) or lacks (``=``) halfvec.
-DROP_CATEGORY_INDEXES = r"""
-DO $drop$
-DECLARE
-    name text;
-BEGIN
-    FOR name IN
-        SELECT ic.relname FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid
-          JOIN models m ON m.id = substring(ic.relname FROM '^descriptors_hnsw_model_([0-9]+)_category_[0-9]+$')::integer
-         WHERE x.indrelid = 'descriptors'::regclass
-           AND ic.relname ~ '^descriptors_hnsw_model_[0-9]+_category_[0-9]+$'
-           AND coalesce(m.index_options->>'quantize', CASE WHEN m.dim > 2000 THEN 'halfvec' ELSE 'none' END) = 'none'
-           AND strpos(pg_get_indexdef(x.indexrelid), 'halfvec_ip_ops') __WHICH__ 0
-    LOOP
-        EXECUTE format('DROP INDEX %I', name);
-        RAISE NOTICE 'dropped category index %; rebuild with: manet index build --model <model> --by-category --categories-only', name;
-    END LOOP;
-END
-$drop$;
-"""
+#: The category indexes of float32 models, and whether one holds halfvec.
+FLOAT32_MODEL = ("coalesce(m.index_options->>'quantize', CASE WHEN m.dim > 2000 THEN 'halfvec' ELSE 'none' END) "
+                 "= 'none'")
+MODEL_OF_INDEX = ("\n          JOIN models m ON m.id = "
+                  "substring(ic.relname FROM '^descriptors_hnsw_model_([0-9]+)_category_[0-9]+$')::integer")
+HOLDS_HALFVEC = "strpos(pg_get_indexdef(x.indexrelid), 'halfvec_ip_ops') > 0"
 
 
 def _revision_0011():
@@ -76,10 +62,10 @@ def search_function() -> str:
 
 
 def upgrade() -> None:
-    op.execute(DROP_CATEGORY_INDEXES.replace("__WHICH__", "="))
+    op.execute(drop_category_indexes(f"{FLOAT32_MODEL} AND NOT ({HOLDS_HALFVEC})", MODEL_OF_INDEX))
     op.execute(search_function())
 
 
 def downgrade() -> None:
-    op.execute(DROP_CATEGORY_INDEXES.replace("__WHICH__", ">"))
+    op.execute(drop_category_indexes(f"{FLOAT32_MODEL} AND {HOLDS_HALFVEC}", MODEL_OF_INDEX))
     op.execute(_revision_0011().search_function())
