@@ -92,6 +92,22 @@ def test_train_resume_extract_compare(prepared, run):
     assert image and prepared.search("m1-nosal", image_id=1, k=1)
 
 
+def test_a_resumed_run_repeats_the_uninterrupted_one_with_loader_workers(prepared, run, home):
+    """Epoch 2 after a resume gets the same shuffle, augmentations (drawn in a loader worker) and
+    dropout as in a run that never stopped, so both end with the same weights."""
+    from manet.train.distributed import state_checksum
+
+    workers = [*TINY[:-2], "--workers", "1"]
+    assert run("train", "--name", "straight", "--epochs", "2", *workers).exit_code == 0
+    assert run("train", "--name", "split", "--epochs", "1", *workers).exit_code == 0
+    assert run("train", "--name", "split", "--epochs", "2", *workers, "--resume").exit_code == 0
+    weights = [torch.load(home / "checkpoints" / name / "last.pt", map_location="cpu", weights_only=True)
+               for name in ("straight", "split")]
+    assert [w["epoch"] for w in weights] == [2, 2]
+    assert state_checksum(weights[0]["model"]) == state_checksum(weights[1]["model"])
+    assert weights[0]["history"][1]["loss"] == weights[1]["history"][1]["loss"]
+
+
 def test_learned_saliency_pipeline_matches_training_network(prepared, run):
     from manet.nn.pipeline import build_pipeline
 

@@ -119,13 +119,20 @@ def augmentation_seed(seed: int, epoch: int, rank: int) -> int:
 
 # -- loaders -----------------------------------------------------------------------------------
 def loader(dataset: TrainingImages, batch_size: int, workers: int, device: str, sampler: Any = None):
-    """A training loader (``sampler`` given: drops the last partial batch) or an in-order one."""
+    """A training loader (``sampler`` given: drops the last partial batch) or an in-order one.
+
+    The training loader starts its workers afresh each epoch: a worker seeds its augmentations
+    once, from the loader's generator, when it starts, so persistent workers would carry one
+    random stream through every epoch and a resumed run could not repeat epoch e's augmentations
+    (:func:`augmentation_seed`). The in-order loaders draw nothing random and keep theirs.
+    """
     import torch
 
+    training = sampler is not None
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                       drop_last=sampler is not None and len(sampler) > batch_size,
+                                       drop_last=training and len(sampler) > batch_size,
                                        generator=torch.Generator(), pin_memory=device.startswith("cuda"),
-                                       persistent_workers=workers > 0)
+                                       persistent_workers=workers > 0 and not training)
 
 
 @dataclass
