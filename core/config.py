@@ -102,6 +102,11 @@ TEXT_SCALES = ("paper", "neutral", "logit")
 #: MAP@7 0.05 on Grocery (three seeds) and 0.07 in the demo (docs/RESULTS.md). A checkpoint
 #: without the setting reads as paper.
 DEFAULT_TEXT_SCALE = "neutral"
+#: MANet's classifier over the pooled features: ``linear`` (the paper's) or ``cosine`` (a
+#: normalised softmax: the loss sees the descriptor's direction only, see manet.nn.heads).
+HEADS = ("linear", "cosine")
+#: `manet train`'s. A checkpoint without the setting reads as linear.
+DEFAULT_HEAD = "linear"
 
 # `manet serve` (manet.serve): its options' variables and defaults.
 SERVE_HOST_ENV = "MANET_SERVE_HOST"

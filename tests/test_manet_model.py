@@ -199,8 +199,25 @@ def test_config_round_trip_and_errors():
         MANetConfig(saliency_input="glued")
     with pytest.raises(Exception, match="unknown text scale 'loud'"):
         MANetConfig(text_scale="loud")
-    # A checkpoint written before these settings existed reads as the paper's X * S and T.
+    with pytest.raises(Exception, match="unknown head 'arc'"):
+        MANetConfig(head="arc")
+    # A checkpoint written before these settings existed reads as the paper's X * S, T and head.
     old = MANetConfig.from_dict({"backbone": "vgg16"})
-    assert (old.saliency_gate, old.saliency_input, old.text_scale) == ("multiply", "shared", "paper")
+    assert (old.saliency_gate, old.saliency_input, old.text_scale, old.head) == ("multiply", "shared", "paper",
+                                                                                 "linear")
     with pytest.raises(Exception, match="unknown MANet settings"):
         MANetConfig.from_dict({"colour": "red"})
+
+
+def test_cosine_head_ignores_the_feature_scale(registry):
+    """Eq. 3's weights scale X; GeM is homogeneous, so a cosine head's logits do not move."""
+    model = tiny(registry, text=False, saliency=False, head="cosine", dropout=0.0)
+    features = torch.rand(BATCH, 512, 2, 2, generator=torch.Generator().manual_seed(2)) + 0.1
+    with torch.inference_mode():
+        logits = model.classifier(model.pool(features))
+        scaled = model.classifier(model.pool(3.0 * features))
+    assert logits.shape == (BATCH, 5) and torch.allclose(logits, scaled, atol=1e-4)
+    assert logits.abs().max() <= 20.0 + 1e-4  # scale x cosine
+    # the state dict round-trips into a network built from the same config
+    again = build_manet(model.config, registry)
+    again.load_state_dict(model.state_dict())

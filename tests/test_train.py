@@ -123,14 +123,15 @@ def test_residual_saliency_gate_reaches_extraction(prepared, run):
     from manet.nn.pipeline import build_pipeline
 
     result = run("train", "--name", "gated", "--epochs", "1", *TINY, "--saliency-gate", "residual",
-                 "--text-scale", "paper")
+                 "--text-scale", "paper", "--head", "cosine")
     assert result.exit_code == 0, result.output
     record = prepared.model("gated")
-    assert (record.config.manet["saliency_gate"], record.config.manet["text_scale"]) == ("residual", "paper")
+    assert (record.config.manet["saliency_gate"], record.config.manet["text_scale"],
+            record.config.manet["head"]) == ("residual", "paper", "cosine")
     pipeline = build_pipeline(record.config, prepared.registry)
     # validation during training and extraction weight alike
     trained = pipeline.network.manet.config
-    assert (trained.saliency_gate, trained.text_scale) == ("residual", "paper")
+    assert (trained.saliency_gate, trained.text_scale, trained.head) == ("residual", "paper", "cosine")
     images = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         residual = pipeline(images)

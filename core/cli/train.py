@@ -38,6 +38,9 @@ from manet.train.distributed import LR_SCALING_RULES
               help="Eq. 2's text weight: the same / 1.5, so 1 without text; sigmoid(T_m) + 1 (the paper's, "
                    "1.5 without text; trains worse, see docs/RESULTS.md); or 1 + T_m (logit: 1 without "
                    "text, 2 on sure text).")
+@click.option("--head", type=click.Choice(config.HEADS), default=config.DEFAULT_HEAD, show_default=True,
+              help="The classifier during training: linear, or cosine (normalised softmax: the loss sees "
+                   "only the descriptor's direction, which retrieval compares).")
 @click.option("--saliency-target", default=config.DEFAULT_SALIENCY_ESTIMATOR, show_default=True,
               help="Saliency estimator whose maps are the Dice loss's targets (Eq. 1); "
                    "`manet plugins list` names them.")
@@ -62,7 +65,8 @@ from manet.train.distributed import LR_SCALING_RULES
 @JSON_OPTION
 @pass_state
 def train(state: State, name: str, backbone: str, weights: str, epochs: int, batch_size: int, image_size: int,
-          no_saliency: bool, no_text: bool, saliency_gate: str, saliency_input: str, text_scale: str, saliency_target: str,
+          no_saliency: bool, no_text: bool, saliency_gate: str, saliency_input: str, text_scale: str, head: str,
+          saliency_target: str,
           lambda_dice: float, lr: float, lr_scaling: str,
           backbone_lr_scale: float, frozen_stages: int, training_set: str, labels: str, text_detector: str,
           num_workers: int | None, seed: int, resume: bool, device: str | None, as_json: bool) -> None:
@@ -77,7 +81,7 @@ def train(state: State, name: str, backbone: str, weights: str, epochs: int, bat
         state.device = device
     cfg = TrainConfig(name=name, backbone=backbone, weights=weights, image_size=image_size, epochs=epochs,
                       batch_size=batch_size, saliency=not no_saliency, text=not no_text, saliency_gate=saliency_gate,
-                      saliency_input=saliency_input, text_scale=text_scale, saliency_estimator=saliency_target,
+                      saliency_input=saliency_input, text_scale=text_scale, head=head, saliency_estimator=saliency_target,
                       lambda_dice=lambda_dice,
                       lr=lr, backbone_lr_scale=backbone_lr_scale, frozen_stages=frozen_stages,
                       training_set=training_set, labels=labels,

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from manet.config import SALIENCY_GATES, SALIENCY_INPUTS, TEXT_SCALES
+from manet.config import HEADS, SALIENCY_GATES, SALIENCY_INPUTS, TEXT_SCALES
 from manet.errors import PluginError
 from manet.nn.attention_math import dice_loss, resize_map, weight_features
+from manet.nn.heads import build_head
 from manet.plugin_manager import Registry
 
 #: Head pooling name -> (pooling plugin, its parameters). GeM's p is learnt with the head.
@@ -46,12 +47,15 @@ class MANetConfig:
     saliency_input: str = "shared"
     #: The scale of Eq. 2's text weight (:data:`manet.config.TEXT_SCALES`).
     text_scale: str = "paper"
+    #: The classifier over the pooled features (:data:`manet.config.HEADS`).
+    head: str = "linear"
 
     def __post_init__(self) -> None:
         choices = (("head pooling", self.head_pooling, tuple(HEAD_POOLINGS)),
                    ("saliency gate", self.saliency_gate, SALIENCY_GATES),
                    ("saliency input", self.saliency_input, SALIENCY_INPUTS),
-                   ("text scale", self.text_scale, TEXT_SCALES))
+                   ("text scale", self.text_scale, TEXT_SCALES),
+                   ("head", self.head, HEADS))
         for what, value, known in choices:
             if value not in known:
                 raise PluginError(f"unknown {what} '{value}'; known: {', '.join(known)}")
@@ -88,7 +92,7 @@ class MANet(nn.Module):
         self.attention = attention
         self.pool = pool
         self.dropout = nn.Dropout(float(config.dropout))
-        self.classifier = nn.Linear(in_features, int(config.num_classes))
+        self.classifier = build_head(config.head, in_features, int(config.num_classes))
 
     def _stage_maps(self, images: Tensor) -> list[Tensor]:
         maps = []

@@ -47,6 +47,8 @@ class TrainConfig:
     saliency_input: str = manet_config.DEFAULT_SALIENCY_INPUT
     #: The scale of Eq. 2's text weight (:data:`manet.config.TEXT_SCALES`; why this default there).
     text_scale: str = manet_config.DEFAULT_TEXT_SCALE
+    #: The classifier over the pooled features (:data:`manet.config.HEADS`).
+    head: str = manet_config.DEFAULT_HEAD
     seed: int = 0
     num_workers: int | None = None
     #: How the learning rate grows with the global batch (processes x batch_size): sqrt | linear | none.
@@ -60,7 +62,7 @@ class TrainConfig:
         return {"backbone": self.backbone, "weights": self.weights, "num_classes": num_classes,
                 "saliency": self.saliency, "text": self.text, "attention_branch": self.attention_branch,
                 "saliency_gate": self.saliency_gate, "saliency_input": self.saliency_input,
-                "text_scale": self.text_scale}
+                "text_scale": self.text_scale, "head": self.head}
 
 
 @dataclass

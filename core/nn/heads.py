@@ -1,0 +1,54 @@
+"""The classifier heads MANet trains with (pure logits function + thin module).
+
+``linear`` is the usual affine layer. ``cosine`` is the normalised softmax of NormFace (Wang
+et al. 2017) and of "Classification is a Strong Baseline for Deep Metric Learning" (Zhai & Wu
+2019): logits are ``scale`` x the cosine between the pooled descriptor and each class weight, so
+the loss sees only the descriptor's direction, which is what retrieval compares. It also stops
+the head from reading the overall feature scale that Eq. 3's weights change.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: Cosine head's logit scale (Zhai & Wu's temperature 0.05).
+COSINE_SCALE = 20.0
+
+
+def cosine_logits(descriptors: Tensor, weight: Tensor, scale: float = COSINE_SCALE) -> Tensor:
+    """``scale`` * cos(descriptor_b, weight_k): (B, D) x (K, D) -> (B, K)."""
+    return scale * F.linear(F.normalize(descriptors, dim=-1), F.normalize(weight, dim=-1))
+
+
+class CosineClassifier(nn.Module):
+    """:func:`cosine_logits` with a learnt (K, D) weight and no bias."""
+
+    def __init__(self, in_features: int, num_classes: int, scale: float = COSINE_SCALE) -> None:
+        super().__init__()
+        self.scale = float(scale)
+        self.weight = nn.Parameter(_linear_init(num_classes, in_features))
+
+    def forward(self, descriptors: Tensor) -> Tensor:
+        return cosine_logits(descriptors, self.weight, self.scale)
+
+
+def _linear_init(rows: int, cols: int) -> Tensor:
+    """A (rows, cols) weight initialised like :class:`torch.nn.Linear`'s."""
+    weight = torch.empty(rows, cols)
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    return weight
+
+
+def build_head(kind: str, in_features: int, num_classes: int) -> nn.Module:
+    """The classifier for ``kind`` (:data:`manet.config.HEADS`)."""
+    if kind == "linear":
+        return nn.Linear(in_features, num_classes)
+    if kind == "cosine":
+        return CosineClassifier(in_features, num_classes)
+    from manet.config import HEADS
+
+    raise ValueError(f"unknown head {kind!r}; use one of: {', '.join(HEADS)}")
