@@ -9,9 +9,6 @@ the head from reading the overall feature scale that Eq. 3's weights change.
 
 from __future__ import annotations
 
-import math
-
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -24,23 +21,16 @@ def cosine_logits(descriptors: Tensor, weight: Tensor, scale: float = COSINE_SCA
     return scale * F.linear(F.normalize(descriptors, dim=-1), F.normalize(weight, dim=-1))
 
 
-class CosineClassifier(nn.Module):
-    """:func:`cosine_logits` with a learnt (K, D) weight and no bias."""
+class CosineClassifier(nn.Linear):
+    """:func:`cosine_logits` over a learnt (K, D) weight (a bias-free linear layer's, so it starts
+    as :class:`torch.nn.Linear` does)."""
 
     def __init__(self, in_features: int, num_classes: int, scale: float = COSINE_SCALE) -> None:
-        super().__init__()
+        super().__init__(in_features, num_classes, bias=False)
         self.scale = float(scale)
-        self.weight = nn.Parameter(_linear_init(num_classes, in_features))
 
     def forward(self, descriptors: Tensor) -> Tensor:
         return cosine_logits(descriptors, self.weight, self.scale)
-
-
-def _linear_init(rows: int, cols: int) -> Tensor:
-    """A (rows, cols) weight initialised like :class:`torch.nn.Linear`'s."""
-    weight = torch.empty(rows, cols)
-    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-    return weight
 
 
 def build_head(kind: str, in_features: int, num_classes: int) -> nn.Module:
