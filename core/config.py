@@ -105,7 +105,8 @@ DEFAULT_TEXT_SCALE = "neutral"
 #: MANet's classifier over the pooled features: ``linear`` (the paper's) or ``cosine`` (a
 #: normalised softmax: the loss sees the descriptor's direction only, see manet.nn.heads).
 HEADS = ("linear", "cosine")
-#: `manet train`'s. A checkpoint without the setting reads as linear.
+#: `manet train`'s: cosine scored higher on Grocery val (two seeds) but lower in the demo, with
+#: ~3 photos per product (docs/RESULTS.md). A checkpoint without the setting reads as linear.
 DEFAULT_HEAD = "linear"
 
 # `manet serve` (manet.serve): its options' variables and defaults.

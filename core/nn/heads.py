@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from manet.config import HEADS
+
 #: Cosine head's logit scale (Zhai & Wu's temperature 0.05).
 COSINE_SCALE = 20.0
 
@@ -39,6 +41,4 @@ def build_head(kind: str, in_features: int, num_classes: int) -> nn.Module:
         return nn.Linear(in_features, num_classes)
     if kind == "cosine":
         return CosineClassifier(in_features, num_classes)
-    from manet.config import HEADS
-
     raise ValueError(f"unknown head {kind!r}; use one of: {', '.join(HEADS)}")
