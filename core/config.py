@@ -108,6 +108,11 @@ HEADS = ("linear", "cosine")
 #: `manet train`'s: cosine scored higher on Grocery val (two seeds) but lower in the demo, with
 #: ~3 photos per product (docs/RESULTS.md). A checkpoint without the setting reads as linear.
 DEFAULT_HEAD = "linear"
+#: How the cosine head's class weights start: ``random`` (nn.Linear's init) or ``imprint`` (each
+#: class's mean pooled descriptor under the pretrained network, so training starts from a
+#: nearest-class-mean classifier).
+HEAD_INITS = ("random", "imprint")
+DEFAULT_HEAD_INIT = "random"
 
 # `manet serve` (manet.serve): its options' variables and defaults.
 SERVE_HOST_ENV = "MANET_SERVE_HOST"

@@ -221,3 +221,30 @@ def test_cosine_head_ignores_the_feature_scale(registry):
     # the state dict round-trips into a network built from the same config
     again = build_manet(model.config, registry)
     again.load_state_dict(model.state_dict())
+
+
+def test_imprint_sets_each_class_weight_to_its_mean_descriptor(registry):
+    """One pass over a loader: a class's weight is the unit mean of its images' unit pooled
+    descriptors, in the network's own forward; a class without images keeps its weight."""
+    import torch.nn.functional as F
+
+    from manet.train.config import TrainConfig
+    from manet.train.distributed import ProcessInfo, Session
+    from manet.train.imprint import imprint_head
+
+    model = tiny(registry, text=False, head="cosine", num_classes=3)
+    before = model.classifier.weight.detach().clone()
+    pixels = torch.randint(0, 255, (4, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    target = torch.tensor([0, 1, 0, 0])
+    loader = [(pixels[:2], torch.zeros(2, 2, SIZE, SIZE), target[:2]),
+              (pixels[2:], torch.zeros(2, 2, SIZE, SIZE), target[2:])]
+    normalise = lambda x: (x - 0.5) / 0.25  # noqa: E731 - any fixed normalisation
+
+    seen = imprint_head(Session(ProcessInfo(), "cpu"), model, normalise, loader, "cpu",
+                        TrainConfig(name="t", text=False))
+    assert seen == 4 and model.training  # back in training mode
+    model.eval()
+    with torch.inference_mode():
+        pooled = F.normalize(model(normalise(pixels.float() / 255))["pooled"], dim=-1)
+    expected = torch.stack([F.normalize(pooled[[0, 2, 3]].sum(0), dim=0), pooled[1], before[2]])
+    assert torch.allclose(model.classifier.weight, expected, atol=1e-5)

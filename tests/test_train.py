@@ -123,8 +123,9 @@ def test_residual_saliency_gate_reaches_extraction(prepared, run):
     from manet.nn.pipeline import build_pipeline
 
     result = run("train", "--name", "gated", "--epochs", "1", *TINY, "--saliency-gate", "residual",
-                 "--text-scale", "paper", "--head", "cosine")
+                 "--text-scale", "paper", "--head", "cosine", "--head-init", "imprint")
     assert result.exit_code == 0, result.output
+    assert "cosine head imprinted from" in result.output
     record = prepared.model("gated")
     assert (record.config.manet["saliency_gate"], record.config.manet["text_scale"],
             record.config.manet["head"]) == ("residual", "paper", "cosine")
@@ -140,6 +141,8 @@ def test_residual_saliency_gate_reaches_extraction(prepared, run):
     assert not torch.allclose(residual, multiply)
     bad = run("train", "--name", "bad-gate", "--epochs", "1", *TINY, "--saliency-gate", "sum")
     assert bad.exit_code == 2 and "'sum' is not one of 'multiply', 'residual'" in bad.output
+    linear = run("train", "--name", "bad-init", "--epochs", "1", *TINY, "--head-init", "imprint")
+    assert linear.exit_code == 1 and "add --head cosine or use --head-init random" in linear.output
 
 
 def test_saliency_target_is_any_saliency_estimator(prepared, run):

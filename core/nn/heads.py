@@ -9,6 +9,7 @@ the head from reading the overall feature scale that Eq. 3's weights change.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -33,6 +34,14 @@ class CosineClassifier(nn.Linear):
 
     def forward(self, descriptors: Tensor) -> Tensor:
         return cosine_logits(descriptors, self.weight, self.scale)
+
+
+def imprinted_weights(sums: Tensor, counts: Tensor, current: Tensor) -> Tensor:
+    """Class weights imprinted from descriptors (Qi et al. 2018, "Low-shot learning with imprinted
+    weights"): row k is the unit mean of class k's unit descriptors, whose per-class ``sums`` (K, D)
+    and ``counts`` (K,) are given; a class with no descriptor keeps its ``current`` row."""
+    means = F.normalize(sums, dim=-1)
+    return torch.where((counts > 0).unsqueeze(-1), means, current)
 
 
 def build_head(kind: str, in_features: int, num_classes: int) -> nn.Module:

@@ -107,8 +107,9 @@ class MANet(nn.Module):
         return [m.detach() for m in maps] if self.config.saliency_input == "detached" else maps
 
     def forward(self, images: Tensor, text_mask: Tensor | None = None) -> dict[str, Tensor | None]:
-        """Return ``features`` X (B, C, h, w), ``weighted`` X~ (Eq. 3), ``saliency_logits``
-        (B, 1, h', w') or None when the branch is off, and ``logits`` (B, num_classes).
+        """Return ``features`` X (B, C, h, w), ``weighted`` X~ (Eq. 3), ``pooled`` (B, C): what
+        the classifier reads, ``saliency_logits`` (B, 1, h', w') or None when the branch is off, and
+        ``logits`` (B, num_classes).
 
         ``text_mask`` is the text detector's T_m (B, 1, h'', w'') in [0, 1], resized to X's
         size. It is required when ``config.text`` is on (a missing mask would silently change
@@ -125,8 +126,9 @@ class MANet(nn.Module):
         saliency_logits = self.attention(self._branch_input(maps)) if self.attention is not None else None
         weighted = self.weight(features, torch.sigmoid(saliency_logits) if saliency_logits is not None else None,
                                text_mask if self.config.text else None)
-        logits = self.classifier(self.dropout(self.pool(weighted)))
-        return {"features": features, "weighted": weighted,
+        pooled = self.pool(weighted)
+        logits = self.classifier(self.dropout(pooled))
+        return {"features": features, "weighted": weighted, "pooled": pooled,
                 "saliency_logits": saliency_logits, "logits": logits}
 
     def weight(self, features: Tensor, saliency_prob: Tensor | None, text_mask: Tensor | None) -> Tensor:

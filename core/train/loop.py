@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from manet.config import HEAD_INITS
 from manet.errors import ManetError
 from manet.nn.device import training_autocast
 from manet.plugin_manager import Registry
@@ -34,6 +35,7 @@ from manet.store.database import Database
 from manet.train.checkpoint import checkpoint_dir, restore, save_checkpoint, starting_point
 from manet.train.config import LABELS, EpochMetrics, TrainConfig, TrainReport
 from manet.train.data import Loaders, augmentation_seed, make_loaders, shared_masks
+from manet.train.imprint import imprint_head
 from manet.train.optimizer import build_optimizer, train_mode
 from manet.train.validation import validate, validation_products
 
@@ -78,6 +80,11 @@ def train(db: Database, registry: Registry, cfg: TrainConfig, *, device: str, se
             f"image size {cfg.image_size} does not suit {cfg.backbone}: use a multiple of "
             f"{backbone.stride} of at least {2 * backbone.stride} (e.g. 128 or 224)"
         )
+    if cfg.head_init not in HEAD_INITS:
+        raise ManetError(f"unknown --head-init {cfg.head_init!r}; use {' or '.join(HEAD_INITS)}")
+    if cfg.head_init == "imprint" and cfg.head != "cosine":
+        raise ManetError("--head-init imprint sets a cosine head's class weights; add --head cosine "
+                         "or use --head-init random")
     if cfg.labels not in LABELS:
         raise ManetError(f"unknown --labels {cfg.labels!r}; use {' or '.join(LABELS)}")
     train_rows = training_images(db, cfg.training_set, "train")
@@ -150,6 +157,10 @@ def _fit(db: Database, registry: Registry, cfg: TrainConfig, group: Any, classes
     run.pipeline = build_pipeline(trained_pipeline_config(cfg, asdict(run.manet), str(last)), registry,
                                   manet=run.net, east_model=settings.east_model).to(group.device)
 
+    if state is None and cfg.head_init == "imprint":
+        seen = imprint_head(group, run.net, run.pipeline.backbone.normalise, run.loaders.eval_train,
+                            group.device, cfg)
+        say(f"cosine head imprinted from {seen} training images")
     if info.is_main:
         directory.mkdir(parents=True, exist_ok=True)
     train_mode(run.net, cfg)
