@@ -105,14 +105,17 @@ DEFAULT_TEXT_SCALE = "neutral"
 #: MANet's classifier over the pooled features: ``linear`` (the paper's) or ``cosine`` (a
 #: normalised softmax: the loss sees the descriptor's direction only, see manet.nn.heads).
 HEADS = ("linear", "cosine")
-#: `manet train`'s: cosine scored higher on Grocery val (two seeds) but lower in the demo, with
-#: ~3 photos per product (docs/RESULTS.md). A checkpoint without the setting reads as linear.
-DEFAULT_HEAD = "linear"
+#: `manet train`'s: with imprinted class weights the cosine head scored higher than the linear one
+#: on Grocery val and on the demo's generated data (docs/RESULTS.md). A checkpoint without the
+#: setting reads as linear.
+DEFAULT_HEAD = "cosine"
 #: How the cosine head's class weights start: ``random`` (nn.Linear's init) or ``imprint`` (each
 #: class's mean pooled descriptor under the pretrained network, so training starts from a
-#: nearest-class-mean classifier).
+#: nearest-class-mean classifier; Qi et al. 2018). A random cosine head had not caught up after
+#: the demo's 60 steps (docs/RESULTS.md).
 HEAD_INITS = ("random", "imprint")
-DEFAULT_HEAD_INIT = "random"
+#: Each head's default init (``manet train --head-init``); imprinting is defined for cosine only.
+DEFAULT_HEAD_INITS = {"linear": "random", "cosine": "imprint"}
 
 # `manet serve` (manet.serve): its options' variables and defaults.
 SERVE_HOST_ENV = "MANET_SERVE_HOST"

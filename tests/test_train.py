@@ -106,6 +106,10 @@ def test_a_resumed_run_repeats_the_uninterrupted_one_with_loader_workers(prepare
     assert [w["epoch"] for w in weights] == [2, 2]
     assert state_checksum(weights[0]["model"]) == state_checksum(weights[1]["model"])
     assert weights[0]["history"][1]["loss"] == weights[1]["history"][1]["loss"]
+    # the defaults: a cosine head with imprinted class weights, recorded in the checkpoint
+    assert (weights[0]["manet"]["head"], weights[0]["config"]["head_init"]) == ("cosine", "imprint")
+    other = run("train", "--name", "split", "--epochs", "3", *workers, "--resume", "--head", "linear")
+    assert other.exit_code == 1 and "trained a cosine head, not linear; resume with --head cosine" in other.output
 
 
 def test_learned_saliency_pipeline_matches_training_network(prepared, run):
@@ -141,7 +145,7 @@ def test_residual_saliency_gate_reaches_extraction(prepared, run):
     assert not torch.allclose(residual, multiply)
     bad = run("train", "--name", "bad-gate", "--epochs", "1", *TINY, "--saliency-gate", "sum")
     assert bad.exit_code == 2 and "'sum' is not one of 'multiply', 'residual'" in bad.output
-    linear = run("train", "--name", "bad-init", "--epochs", "1", *TINY, "--head-init", "imprint")
+    linear = run("train", "--name", "bad-init", "--epochs", "1", *TINY, "--head", "linear", "--head-init", "imprint")
     assert linear.exit_code == 1 and "add --head cosine or use --head-init random" in linear.output
 
 

@@ -41,10 +41,10 @@ from manet.train.distributed import LR_SCALING_RULES
 @click.option("--head", type=click.Choice(config.HEADS), default=config.DEFAULT_HEAD, show_default=True,
               help="The classifier during training: linear, or cosine (normalised softmax: the loss sees "
                    "only the descriptor's direction, which retrieval compares).")
-@click.option("--head-init", type=click.Choice(config.HEAD_INITS), default=config.DEFAULT_HEAD_INIT,
-              show_default=True,
-              help="How the cosine head's class weights start: random, or imprint (each class's mean "
-                   "descriptor under the starting network, one pass over the training images).")
+@click.option("--head-init", type=click.Choice(config.HEAD_INITS), default=None,
+              help="How the cosine head's class weights start: imprint (each class's mean descriptor under "
+                   "the starting network, one pass over the training images) or random.  [default: imprint "
+                   "for the cosine head, random for linear]")
 @click.option("--saliency-target", default=config.DEFAULT_SALIENCY_ESTIMATOR, show_default=True,
               help="Saliency estimator whose maps are the Dice loss's targets (Eq. 1); "
                    "`manet plugins list` names them.")
@@ -70,7 +70,7 @@ from manet.train.distributed import LR_SCALING_RULES
 @pass_state
 def train(state: State, name: str, backbone: str, weights: str, epochs: int, batch_size: int, image_size: int,
           no_saliency: bool, no_text: bool, saliency_gate: str, saliency_input: str, text_scale: str, head: str,
-          head_init: str,
+          head_init: str | None,
           saliency_target: str,
           lambda_dice: float, lr: float, lr_scaling: str,
           backbone_lr_scale: float, frozen_stages: int, training_set: str, labels: str, text_detector: str,
@@ -86,7 +86,7 @@ def train(state: State, name: str, backbone: str, weights: str, epochs: int, bat
         state.device = device
     cfg = TrainConfig(name=name, backbone=backbone, weights=weights, image_size=image_size, epochs=epochs,
                       batch_size=batch_size, saliency=not no_saliency, text=not no_text, saliency_gate=saliency_gate,
-                      saliency_input=saliency_input, text_scale=text_scale, head=head, head_init=head_init,
+                      saliency_input=saliency_input, text_scale=text_scale, head=head, head_init=head_init or "",
                       saliency_estimator=saliency_target,
                       lambda_dice=lambda_dice,
                       lr=lr, backbone_lr_scale=backbone_lr_scale, frozen_stages=frozen_stages,

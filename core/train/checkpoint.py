@@ -36,6 +36,10 @@ def starting_point(cfg: TrainConfig, last: Path, resume: bool) -> tuple[int, dic
             f"text={saved['text']}), not a {cfg.backbone} (saliency={cfg.saliency}, text={cfg.text}); "
             f"resume with the same settings or train under another --name"
         )
+    saved_head = state.get("manet", {}).get("head", "linear")  # checkpoints before --head trained linear
+    if saved_head != cfg.head:
+        raise ManetError(f"checkpoint {last} trained a {saved_head} head, not {cfg.head}; resume with "
+                         f"--head {saved_head} or train under another --name")
     return int(state["epoch"]), state
 
 

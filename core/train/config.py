@@ -49,8 +49,9 @@ class TrainConfig:
     text_scale: str = manet_config.DEFAULT_TEXT_SCALE
     #: The classifier over the pooled features (:data:`manet.config.HEADS`).
     head: str = manet_config.DEFAULT_HEAD
-    #: How the cosine head's weights start (:data:`manet.config.HEAD_INITS`).
-    head_init: str = manet_config.DEFAULT_HEAD_INIT
+    #: How the cosine head's weights start (:data:`manet.config.HEAD_INITS`); empty: the head's
+    #: default (:data:`manet.config.DEFAULT_HEAD_INITS`), recorded when the run starts.
+    head_init: str = ""
     seed: int = 0
     num_workers: int | None = None
     #: How the learning rate grows with the global batch (processes x batch_size): sqrt | linear | none.

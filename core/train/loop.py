@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from manet.config import HEAD_INITS
+from manet.config import DEFAULT_HEAD_INITS, HEAD_INITS
 from manet.errors import ManetError
 from manet.nn.device import training_autocast
 from manet.plugin_manager import Registry
@@ -80,6 +80,7 @@ def train(db: Database, registry: Registry, cfg: TrainConfig, *, device: str, se
             f"image size {cfg.image_size} does not suit {cfg.backbone}: use a multiple of "
             f"{backbone.stride} of at least {2 * backbone.stride} (e.g. 128 or 224)"
         )
+    cfg.head_init = cfg.head_init or DEFAULT_HEAD_INITS.get(cfg.head, "random")
     if cfg.head_init not in HEAD_INITS:
         raise ManetError(f"unknown --head-init {cfg.head_init!r}; use {' or '.join(HEAD_INITS)}")
     if cfg.head_init == "imprint" and cfg.head != "cosine":
