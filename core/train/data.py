@@ -18,6 +18,13 @@ MASK_CACHE_SIZE = 64
 BASE_SCALE = 1.15
 
 
+def text_mask_of(masks: Any, text: bool) -> Any:
+    """The text mask the network reads from a loader batch's uint8 masks (channel 0 the
+    pseudo-saliency, channel 1 the detector's cached text mask): channel 1 in [0, 1], or None
+    when the text branch is off."""
+    return masks[:, 1:2].float() / 255 if text else None
+
+
 # -- samples -----------------------------------------------------------------------------------
 class TrainingImages:
     """Decoded, jointly augmented (image, saliency mask, text mask, label) samples."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from manet.train.config import TrainConfig
+from manet.train.data import text_mask_of
 from manet.train.optimizer import train_mode
 
 
@@ -26,7 +27,7 @@ def imprint_head(group: Any, net: Any, normalise: Any, loader: Any, device: str,
     with torch.no_grad():
         for images, masks, target in loader:
             images = images.to(device).contiguous(memory_format=torch.channels_last)
-            text = masks.to(device)[:, 1:2].float() / 255 if cfg.text else None
+            text = text_mask_of(masks.to(device), cfg.text)
             pooled = net(normalise(images.float() / 255), text)["pooled"].float().cpu()
             sums.index_add_(0, target, F.normalize(pooled, dim=-1).double())
             counts += torch.bincount(target, minlength=len(counts)).double()

@@ -34,7 +34,7 @@ from manet.settings import Settings
 from manet.store.database import Database
 from manet.train.checkpoint import checkpoint_dir, restore, save_checkpoint, starting_point
 from manet.train.config import LABELS, EpochMetrics, TrainConfig, TrainReport
-from manet.train.data import Loaders, augmentation_seed, make_loaders, shared_masks
+from manet.train.data import Loaders, augmentation_seed, make_loaders, shared_masks, text_mask_of
 from manet.train.imprint import imprint_head
 from manet.train.optimizer import build_optimizer, train_mode
 from manet.train.validation import validate, validation_products
@@ -272,13 +272,13 @@ def _train_step(run: _Run, images: Any, masks_batch: Any, target: Any, totals: d
 
     cfg, device = run.cfg, run.device
     images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    masks_batch = masks_batch.to(device, non_blocking=True).float() / 255
+    masks_batch = masks_batch.to(device, non_blocking=True)
+    saliency_target = (masks_batch[:, :1].float() / 255 > 0.5).float()
     target = target.to(device, non_blocking=True)
     with training_autocast(device):
-        out = run.model(run.pipeline.backbone.normalise(images.float() / 255),
-                        masks_batch[:, 1:2] if cfg.text else None)
+        out = run.model(run.pipeline.backbone.normalise(images.float() / 255), text_mask_of(masks_batch, cfg.text))
         ce = torch.nn.functional.cross_entropy(out["logits"].float(), target)
-        dice = (dice_loss(out["saliency_logits"].float(), (masks_batch[:, :1] > 0.5).float())
+        dice = (dice_loss(out["saliency_logits"].float(), saliency_target)
                 if out["saliency_logits"] is not None else torch.zeros((), device=device))
         loss = ce + cfg.lambda_dice * dice
     run.optimizer.zero_grad(set_to_none=True)

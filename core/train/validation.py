@@ -10,7 +10,7 @@ import numpy as np
 
 from manet.store.database import Database
 from manet.train.config import TrainConfig
-from manet.train.data import Loaders
+from manet.train.data import Loaders, text_mask_of
 from manet.train.optimizer import train_mode
 
 
@@ -27,7 +27,7 @@ def evaluation_pass(model: Any, pipeline: Any, loader: Any, device: str, cfg: Tr
     with forward_pass(device, precision):
         for images, masks, target in loader:
             images, masks = images.to(device), masks.to(device)
-            text = masks[:, 1:2].float() / 255 if cfg.text else None  # the detector's mask, cached
+            text = text_mask_of(masks, cfg.text)  # the detector's mask, cached
             if classify:
                 out = model(pipeline.backbone.normalise(images.float() / 255), text)
                 correct += int((out["logits"].argmax(1) == target.to(device)).sum())
