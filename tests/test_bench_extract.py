@@ -25,10 +25,15 @@ def test_bench_extract_json(database_url, monkeypatch):
     result = CliRunner().invoke(cli, [
         "--quiet", "--database-url", database_url, "bench", "extract", "--backbone", "resnet18",
         "--image-size", "64", "--images", "12", "--source-size", "96", "--batch-size", "4",
-        "--naive-images", "3", "--device", "cpu", "--json"], catch_exceptions=False)
+        "--naive-images", "3", "--device", "cpu", "--rounds", "2", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert all(key in report for key in KEYS), sorted(set(KEYS) - set(report))
+    # Two alternating rounds; the headline ratio is the median (here the mean) of theirs.
+    assert len(report["rounds"]) == 2
+    assert report["e2e_over_model"] == pytest.approx(
+        sum(r["e2e_over_model"] for r in report["rounds"]) / 2, abs=1e-3)
+    assert "median of 2 rounds" in format_report(report)
     assert report["device"] == "cpu" and report["gpu_peak_memory_mb"] is None
     assert (report["backbone"], report["pooling"], report["image_size"], report["batch_size"]) == \
         ("resnet18", "srmac", 64, 4)
@@ -44,7 +49,8 @@ def test_bench_extract_json(database_url, monkeypatch):
         written = dict(conn.execute(sa.text(
             "SELECT m.name, count(*) FROM descriptors d JOIN models m ON m.id = d.model_id GROUP BY m.name")).all())
     engine.dispose()
-    assert written == {"bench": 12, "bench-naive": 4}  # the naive loop's warm-up image is stored too
+    # Each round extracts into a model of its own; the naive loop's warm-up image is stored too.
+    assert written == {"bench": 12, "bench-2": 12, "bench-naive": 4}
 
 
 @pytest.fixture
@@ -59,7 +65,7 @@ def test_bench_extract_manet_times_its_text_detection(manet_database, monkeypatc
     result = CliRunner().invoke(cli, [
         "--quiet", "--database-url", manet_database, "bench", "extract", "--manet", "--image-size", "64",
         "--images", "6", "--source-size", "96", "--batch-size", "2", "--naive-images", "1", "--device", "cpu",
-        "--json"], catch_exceptions=False)
+        "--rounds", "1", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["manet"] and report["images"] == 6 and report["failed"] == 0
@@ -68,6 +74,7 @@ def test_bench_extract_manet_times_its_text_detection(manet_database, monkeypatc
     # The detector runs inside every model-only forward pass: alone it takes less time, up to timing noise.
     assert 0 < report["text_detection_share"] < 1.5
     assert f"% of the model-only time ({report['text_detector']})" in format_report(report)
+    assert len(report["rounds"]) == 1 and "median" not in format_report(report)
 
 
 def test_bench_extract_rejects_a_bad_image_dir(database_url, tmp_path):

@@ -10,6 +10,10 @@ One run, in the scratch database (:mod:`manet.bench.common`), on real JPEG files
 - **end to end**: :func:`manet.extract.run.extract` from files to committed descriptor rows
   (DataLoader decoding, the forward pass, the writer thread's binary COPY); ingest is not part
   of it;
+- model only and end to end alternate for ``rounds`` rounds (each round extracts every image
+  into a model of its own): the reported figures are the medians, and ``e2e_over_model`` is
+  the median of each round's ratio, so a slow spell of a shared machine lands on both sides
+  of one ratio instead of on one phase;
 - **naive**: what pgvector-python's image-search example does, one image at a time: PIL decode,
   a torchvision resize, one forward pass of the unprepared module (fp32, no channels_last), one
   ``INSERT`` through ``register_vector`` on an autocommit connection.
@@ -70,6 +74,8 @@ class ExtractBenchOptions:
     model_batches: int = 4
     min_model_seconds: float = 5.0
     naive_images: int = 32
+    #: Alternating model-only and end-to-end measurements (see the module docstring).
+    rounds: int = 3
     seed: int = 0
     #: auto | fp32 | bf16 for the model-only and end-to-end phases (the naive loop is fp32).
     precision: str | None = None
@@ -175,6 +181,8 @@ def _check(options: ExtractBenchOptions) -> None:
         raise ManetError(f"device '{options.device}' requested but CUDA is not available; use --device cpu")
     if options.images < 2:
         raise ManetError(f"--images {options.images} is too few to measure; use at least 2")
+    if options.rounds < 1:
+        raise ManetError(f"--rounds {options.rounds} measures nothing; use at least 1")
 
 
 def _set_up(db: Database, registry: Any, options: ExtractBenchOptions, workdir: Path,
@@ -195,8 +203,8 @@ def _set_up(db: Database, registry: Any, options: ExtractBenchOptions, workdir: 
 
 
 def _model_only_phase(db: Database, pipeline: Any, forward: Any, batch_size: int, size: int,
-                      options: ExtractBenchOptions, say: Callable[[str], None]) -> _ModelOnly:
-    """The model alone on decoded batches already on the device, then its text detector alone."""
+                      options: ExtractBenchOptions, say: Callable[[str], None], *, text: bool = True) -> _ModelOnly:
+    """The model alone on decoded batches already on the device, then (``text``) its text detector alone."""
     from manet.catalog.batch_decode import read_batch
 
     device = options.device
@@ -213,7 +221,7 @@ def _model_only_phase(db: Database, pipeline: Any, forward: Any, batch_size: int
                                                 max(options.model_batches, len(batches)),
                                                 options.min_model_seconds)
     text_ips = None
-    if pipeline.text is not None:
+    if text and pipeline.text is not None:
         say(f"text detection alone ({pipeline.text.name})")
         detect, units = text_detection(pipeline, batches)
         text_ips, _ = measure_model_only(detect, units, device, max(options.model_batches, len(units)),
@@ -256,6 +264,7 @@ def run_extract_bench(db: Database, registry: Any, options: ExtractBenchOptions,
     from manet.extract.forward import Forward, prepare_pipeline, resolve_batch_size
     from manet.extract.run import device_decode_enabled
     from manet.nn.pipeline import build_pipeline
+    from manet.store.models import create_model
 
     device = options.device
     _check(options)
@@ -276,25 +285,39 @@ def run_extract_bench(db: Database, registry: Any, options: ExtractBenchOptions,
         fast = prepare_pipeline(pipeline, device, compile=options.compile)
         batch_size = resolve_batch_size(options.batch_size, fast, size, device, options.precision)
         forward = Forward(fast, device, batch_size, model.dim, options.precision)
-        say(f"model only (batch {batch_size})")
-        model_only = _model_only_phase(db, pipeline, forward, batch_size, size, options, say)
-        batch_size = forward.chunk  # after any out-of-memory back-off
-
-        say("end to end")
-        end_to_end = _end_to_end_phase(db, model, fast, batch_size, options)
-    return _report(options, config, model, pipeline, batch_size, device_decode, naive, model_only, end_to_end)
+        rounds = []
+        for index in range(options.rounds):
+            round_model = model if index == 0 else create_model(db, registry, f"{BENCH_MODEL}-{index + 1}", config)
+            say(f"round {index + 1}/{options.rounds}: model only (batch {batch_size})")
+            model_only = _model_only_phase(db, pipeline, forward, batch_size, size, options, say,
+                                           text=index == 0)
+            batch_size = forward.chunk  # after any out-of-memory back-off
+            say(f"round {index + 1}/{options.rounds}: end to end")
+            rounds.append((model_only, _end_to_end_phase(db, round_model, fast, batch_size, options)))
+    return _report(options, config, model, pipeline, batch_size, device_decode, naive, rounds)
 
 
 def _report(options: ExtractBenchOptions, config: PipelineConfig, model: Any, pipeline: Any, batch_size: int,
-            device_decode: bool, naive: tuple[float, int], model_only: _ModelOnly, e2e: _EndToEnd
+            device_decode: bool, naive: tuple[float, int], rounds: list[tuple[_ModelOnly, _EndToEnd]]
             ) -> dict[str, Any]:
-    """The figures of ``manet bench extract --json``."""
+    """The figures of ``manet bench extract --json``: medians over the rounds (the text detector's
+    figures are the first round's; the memory peaks are the highest of any round)."""
     import torch
 
-    device, report = options.device, e2e.report
+    device, report = options.device, rounds[0][1].report
     naive_ips, naive_count = naive
-    model_ips, text_ips = model_only.ips, model_only.text_ips
-    e2e_ips = report.extracted / e2e.seconds if e2e.seconds > 0 else 0.0
+    per_round = [{"model_only_ips": round(m.ips, 2),
+                  "end_to_end_ips": round(e.report.extracted / e.seconds if e.seconds > 0 else 0.0, 2)}
+                 for m, e in rounds]
+    for r in per_round:
+        r["e2e_over_model"] = _ratio(r["end_to_end_ips"], r["model_only_ips"])
+    model_ips = float(np.median([m.ips for m, _ in rounds]))
+    text_ips = rounds[0][0].text_ips
+    e2e_ips = float(np.median([r["end_to_end_ips"] for r in per_round]))
+    ratios = [r["e2e_over_model"] for r in per_round if r["e2e_over_model"] is not None]
+    e2e = max((e for _, e in rounds), key=lambda e: e.peak_rss_mb)
+    workers_peak = max((e.worker_peak_rss_mb or 0.0 for _, e in rounds), default=0.0)
+    gpu_peaks = [e.gpu_peak_mb for _, e in rounds if e.gpu_peak_mb is not None]
     return {
         "device": device,
         "gpu_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
@@ -318,22 +341,23 @@ def _report(options: ExtractBenchOptions, config: PipelineConfig, model: Any, pi
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "model_only_ips": round(model_ips, 2),
-        "model_only_images": model_only.images,
+        "model_only_images": rounds[0][0].images,
         "text_detector": pipeline.text.name if pipeline.text is not None else None,
         "text_detection_ips": round(text_ips, 2) if text_ips is not None else None,
         # (1 / text_ips) / (1 / model_ips): the share of the model-only time per image.
         "text_detection_share": _ratio(model_ips, text_ips) if text_ips is not None else None,
         "end_to_end_ips": round(e2e_ips, 2),
-        "end_to_end_seconds": round(e2e.seconds, 3),
+        "end_to_end_seconds": round(float(np.median([e.seconds for _, e in rounds])), 3),
         "naive_ips": round(naive_ips, 2),
         "naive_images": naive_count,
-        "e2e_over_model": _ratio(e2e_ips, model_ips),
+        "e2e_over_model": round(float(np.median(ratios)), 3) if ratios else None,
+        "rounds": per_round,
         "e2e_over_naive": _ratio(e2e_ips, naive_ips),
         "peak_rss_mb": round(e2e.peak_rss_mb, 1),
         "peak_rss_scope": "end-to-end phase" if e2e.peak_rss_reset else "whole process",
-        "decode_worker_peak_rss_mb": round(e2e.worker_peak_rss_mb, 1) if e2e.worker_peak_rss_mb else None,
+        "decode_worker_peak_rss_mb": round(workers_peak, 1) if workers_peak else None,
         "process_peak_rss_mb": round(peak_rss_mb(), 1),
-        "gpu_peak_memory_mb": round(e2e.gpu_peak_mb, 1) if e2e.gpu_peak_mb is not None else None,
+        "gpu_peak_memory_mb": round(max(gpu_peaks), 1) if gpu_peaks else None,
     }
 
 
@@ -346,15 +370,18 @@ def format_report(r: dict[str, Any]) -> str:
     text = ([f"  text detection  {r['text_detection_ips']:.2f} img/s alone: "
              f"{100 * r['text_detection_share']:.0f} % of the model-only time ({r['text_detector']})"]
             if r["text_detection_ips"] is not None else [])
+    ratios = [x["e2e_over_model"] for x in r["rounds"]]
+    median = f"; median of {len(ratios)} rounds" if len(ratios) > 1 else ""
+    spread = f" (rounds: {', '.join(str(x) for x in ratios)})" if len(ratios) > 1 else ""
     return "\n".join([
         f"extract benchmark: {model} on {device}; batch {r['batch_size']}, {r['threads']} torch threads, "
         f"{r['decode_workers']} decode workers, device decode {'on' if r['device_decode'] else 'off'}, "
         f"{r['precision']} (naive loop: fp32)",
         f"  model only  {r['model_only_ips']:>9.2f} img/s  ({r['model_only_images']} images, decoded batches "
-        f"already on the device)",
+        f"already on the device{median})",
         *text,
         f"  end to end  {r['end_to_end_ips']:>9.2f} img/s  ({r['images']} images: files -> decode -> model -> "
-        f"rows in PostgreSQL) = {r['e2e_over_model']} x model only",
+        f"rows in PostgreSQL{median}) = {r['e2e_over_model']} x model only{spread}",
         f"  naive loop  {r['naive_ips']:>9.2f} img/s  ({r['naive_images']} images: PIL, one image per forward, "
         f"one INSERT each); end to end = {r['e2e_over_naive']} x naive",
         f"  peak RSS {r['peak_rss_mb']:.0f} MiB ({r['peak_rss_scope']}, this process); decode workers {workers}; "

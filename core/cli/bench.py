@@ -95,13 +95,15 @@ def pipeline_choice(command: Any) -> Any:
               help="Images in the naive one-at-a-time loop (it is slow).")
 @click.option("--source-size", default=384, show_default=True, type=click.IntRange(32, 4096),
               help="Side of the generated JPEG files in pixels.")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Model-only and end-to-end measurements, alternated; the report gives their medians.")
 @JSON_OPTION
 @pass_state
 def bench_extract(state: State, model: str | None, backbone: str, pooling: str, image_size: int, weights: str,
                   manet: bool, n_images: int, image_dir: Path | None, bench_device: str | None,
                   batch_size: int | None, decode_workers: int | None, device_decode: str, compile_model: bool,
                   precision: str | None, threads: int | None, naive_images: int, source_size: int,
-                  as_json: bool) -> None:
+                  rounds: int, as_json: bool) -> None:
     """Model-only forward vs end-to-end pipeline vs a naive one-image loop.
 
     \b
@@ -132,7 +134,7 @@ def bench_extract(state: State, model: str | None, backbone: str, pooling: str, 
     options = ExtractBenchOptions(
         config=config, device=device, images=n_images, image_dir=image_dir, batch_size=batch_size,
         decode_workers=decode_workers, device_decode=device_decode, compile=compile_model, manet=manet,
-        threads=threads, source_size=source_size, naive_images=naive_images,
+        threads=threads, source_size=source_size, naive_images=naive_images, rounds=rounds,
         precision=precision or state.precision, east_model=state.settings.east_model,
         max_pixels=state.settings.max_pixels)
     report = run_extract_bench(state.admin.scratch_database(), state.admin.registry, options,
