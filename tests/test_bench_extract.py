@@ -75,6 +75,7 @@ def test_bench_extract_manet_times_its_text_detection(manet_database, monkeypatc
     assert 0 < report["text_detection_share"] < 1.5
     assert f"% of the model-only time ({report['text_detector']})" in format_report(report)
     assert len(report["rounds"]) == 1 and "median" not in format_report(report)
+    assert report["rounds"][0]["text_detection_share"] == report["text_detection_share"]
 
 
 def test_bench_extract_rejects_a_bad_image_dir(database_url, tmp_path):

@@ -10,10 +10,10 @@ One run, in the scratch database (:mod:`manet.bench.common`), on real JPEG files
 - **end to end**: :func:`manet.extract.run.extract` from files to committed descriptor rows
   (DataLoader decoding, the forward pass, the writer thread's binary COPY); ingest is not part
   of it;
-- model only and end to end alternate for ``rounds`` rounds (each round extracts every image
-  into a model of its own): the reported figures are the medians, and ``e2e_over_model`` is
-  the median of each round's ratio, so a slow spell of a shared machine lands on both sides
-  of one ratio instead of on one phase;
+- model only, text detection and end to end alternate for ``rounds`` rounds (each round
+  extracts every image into a model of its own): the reported figures are the medians, and
+  ``e2e_over_model`` and ``text_detection_share`` are the medians of each round's own ratio, so
+  a slow spell of a shared machine lands on both sides of one ratio instead of on one phase;
 - **naive**: what pgvector-python's image-search example does, one image at a time: PIL decode,
   a torchvision resize, one forward pass of the unprepared module (fp32, no channels_last), one
   ``INSERT`` through ``register_vector`` on an autocommit connection.
@@ -203,8 +203,8 @@ def _set_up(db: Database, registry: Any, options: ExtractBenchOptions, workdir: 
 
 
 def _model_only_phase(db: Database, pipeline: Any, forward: Any, batch_size: int, size: int,
-                      options: ExtractBenchOptions, say: Callable[[str], None], *, text: bool = True) -> _ModelOnly:
-    """The model alone on decoded batches already on the device, then (``text``) its text detector alone."""
+                      options: ExtractBenchOptions, say: Callable[[str], None]) -> _ModelOnly:
+    """The model alone on decoded batches already on the device, then its text detector alone."""
     from manet.catalog.batch_decode import read_batch
 
     device = options.device
@@ -221,7 +221,7 @@ def _model_only_phase(db: Database, pipeline: Any, forward: Any, batch_size: int
                                                 max(options.model_batches, len(batches)),
                                                 options.min_model_seconds)
     text_ips = None
-    if text and pipeline.text is not None:
+    if pipeline.text is not None:
         say(f"text detection alone ({pipeline.text.name})")
         detect, units = text_detection(pipeline, batches)
         text_ips, _ = measure_model_only(detect, units, device, max(options.model_batches, len(units)),
@@ -289,8 +289,7 @@ def run_extract_bench(db: Database, registry: Any, options: ExtractBenchOptions,
         for index in range(options.rounds):
             round_model = model if index == 0 else create_model(db, registry, f"{BENCH_MODEL}-{index + 1}", config)
             say(f"round {index + 1}/{options.rounds}: model only (batch {batch_size})")
-            model_only = _model_only_phase(db, pipeline, forward, batch_size, size, options, say,
-                                           text=index == 0)
+            model_only = _model_only_phase(db, pipeline, forward, batch_size, size, options, say)
             batch_size = forward.chunk  # after any out-of-memory back-off
             say(f"round {index + 1}/{options.rounds}: end to end")
             rounds.append((model_only, _end_to_end_phase(db, round_model, fast, batch_size, options)))
@@ -300,9 +299,8 @@ def run_extract_bench(db: Database, registry: Any, options: ExtractBenchOptions,
 def _report(options: ExtractBenchOptions, config: PipelineConfig, model: Any, pipeline: Any, batch_size: int,
             device_decode: bool, naive: tuple[float, int], rounds: list[tuple[_ModelOnly, _EndToEnd]]
             ) -> dict[str, Any]:
-    """The figures of ``manet bench extract --json``: medians over the rounds (the text detector is
-    timed in the first round only, and its share is taken against that round's model-only figure;
-    the memory peaks are the highest of any round)."""
+    """The figures of ``manet bench extract --json``: medians over the rounds, each ratio the median
+    of the rounds' own (the memory peaks are the highest of any round)."""
     import torch
 
     device, report = options.device, rounds[0][1].report
@@ -310,10 +308,15 @@ def _report(options: ExtractBenchOptions, config: PipelineConfig, model: Any, pi
     per_round = [{"model_only_ips": round(m.ips, 2),
                   "end_to_end_ips": round(e.report.extracted / e.seconds if e.seconds > 0 else 0.0, 2)}
                  for m, e in rounds]
-    for r in per_round:
+    for r, (m, _) in zip(per_round, rounds):
         r["e2e_over_model"] = _ratio(r["end_to_end_ips"], r["model_only_ips"])
+        if m.text_ips is not None:
+            # (1 / text_ips) / (1 / model_ips): the share of the model-only time per image.
+            r["text_detection_ips"] = round(m.text_ips, 2)
+            r["text_detection_share"] = _ratio(m.ips, m.text_ips)
     model_ips = float(np.median([m.ips for m, _ in rounds]))
-    text_ips = rounds[0][0].text_ips
+    text_ips = float(np.median([m.text_ips for m, _ in rounds])) if rounds[0][0].text_ips is not None else None
+    shares = [r["text_detection_share"] for r in per_round if r.get("text_detection_share") is not None]
     e2e_ips = float(np.median([r["end_to_end_ips"] for r in per_round]))
     ratios = [r["e2e_over_model"] for r in per_round if r["e2e_over_model"] is not None]
     e2e = max((e for _, e in rounds), key=lambda e: e.peak_rss_mb)
@@ -345,9 +348,7 @@ def _report(options: ExtractBenchOptions, config: PipelineConfig, model: Any, pi
         "model_only_images": rounds[0][0].images,
         "text_detector": pipeline.text.name if pipeline.text is not None else None,
         "text_detection_ips": round(text_ips, 2) if text_ips is not None else None,
-        # (1 / text_ips) / (1 / model_ips): the share of the model-only time per image, against the
-        # model-only figure measured right before the detector's (the first round's).
-        "text_detection_share": _ratio(rounds[0][0].ips, text_ips) if text_ips is not None else None,
+        "text_detection_share": round(float(np.median(shares)), 3) if shares else None,
         "end_to_end_ips": round(e2e_ips, 2),
         "end_to_end_seconds": round(float(np.median([e.seconds for _, e in rounds])), 3),
         "naive_ips": round(naive_ips, 2),
@@ -369,12 +370,14 @@ def format_report(r: dict[str, Any]) -> str:
     device = r["device"] + (f" ({r['gpu_name']})" if r["gpu_name"] else "")
     gpu = f"{r['gpu_peak_memory_mb']:.0f} MiB" if r["gpu_peak_memory_mb"] is not None else "-"
     workers = f"{r['decode_worker_peak_rss_mb']:.0f} MiB" if r["decode_worker_peak_rss_mb"] else "-"
+    def spread(key: str) -> str:
+        return f" (rounds: {', '.join(str(x[key]) for x in r['rounds'])})" if len(r["rounds"]) > 1 else ""
+
+    median = f"; median of {len(r['rounds'])} rounds" if len(r["rounds"]) > 1 else ""
     text = ([f"  text detection  {r['text_detection_ips']:.2f} img/s alone: "
-             f"{100 * r['text_detection_share']:.0f} % of the model-only time ({r['text_detector']})"]
+             f"{100 * r['text_detection_share']:.0f} % of the model-only time ({r['text_detector']})"
+             f"{spread('text_detection_share')}"]
             if r["text_detection_ips"] is not None else [])
-    ratios = [x["e2e_over_model"] for x in r["rounds"]]
-    median = f"; median of {len(ratios)} rounds" if len(ratios) > 1 else ""
-    spread = f" (rounds: {', '.join(str(x) for x in ratios)})" if len(ratios) > 1 else ""
     return "\n".join([
         f"extract benchmark: {model} on {device}; batch {r['batch_size']}, {r['threads']} torch threads, "
         f"{r['decode_workers']} decode workers, device decode {'on' if r['device_decode'] else 'off'}, "
@@ -383,7 +386,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"already on the device{median})",
         *text,
         f"  end to end  {r['end_to_end_ips']:>9.2f} img/s  ({r['images']} images: files -> decode -> model -> "
-        f"rows in PostgreSQL{median}) = {r['e2e_over_model']} x model only{spread}",
+        f"rows in PostgreSQL{median}) = {r['e2e_over_model']} x model only{spread('e2e_over_model')}",
         f"  naive loop  {r['naive_ips']:>9.2f} img/s  ({r['naive_images']} images: PIL, one image per forward, "
         f"one INSERT each); end to end = {r['e2e_over_naive']} x naive",
         f"  peak RSS {r['peak_rss_mb']:.0f} MiB ({r['peak_rss_scope']}, this process); decode workers {workers}; "
