@@ -16,6 +16,7 @@ from manet.catalog.images import (
     inspect_image,
     load_rgb,
     read_image_tensor,
+    resize_square,
 )
 from manet.config import DEFAULT_MAX_PIXELS
 from manet.errors import ImageError, ManetError
@@ -263,3 +264,15 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     pixels = np.asarray(upright).astype(int)
     assert pixels[:5].mean() > 200 and pixels[-5:].mean() < 50  # the band is now on top
     assert read_image_tensor(path, 8).shape == (3, 8, 8)
+
+
+def test_resize_square_stays_within_a_grey_level_of_pil():
+    """The one resize of every read (files, uploads, batched JPEGs): torchvision's uint8 bilinear
+    with antialiasing, which reproduces PIL's bilinear resize to one grey level."""
+    pixels = np.random.default_rng(0).integers(0, 256, (97, 130, 3), dtype=np.uint8)
+    ours = resize_square(torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))), 40)
+    pil = np.asarray(Image.fromarray(pixels).resize((40, 40), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
+    assert ours.dtype == torch.uint8 and ours.shape == (3, 40, 40)
+    assert np.abs(ours.numpy().astype(int) - pil.astype(int)).max() <= 1
+    same = torch.zeros(3, 40, 40, dtype=torch.uint8)
+    assert resize_square(same, 40) is same  # already square at the size: untouched
