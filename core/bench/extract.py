@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ class ExtractBenchOptions:
     model_batches: int = 4
     min_model_seconds: float = 5.0
     naive_images: int = 32
-    #: Alternating model-only and end-to-end measurements (see the module docstring).
+    #: Rounds of model-only, text-detection and end-to-end measurements (see the module docstring).
     rounds: int = 3
     seed: int = 0
     #: auto | fp32 | bf16 for the model-only and end-to-end phases (the naive loop is fp32).
@@ -296,6 +297,27 @@ def run_extract_bench(db: Database, registry: Any, options: ExtractBenchOptions,
     return _report(options, config, model, pipeline, batch_size, device_decode, naive, rounds)
 
 
+def _median(values: list[float | None], digits: int | None = None) -> float | None:
+    """The median of the values that are not None (rounded to ``digits``), or None if there are none."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return None
+    middle = float(np.median(known))
+    return middle if digits is None else round(middle, digits)
+
+
+def _round_figures(model_only: _ModelOnly, e2e: _EndToEnd) -> dict[str, Any]:
+    """One round's speeds and its own ratios (``report["rounds"]``)."""
+    e2e_ips = round(e2e.report.extracted / e2e.seconds if e2e.seconds > 0 else 0.0, 2)
+    figures: dict[str, Any] = {"model_only_ips": round(model_only.ips, 2), "end_to_end_ips": e2e_ips,
+                               "e2e_over_model": _ratio(e2e_ips, round(model_only.ips, 2))}
+    if model_only.text_ips is not None:
+        # (1 / text_ips) / (1 / model_ips): the share of the model-only time per image.
+        figures["text_detection_ips"] = round(model_only.text_ips, 2)
+        figures["text_detection_share"] = _ratio(model_only.ips, model_only.text_ips)
+    return figures
+
+
 def _report(options: ExtractBenchOptions, config: PipelineConfig, model: Any, pipeline: Any, batch_size: int,
             device_decode: bool, naive: tuple[float, int], rounds: list[tuple[_ModelOnly, _EndToEnd]]
             ) -> dict[str, Any]:
@@ -305,20 +327,10 @@ def _report(options: ExtractBenchOptions, config: PipelineConfig, model: Any, pi
 
     device, report = options.device, rounds[0][1].report
     naive_ips, naive_count = naive
-    per_round = [{"model_only_ips": round(m.ips, 2),
-                  "end_to_end_ips": round(e.report.extracted / e.seconds if e.seconds > 0 else 0.0, 2)}
-                 for m, e in rounds]
-    for r, (m, _) in zip(per_round, rounds):
-        r["e2e_over_model"] = _ratio(r["end_to_end_ips"], r["model_only_ips"])
-        if m.text_ips is not None:
-            # (1 / text_ips) / (1 / model_ips): the share of the model-only time per image.
-            r["text_detection_ips"] = round(m.text_ips, 2)
-            r["text_detection_share"] = _ratio(m.ips, m.text_ips)
-    model_ips = float(np.median([m.ips for m, _ in rounds]))
-    text_ips = float(np.median([m.text_ips for m, _ in rounds])) if rounds[0][0].text_ips is not None else None
-    shares = [r["text_detection_share"] for r in per_round if r.get("text_detection_share") is not None]
-    e2e_ips = float(np.median([r["end_to_end_ips"] for r in per_round]))
-    ratios = [r["e2e_over_model"] for r in per_round if r["e2e_over_model"] is not None]
+    per_round = [_round_figures(m, e) for m, e in rounds]
+    model_ips = _median([m.ips for m, _ in rounds])
+    text_ips = _median([m.text_ips for m, _ in rounds])
+    e2e_ips = _median([r["end_to_end_ips"] for r in per_round])
     e2e = max((e for _, e in rounds), key=lambda e: e.peak_rss_mb)
     workers_peak = max((e.worker_peak_rss_mb or 0.0 for _, e in rounds), default=0.0)
     gpu_peaks = [e.gpu_peak_mb for _, e in rounds if e.gpu_peak_mb is not None]
@@ -348,12 +360,12 @@ def _report(options: ExtractBenchOptions, config: PipelineConfig, model: Any, pi
         "model_only_images": rounds[0][0].images,
         "text_detector": pipeline.text.name if pipeline.text is not None else None,
         "text_detection_ips": round(text_ips, 2) if text_ips is not None else None,
-        "text_detection_share": round(float(np.median(shares)), 3) if shares else None,
+        "text_detection_share": _median([r.get("text_detection_share") for r in per_round], 3),
         "end_to_end_ips": round(e2e_ips, 2),
-        "end_to_end_seconds": round(float(np.median([e.seconds for _, e in rounds])), 3),
+        "end_to_end_seconds": _median([e.seconds for _, e in rounds], 3),
         "naive_ips": round(naive_ips, 2),
         "naive_images": naive_count,
-        "e2e_over_model": round(float(np.median(ratios)), 3) if ratios else None,
+        "e2e_over_model": _median([r["e2e_over_model"] for r in per_round], 3),
         "rounds": per_round,
         "e2e_over_naive": _ratio(e2e_ips, naive_ips),
         "peak_rss_mb": round(e2e.peak_rss_mb, 1),
@@ -364,15 +376,18 @@ def _report(options: ExtractBenchOptions, config: PipelineConfig, model: Any, pi
     }
 
 
+def _rounds_note(rounds: list[dict[str, Any]], key: str) -> str:
+    """Each round's ``key``, for the table (nothing for a single round)."""
+    return f" (rounds: {', '.join(str(x[key]) for x in rounds)})" if len(rounds) > 1 else ""
+
+
 def format_report(r: dict[str, Any]) -> str:
     """The human-readable table of :func:`run_extract_bench`'s report."""
     model = f"{'MANet + ' if r['manet'] else ''}{r['backbone']} + {r['pooling']}, {r['image_size']} px"
     device = r["device"] + (f" ({r['gpu_name']})" if r["gpu_name"] else "")
     gpu = f"{r['gpu_peak_memory_mb']:.0f} MiB" if r["gpu_peak_memory_mb"] is not None else "-"
     workers = f"{r['decode_worker_peak_rss_mb']:.0f} MiB" if r["decode_worker_peak_rss_mb"] else "-"
-    def spread(key: str) -> str:
-        return f" (rounds: {', '.join(str(x[key]) for x in r['rounds'])})" if len(r["rounds"]) > 1 else ""
-
+    spread = partial(_rounds_note, r["rounds"])
     median = f"; median of {len(r['rounds'])} rounds" if len(r["rounds"]) > 1 else ""
     text = ([f"  text detection  {r['text_detection_ips']:.2f} img/s alone: "
              f"{100 * r['text_detection_share']:.0f} % of the model-only time ({r['text_detector']})"

@@ -96,7 +96,7 @@ def pipeline_choice(command: Any) -> Any:
 @click.option("--source-size", default=384, show_default=True, type=click.IntRange(32, 4096),
               help="Side of the generated JPEG files in pixels.")
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1),
-              help="Model-only and end-to-end measurements, alternated; the report gives their medians.")
+              help="Rounds of model-only, text-detection and end-to-end measurements; the report gives medians.")
 @JSON_OPTION
 @pass_state
 def bench_extract(state: State, model: str | None, backbone: str, pooling: str, image_size: int, weights: str,
