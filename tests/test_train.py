@@ -77,12 +77,27 @@ def test_train_resume_extract_compare(prepared, run):
     for args in (["m1-nosal", "--from", "m1", "--no-saliency"], ["m1-notext", "--from", "m1", "--no-text"],
                  ["plain-gem", "--from", "plain", "--pooling", "gem"]):
         assert run("models", "create", *args).exit_code == 0
-    result = run("eval", "--compare", "m1", "m1-nosal", "m1-notext", "plain", "plain-gem", "--split", "val", "--json")
+    result = run("eval", "--compare", "m1", "m1-nosal", "m1-notext", "plain", "plain-gem", "--split", "val",
+                 "--against", "plain", "--json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     assert [r["model"] for r in rows] == ["m1", "m1-nosal", "m1-notext", "plain", "plain-gem"]
     assert all({"map@7", "map", "recall@1"} <= set(r) for r in rows)
     assert len({r["queries"] for r in rows}) == 1  # the same queries for every pipeline
+    # --against: each row minus the plain classifier on the same queries, with its interval
+    plain_map = rows[3]["map@7"]
+    for row in rows:
+        margin = row["against"]
+        assert margin["model"] == "plain" and margin["queries"] == row["queries"]
+        assert margin["difference"] == pytest.approx(row["map@7"] - plain_map)
+        assert margin["low"] <= margin["difference"] <= margin["high"]
+    assert (rows[3]["against"]["low"], rows[3]["against"]["high"]) == (0.0, 0.0)
+    table = run("eval", "--compare", "m1", "plain", "--split", "val", "--against", "plain")
+    assert table.exit_code == 0 and "95% interval" in table.output and "not over training seeds" in table.output
+    for bad, says in ((["--compare", "m1", "--against", "plain"], "not among the compared models"),
+                      (["--model", "m1", "--against", "plain"], "use --compare")):
+        refused = run("eval", *bad, "--split", "val")
+        assert refused.exit_code == 2 and says in refused.output
     # --compare --split val extracts only what that evaluation needs: catalogue + val photos.
     counts = {m["name"]: m["descriptors"] for m in prepared.models()}
     assert counts["m1"] == 8 + 8 and counts["plain-gem"] == 8 + 8

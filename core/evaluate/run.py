@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from manet import config
 from manet.errors import ManetError
-from manet.evaluate.metrics import descending_order, evaluate_rankings
+from manet.evaluate.metrics import PairedDifference, descending_order, evaluate_rankings, paired_difference
 from manet.plugin_base import CatalogueAugmenter, Reranker
 from manet.store import descriptors
 from manet.store.database import Database, as_array
@@ -40,6 +40,9 @@ class EvalResult:
     #: Milliseconds per query of the exact ranking and of the re-ranking; seconds of a catalogue
     #: augmentation (DBA), done once for all queries.
     timing: dict[str, float] | None = None
+    #: AP@k of each query, by the query's image id (stored per run in ``eval_results``; pairs
+    #: two runs' queries for :func:`paired_against`).
+    query_ap: dict[int, float] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.metrics)
@@ -172,10 +175,26 @@ def evaluate(db: Database, model: ModelRecord, *, split: str | None = None, k: i
     described = None if plugin is None else {"name": plugin.name, "params": dict(plugin.params),
                                                "shortlist": int(shortlist)}
     result = EvalResult(model.name, split, k, normaliser, metrics, len(usable),
-                        skipped_queries=skipped, reranker=described, timing=timing)
+                        skipped_queries=skipped, reranker=described, timing=timing,
+                        query_ap={row.image_id: values["ap@k"] for row, values in zip(usable, per_query)})
     if store:
         result.run_id = _store(db, model, result, usable, per_query, top_ids, k)
     return result
+
+
+def paired_against(reference: EvalResult, result: EvalResult, *, confidence: float = 0.95,
+                   resamples: int = 10_000, seed: int = 0) -> PairedDifference:
+    """``result``'s MAP@k minus ``reference``'s on the queries both runs ranked, with a paired
+    bootstrap interval over those queries (:func:`manet.evaluate.metrics.paired_difference`)."""
+    if (result.k, result.normaliser) != (reference.k, reference.normaliser):
+        raise ManetError(f"'{result.model}' was scored at k={result.k} ({result.normaliser}) and "
+                         f"'{reference.model}' at k={reference.k} ({reference.normaliser}); compare runs of one k and normaliser")
+    shared = sorted(result.query_ap.keys() & reference.query_ap.keys())
+    if not shared:
+        raise ManetError(f"'{result.model}' and '{reference.model}' share no scored query; extract both for "
+                         f"the same split (manet extract --model NAME --split SPLIT)")
+    return paired_difference([result.query_ap[i] for i in shared], [reference.query_ap[i] for i in shared],
+                             confidence=confidence, resamples=resamples, seed=seed)
 
 
 def _store(db: Database, model: ModelRecord, result: EvalResult, queries: list[Any],

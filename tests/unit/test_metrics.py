@@ -9,6 +9,7 @@ from manet.evaluate.metrics import (
     average_precision,
     average_precision_at_k,
     evaluate_rankings,
+    paired_difference,
     ranked_relevance,
     recall_at_k,
 )
@@ -160,3 +161,40 @@ def test_evaluate_rankings_matches_single_query_functions() -> None:
 def test_evaluate_rankings_empty() -> None:
     out = evaluate_rankings(np.zeros((0, 5), bool), np.zeros(0, int))
     assert out["queries"] == 0 and out["map@7"] == 0.0 and out["per_query"] == []
+
+
+def test_paired_difference_four_queries_by_hand() -> None:
+    # differences 1, 0, 0, 1: mean 0.5. A resample of 4 is all zeros with probability
+    # (1/2)^4 = 0.0625 and all ones likewise, both above 0.025, so the 95 % percentile
+    # interval is [0, 1] exactly.
+    result = paired_difference([1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0])
+    assert result.difference == pytest.approx(0.5)
+    assert (result.low, result.high) == (pytest.approx(0.0), pytest.approx(1.0))
+    assert result.queries == 4 and result.confidence == 0.95
+
+
+def test_paired_difference_constant_shift_has_no_spread() -> None:
+    # every query gains 0.1: any resample's mean difference is 0.1
+    b = np.array([0.2, 0.5, 0.7])
+    result = paired_difference(b + 0.1, b)
+    assert (result.difference, result.low, result.high) == pytest.approx((0.1, 0.1, 0.1))
+
+
+def test_paired_difference_is_seeded_and_orders_its_bounds() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.random(50), rng.random(50)
+    first, again = paired_difference(a, b, seed=1), paired_difference(a, b, seed=1)
+    assert first == again
+    assert first.low <= first.difference <= first.high
+    assert first.difference == pytest.approx(a.mean() - b.mean())
+    flipped = paired_difference(b, a, seed=1)
+    assert flipped.difference == pytest.approx(-first.difference)
+
+
+def test_paired_difference_rejects_unpaired_input() -> None:
+    with pytest.raises(ValueError, match="same queries"):
+        paired_difference([1.0, 0.0], [1.0])
+    with pytest.raises(ValueError, match="at least one query"):
+        paired_difference([], [])
+    with pytest.raises(ValueError, match="confidence"):
+        paired_difference([1.0], [0.0], confidence=1.5)
