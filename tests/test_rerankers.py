@@ -184,6 +184,8 @@ def test_rerank_errors_are_one_line(populated, run):
                    "has no parameter beta")
     one_line_error(run("eval", "--model", "tiny", "--rerank", "aqe", "--shortlist", "2"),
                    "--shortlist 2 is out of range")
+    one_line_error(run("eval", "--model", "tiny", "-k", "0"), "k=0 is out of range; use k >= 1")
+    one_line_error(run("eval", "--compare", "tiny", "tiny", "--against", "tiny", "-k", "-3"), "k=-3 is out of range")
     usage = run("eval", "--model", "tiny", "-r", "top_n=2")
     assert usage.exit_code == 2 and "add --rerank NAME" in usage.output
     bad_pair = run("eval", "--model", "tiny", "--rerank", "aqe", "-r", "top_n")

@@ -136,6 +136,8 @@ def _rank(model: ModelRecord, usable: list[Any], gallery: _Gallery, k: int, rera
 def _check_options(normaliser: str, k: int, shortlist: int, reranker: Reranker | None,
                    augmenter: CatalogueAugmenter | None) -> Reranker | CatalogueAugmenter | None:
     """One-line errors for bad options; the re-ranking plugin (either one), or None."""
+    if k < 1:  # the metrics raise a bare ValueError, a traceback at the CLI
+        raise ManetError(f"k={k} is out of range; use k >= 1 (MAP@k of the top k)")
     if normaliser not in ("min", "hits"):
         raise ManetError(f"unknown normaliser '{normaliser}'; use min (the challenge's) or hits")
     if reranker is not None and augmenter is not None:
