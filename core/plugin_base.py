@@ -8,6 +8,7 @@ Plugins depend only on this module, :mod:`manet.hookspecs` and pure math modules
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ def _coerce(value: Any, default: Any, plugin: str, key: str) -> Any:
     if default is None or value is None:
         return value
     kind = type(default)
+    if kind is float:
+        return _finite(value, default, plugin, key)
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     if kind is bool:
@@ -41,6 +44,19 @@ def _coerce(value: Any, default: Any, plugin: str, key: str) -> Any:
         f"{plugin}: parameter {key}={value!r} should be {kind.__name__} "
         f"(default {default!r})"
     )
+
+
+def _finite(value: Any, default: float, plugin: str, key: str) -> float:
+    """``value`` as a finite float: nan or inf would pass every range check a plugin makes
+    (``nan <= 0`` is False) and reach the tensors."""
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number):
+        raise PluginError(f"{plugin}: parameter {key}={value!r} should be a finite float "
+                          f"(default {default!r})")
+    return number
 
 
 class Plugin:

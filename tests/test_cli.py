@@ -106,6 +106,20 @@ def test_unknown_pooling(populated, run):
     assert counts(populated) == before
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (("ingest", "folder", ".", "--max-outage", "nan"), "'--max-outage': 'nan' is not a finite number"),
+    (("worker", "--model", "tiny", "--lease-seconds", "inf"), "'--lease-seconds': 'inf' is not a finite number"),
+    (("worker", "--model", "tiny", "--lease-seconds", "0"), "0.0 is not in the range x>0"),
+    (("models", "create", "x", "--pooling", "gem", "-p", "p=nan"), "parameter p='nan' should be a finite float"),
+])
+def test_nan_and_inf_options_are_refused(populated, run, args, message):
+    # nan passes every bound check (nan < 0 is False) and reached sleeps, SQL intervals and tensors.
+    before = counts(populated)
+    result = run(*args)
+    assert result.exit_code in (1, 2) and message in result.output and "Traceback" not in result.output
+    assert counts(populated) == before
+
+
 def test_missing_dataset_path(populated, run, tmp_path):
     before = counts(populated)
     result = run("ingest", "folder", str(tmp_path / "missing"))

@@ -192,6 +192,33 @@ def test_bad_image_size(prepared, run):
     assert result.exit_code == 1 and "image size 50" in result.output
 
 
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--lambda", "nan", "'nan' is not a finite number"),
+    ("--lr", "inf", "'inf' is not a finite number"),
+    ("--lr", "0", "0.0 is not in the range x>0"),
+    ("--backbone-lr-scale", "-1", "-1.0 is not in the range x>=0"),
+])
+def test_bad_rates_fail_before_training(prepared, run, home, option, value, message):
+    # nan used to train a whole run of nan weights and then fail to store its JSON row.
+    result = run("train", "--name", "badrate", "--epochs", "1", "--backbone", "resnet18", "--weights", "none",
+                 "--image-size", "64", option, value)
+    assert result.exit_code == 2 and message in result.output
+    assert not (home / "checkpoints" / "badrate").exists()
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("lambda_dice", float("nan"), "--lambda nan is out of range; use a finite number >= 0"),
+    ("lr", 0.0, "--lr 0.0 is out of range; use a finite number > 0"),
+    ("weight_decay", float("inf"), "weight_decay inf is out of range"),
+])
+def test_bad_rates_through_the_api(prepared, field, value, message):
+    from manet.train.loop import train
+
+    cfg = TrainConfig(name="badrate", backbone="resnet18", weights="none", image_size=64, epochs=1, **{field: value})
+    with pytest.raises(ManetError, match=message):
+        train(prepared.db, prepared.registry, cfg, device="cpu")
+
+
 def test_fewer_than_two_categories(prepared):
     import sqlalchemy as sa
 

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from manet.cli.common import BATCH_SIZE, JSON_OPTION, State, _echo_json, pass_state
+from manet.cli.options import FiniteFloat
 from manet.config import DEFAULT_BACKBONE, DEFAULT_CATEGORY_INDEX_MIN_ROWS
 
 
@@ -194,7 +195,7 @@ def bench_search(state: State, n: int | None, dim: int | None, queries: int, fil
 @click.option("--n", "n", default=100_000, show_default=True, type=click.IntRange(min=100), help="Descriptors to load.")
 @click.option("--dim", default=512, show_default=True, type=click.IntRange(2, 2000))
 @click.option("--queries", default=500, show_default=True, type=click.IntRange(min=1))
-@click.option("--delete-fraction", default=0.2, show_default=True, help="Fraction of the images deleted.")
+@click.option("--delete-fraction", type=FiniteFloat(), default=0.2, show_default=True, help="Fraction of the images deleted.")
 @click.option("--ef-search", default=40, show_default=True, help="hnsw.ef_search of every search.")
 @click.option("--intrinsic-dim", default=64, show_default=True, help="Generator: dimension of the data's subspace.")
 @click.option("--seed", default=0, show_default=True)
@@ -246,7 +247,7 @@ def bench_ingest(state: State, rows: int, dim: int, insert_rows: int | None, as_
                    "request per client each).")
 @click.option("--max-batch", type=click.IntRange(min=2), default=None,
               help="The batched server's micro-batch cap  [default: the server's]")
-@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=None,
+@click.option("--batch-wait-ms", type=FiniteFloat(min=0), default=None,
               help="The batched server's wait for a batch to fill  [default: the server's]")
 @click.option("--device", "bench_device", default=None,
               help="cpu or cuda[:N]  [default: the global --device, else the best available]")

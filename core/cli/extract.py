@@ -16,6 +16,7 @@ from manet.cli.common import (
     _echo_json,
     pass_state,
 )
+from manet.cli.options import FiniteFloat
 from manet.errors import ManetError
 
 
@@ -85,11 +86,11 @@ def _run_local_workers(state: State, model: str, processes: int, batch_size: int
 @click.command()
 @click.option("--model", "model", required=True)
 @click.option("--batch-size", default=config.DEFAULT_WORKER_BATCH, show_default=True)
-@click.option("--lease-seconds", default=config.DEFAULT_LEASE_SECONDS, show_default=True,
+@click.option("--lease-seconds", type=FiniteFloat(min=0, min_open=True), default=config.DEFAULT_LEASE_SECONDS, show_default=True,
               help="A claimed batch returns to the queue this long after its worker stops answering.")
 @click.option("--max-attempts", default=config.DEFAULT_MAX_ATTEMPTS, show_default=True, help="Then an image is marked failed.")
 @click.option("--until-empty", is_flag=True, help="Exit once no pending or leased work remains.")
-@click.option("--max-outage", default=config.DEFAULT_MAX_OUTAGE, show_default=True,
+@click.option("--max-outage", type=FiniteFloat(min=0), default=config.DEFAULT_MAX_OUTAGE, show_default=True,
               help="Seconds to keep retrying while the database is unreachable.")
 @JSON_OPTION
 @pass_state

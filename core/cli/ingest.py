@@ -17,6 +17,7 @@ from manet.cli.common import (
     confirm_destructive,
     pass_state,
 )
+from manet.cli.options import FiniteFloat
 from manet.errors import ManetError
 
 
@@ -44,7 +45,7 @@ def _print_unsourced(plan: Any) -> None:
 @click.option("--allow-outside-root", is_flag=True,
               help="Accept manifest/sidecar image paths outside the dataset's folder.")
 @click.option("--batch-size", default=config.DEFAULT_INGEST_BATCH, show_default=True, help="Images per transaction.")
-@click.option("--max-outage", default=config.DEFAULT_MAX_OUTAGE, show_default=True,
+@click.option("--max-outage", type=FiniteFloat(min=0), default=config.DEFAULT_MAX_OUTAGE, show_default=True,
               help="Seconds to keep retrying while the database is unreachable.")
 @click.option("--sync", is_flag=True,
               help="Also remove the images an earlier ingest of this KIND and PATH stored that it no longer "

@@ -1,7 +1,9 @@
-"""Options shared by several commands (the re-ranking trio of search, eval and models augment)."""
+"""Options shared by several commands: the re-ranking trio of search, eval and models augment, and
+the finite-number type of every float option."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +13,20 @@ from manet import config
 from manet.cli.common import (
     _params,
 )
+
+
+class FiniteFloat(click.FloatRange):
+    """click's FloatRange that also refuses nan and inf: both pass its bound checks (``nan < 0``
+    is False) and would reach a sleep, an SQL interval or a learning rate."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
 
 #: The -r option of the commands taking --rerank, named in errors about its values.
 RERANK_PARAM = "-r/--rerank-param"

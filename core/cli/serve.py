@@ -6,6 +6,7 @@ import click
 
 from manet import config
 from manet.cli.common import State, pass_state
+from manet.cli.options import FiniteFloat
 
 
 @click.command()
@@ -24,7 +25,7 @@ from manet.cli.common import State, pass_state
 @click.option("--max-batch", type=click.IntRange(min=1), default=config.DEFAULT_SERVE_MAX_BATCH, show_default=True,
               envvar=config.SERVE_MAX_BATCH_ENV, show_envvar=True,
               help="Concurrent queries per forward pass at most; 1 = no micro-batching.")
-@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=config.DEFAULT_SERVE_BATCH_WAIT_MS,
+@click.option("--batch-wait-ms", type=FiniteFloat(min=0), default=config.DEFAULT_SERVE_BATCH_WAIT_MS,
               show_default=True, envvar=config.SERVE_BATCH_WAIT_MS_ENV, show_envvar=True,
               help="How long a query waits for others to share its forward pass.")
 @click.option("--max-upload-bytes", type=click.IntRange(min=1), default=config.DEFAULT_SERVE_MAX_UPLOAD_BYTES,

@@ -11,6 +11,7 @@ from manet.cli.common import (
     _echo_json,
     pass_state,
 )
+from manet.cli.options import FiniteFloat
 from manet.train.distributed import LR_SCALING_RULES
 
 
@@ -48,12 +49,12 @@ from manet.train.distributed import LR_SCALING_RULES
 @click.option("--saliency-target", default=config.DEFAULT_SALIENCY_ESTIMATOR, show_default=True,
               help="Saliency estimator whose maps are the Dice loss's targets (Eq. 1); "
                    "`manet plugins list` names them.")
-@click.option("--lambda", "lambda_dice", default=1.0, show_default=True, help="Weight of the Dice loss.")
-@click.option("--lr", default=1e-3, show_default=True,
+@click.option("--lambda", "lambda_dice", type=FiniteFloat(min=0), default=1.0, show_default=True, help="Weight of the Dice loss.")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True,
               help="Learning rate of the attention branch and head for one process.")
 @click.option("--lr-scaling", type=click.Choice(LR_SCALING_RULES), default="sqrt", show_default=True,
               help="Under torchrun with N processes the learning rate is --lr x sqrt(N), x N, or unchanged.")
-@click.option("--backbone-lr-scale", default=config.DEFAULT_BACKBONE_LR_SCALE, show_default=True,
+@click.option("--backbone-lr-scale", type=FiniteFloat(min=0), default=config.DEFAULT_BACKBONE_LR_SCALE, show_default=True,
               help="Backbone learning rate relative to --lr; 0 freezes the backbone.")
 @click.option("--frozen-stages", default=1, show_default=True, type=click.IntRange(min=0),
               help="Backbone stages, from the input, kept as pretrained (0: fine-tune all).")

@@ -20,6 +20,7 @@ and the checkpoint (:mod:`manet.train.checkpoint`).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -57,6 +58,16 @@ def _relabel_by_product(db: Database, *splits: list[tuple[int, str, int, str]]
             for rows in splits], classes
 
 
+def _check_rates(cfg: TrainConfig) -> None:
+    """A one-line error for a learning rate or loss weight that is negative, nan or inf, before
+    any work: nan passes a range check, trains a run of nan weights, and then fails to store."""
+    for flag, value, strict in (("--lr", cfg.lr, True), ("--lambda", cfg.lambda_dice, False),
+                                ("--backbone-lr-scale", cfg.backbone_lr_scale, False),
+                                ("weight_decay", cfg.weight_decay, False), ("warmup_epochs", cfg.warmup_epochs, False)):
+        if not math.isfinite(value) or value < 0 or (strict and value == 0):
+            raise ManetError(f"{flag} {value} is out of range; use a finite number {'>' if strict else '>='} 0")
+
+
 def train(db: Database, registry: Registry, cfg: TrainConfig, *, device: str, settings: Settings | None = None,
           resume: bool = False, progress: bool = False, say: Callable[[str], None] = lambda _m: None) -> TrainReport:
     """Train MANet (or the plain classifier with both branches off) and register the model.
@@ -73,6 +84,7 @@ def train(db: Database, registry: Registry, cfg: TrainConfig, *, device: str, se
         raise ManetError("--epochs and --batch-size must be at least 1")
     if cfg.frozen_stages < 0:
         raise ManetError("--frozen-stages must be 0 (fine-tune every stage) or more")
+    _check_rates(cfg)
     distributed.scaled_learning_rate(cfg.lr, 1, cfg.lr_scaling)  # an unknown rule fails before any work
     backbone = registry.create("backbone", cfg.backbone)
     if cfg.image_size < 2 * backbone.stride or cfg.image_size % backbone.stride:

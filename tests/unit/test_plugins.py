@@ -76,8 +76,13 @@ def test_parameters_are_validated_and_coerced():
     assert gem.params["p"] == 4.0
     with pytest.raises(PluginError, match="has no parameter colour"):
         registry.create("pooling", "gem", colour="red")
-    with pytest.raises(PluginError, match="should be float"):
+    with pytest.raises(PluginError, match="should be a finite float"):
         registry.create("pooling", "gem", p="high")
+    # nan passes a check such as `p <= 0`; inf would overflow the pooling.
+    for bad in ("nan", "inf", "-inf", float("nan"), True):
+        with pytest.raises(PluginError, match=r"parameter p=.* should be a finite float \(default 3.0\)"):
+            registry.create("pooling", "gem", p=bad)
+    assert registry.create("pooling", "gem", p=2).params["p"] == 2.0
 
 
 def test_wrong_base_class_is_rejected():
