@@ -33,7 +33,7 @@ def _coerce(value: Any, default: Any, plugin: str, key: str) -> Any:
             return True
         if isinstance(value, str) and value.lower() in {"0", "false", "no", "off"}:
             return False
-    elif kind in (int, float, str):
+    elif kind in (int, str):  # float: _finite, above
         try:
             if kind is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError
@@ -50,10 +50,10 @@ def _finite(value: Any, default: float, plugin: str, key: str) -> float:
     """``value`` as a finite float: nan or inf would pass every range check a plugin makes
     (``nan <= 0`` is False) and reach the tensors."""
     try:
-        number = float(value) if not isinstance(value, bool) else None
+        number = float(value)
     except (TypeError, ValueError):
-        number = None
-    if number is None or not math.isfinite(number):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
         raise PluginError(f"{plugin}: parameter {key}={value!r} should be a finite float "
                           f"(default {default!r})")
     return number
