@@ -214,7 +214,8 @@ class Retriever(TrainingData, CatalogueChanges, ModelUpkeep):
                 compile: bool = False) -> ExtractReport:
         """Descriptors for every image lacking one for ``model`` (resumable); with ``split``
         only the catalogue and that split's queries. ``batch_size=None`` picks it (measured on
-        CUDA); ``device_decode`` auto|on|off decodes JPEGs in batches on the device (auto: CUDA)."""
+        CUDA); ``device_decode`` auto|on|off decodes JPEGs in batches on the device (auto: CUDA).
+        Decode workers start as in :meth:`train`."""
         record = self.model(model)  # resolved once: an alias re-pointed meanwhile cannot mix models
         return extract(self.db, record, self.pipeline(record.name), device=self.device, batch_size=batch_size,
                        num_workers=num_workers, max_pixels=max_pixels, progress=self.progress, split=split,
@@ -383,6 +384,8 @@ class Retriever(TrainingData, CatalogueChanges, ModelUpkeep):
         """Train MANet (:class:`manet.train.loop.TrainConfig`) and store it as a model.
 
         ``restart`` first deletes an earlier run of the same name (model row and checkpoints).
+        Loader workers start from a forkserver (:mod:`manet.loader_processes`), so a script that
+        calls this with workers needs the ``if __name__ == "__main__":`` guard.
         """
         import shutil
 

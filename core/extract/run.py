@@ -174,7 +174,7 @@ def extract(
     loader = _loader(db, model, split, report, page_size, ImageReader(size, max_pixels, report.device_decode, limits))
     forward = Forward(pipeline, device, report.batch_size, model.dim, precision)
     started = time.perf_counter()
-    batches = iter(loader)  # starts the decode workers before the writer thread exists (fork + threads)
+    batches = iter(loader)  # starts the decode workers
     _write_batches(db, model, (on_device(batch, size, device, max_pixels, limits) for batch in batches), forward,
                    total, progress, report)
     report.seconds = time.perf_counter() - started
@@ -187,12 +187,15 @@ def _loader(db: Database, model: ModelRecord, split: str | None, report: Extract
     ``report.decode_workers`` processes, ``report.batch_size`` at a time."""
     import torch
 
+    from manet.loader_processes import worker_context
+
     return torch.utils.data.DataLoader(
         reader,
         batch_sampler=PendingImages(db, model.id, split, report.batch_size, page_size),
         num_workers=report.decode_workers,
         collate_fn=collate,
         pin_memory=report.device.startswith("cuda"),
+        multiprocessing_context=worker_context(report.decode_workers),
     )
 
 

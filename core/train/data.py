@@ -26,10 +26,37 @@ def text_mask_of(masks: Any, text: bool) -> Any:
 
 
 # -- samples -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MaskTable:
+    """The cached uint8 (2, 64, 64) masks of every image, held in one tensor: a loader worker
+    receives them as one shared-memory block, not one per image."""
+
+    #: Row of each image id in ``table``.
+    rows: dict[int, int]
+    #: uint8 (images, 2, MASK_CACHE_SIZE, MASK_CACHE_SIZE).
+    table: Any
+
+    @classmethod
+    def of(cls, masks: dict[int, Any]) -> MaskTable:
+        """The table of ``{image id: uint8 (2, 64, 64) mask}``."""
+        import torch
+
+        ids = list(masks)
+        table = (torch.stack([masks[i] for i in ids]) if ids
+                 else torch.zeros((0, 2, MASK_CACHE_SIZE, MASK_CACHE_SIZE), dtype=torch.uint8))
+        return cls({image_id: row for row, image_id in enumerate(ids)}, table)
+
+    def __getitem__(self, image_id: int) -> Any:
+        return self.table[self.rows[image_id]]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 class TrainingImages:
     """Decoded, jointly augmented (image, saliency mask, text mask, label) samples."""
 
-    def __init__(self, items: Sequence[tuple[int, str, int]], masks: dict[int, Any], image_size: int,
+    def __init__(self, items: Sequence[tuple[int, str, int]], masks: MaskTable, image_size: int,
                  train: bool, max_pixels: int | None = None) -> None:
         self.items = items
         self.max_pixels = max_pixels  # the pixel cap of every image read (None: the default)
@@ -101,7 +128,7 @@ def compute_masks(items: Sequence[tuple[int, str, int]], estimator: Any, detecto
 
 
 def shared_masks(group: Any, items: Sequence[tuple[int, str, int]], estimator: Any, detector: Any | None,
-                 image_size: int, progress: bool, max_pixels: int | None = None) -> dict[int, Any]:
+                 image_size: int, progress: bool, max_pixels: int | None = None) -> MaskTable:
     """Each rank computes the masks of its shard of ``items`` once; every rank then holds all of them."""
     from manet.train.distributed import shard
 
@@ -109,7 +136,7 @@ def shared_masks(group: Any, items: Sequence[tuple[int, str, int]], estimator: A
     for part in group.all_gather(compute_masks(shard(items, group.info.rank, group.info.world_size), estimator,
                                                detector, round(image_size * BASE_SCALE), progress, max_pixels)):
         masks.update(part)
-    return masks
+    return MaskTable.of(masks)
 
 
 # -- seeds -------------------------------------------------------------------------------------
@@ -135,11 +162,14 @@ def loader(dataset: TrainingImages, batch_size: int, workers: int, device: str, 
     """
     import torch
 
+    from manet.loader_processes import worker_context
+
     training = sampler is not None
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                        drop_last=training and len(sampler) > batch_size,
                                        generator=torch.Generator(), pin_memory=device.startswith("cuda"),
-                                       persistent_workers=workers > 0 and not training)
+                                       persistent_workers=workers > 0 and not training,
+                                       multiprocessing_context=worker_context(workers))
 
 
 @dataclass
@@ -154,7 +184,7 @@ class Loaders:
 
 
 def make_loaders(cfg: TrainConfig, info: Any, device: str, items_train: list[tuple[int, str, int]],
-                 items_val: list[tuple[int, str, int]], masks: dict[int, Any],
+                 items_val: list[tuple[int, str, int]], masks: MaskTable,
                  max_pixels: int | None = None) -> Loaders:
     """The loaders of rank ``info.rank`` of ``info.world_size``, reading images under the pixel
     cap ``max_pixels`` (None: the default)."""
