@@ -17,10 +17,11 @@ from multiprocessing.context import BaseContext
 
 #: The start method of every loader worker, where the platform has it.
 START_METHOD = "forkserver"
-#: What the forkserver imports once when it starts (the datasets' modules and what they import),
-#: so that a worker starts in milliseconds rather than importing torch (about 3 s on 2 cores):
-#: the training loader starts its workers every epoch.
-PRELOAD = ("torch", "torchvision.transforms.v2", "manet.catalog.batch_decode", "manet.train.data")
+#: What the forkserver imports once when it starts, so that a worker starts in milliseconds
+#: rather than importing torch (about 3 s on 2 cores; the training loader starts its workers
+#: every epoch): the main script (the standard library's own default, so that no worker runs
+#: it again), the datasets' modules and what they import.
+PRELOAD = ("__main__", "torch", "torchvision.transforms.v2", "manet.catalog.batch_decode", "manet.train.data")
 
 
 def worker_context(workers: int) -> BaseContext | None:
