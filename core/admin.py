@@ -82,6 +82,7 @@ class Admin:
     def check(self) -> SchemaCheck:
         """Compare the database with the schema manet expects (drift only at the head revision)."""
         current, head = self.db.current_revision(), self.db.head_revision()
+        self.db.require_known_revision(current)
         drift = [repr(diff) for diff in self.db.schema_drift()] if current == head else []
         return SchemaCheck(current, head, drift)
 

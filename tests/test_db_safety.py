@@ -78,3 +78,31 @@ def test_migrations_round_trip_keeps_rows(populated):
         assert counts() == before
         populated.db.upgrade()
         assert populated.db.current_revision() == head and counts() == before
+
+
+def test_a_revision_this_manet_does_not_know_is_one_line(pg_home):
+    """A database migrated by a newer manet (or an edited alembic_version), and a migration target
+    that names no revision: one line and exit 1, and the database is left as it was."""
+    from manet.store import embedded
+    from manet.store.database import Database
+
+    url = embedded.start(pg_home, "t_revisions", recreate=True)
+    Database(url).upgrade()
+    with psycopg.connect(url, autocommit=True) as conn:
+        head = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+        for target in ("nope", "9999"):
+            for args in (("db", "upgrade", target), ("db", "downgrade", target, "--yes")):
+                result = manet(url, *args)
+                assert result.exit_code == 1 and f"cannot migrate to '{target}'" in result.output, result.output
+                assert "use 'head', 'base' or one of 0001" in result.output and result.output.count("\n") == 1
+        conn.execute("UPDATE alembic_version SET version_num = 'f00d'")
+        for args in (("models", "list"), ("db", "upgrade"), ("db", "downgrade", "base", "--yes"), ("db", "check")):
+            result = manet(url, *args)
+            assert result.exit_code == 1, (args, result.output)
+            assert f"schema is at revision 'f00d', which this manet does not know (its newest is {head})" in result.output
+            assert "Traceback" not in result.output and result.output.count("\n") == 1
+        assert conn.execute("SELECT count(*) FROM products").fetchone()[0] == 0  # the tables are still there
+        conn.execute("UPDATE alembic_version SET version_num = %s", [head])
+        conn.execute("INSERT INTO alembic_version VALUES ('0001')")
+        result = manet(url, "models", "list")
+        assert result.exit_code == 1 and "alembic_version table is not one revision" in result.output

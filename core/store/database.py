@@ -172,7 +172,7 @@ class Database:
         with self.engine.begin() as conn:
             # Two first commands at once must not both create the schema.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-            command.upgrade(alembic_config(conn), revision)
+            self._migrate(command.upgrade, conn, revision)
 
     def upgrade_if_needed(self) -> None:
         """Migrate to head unless already there (cheap check first)."""
@@ -183,23 +183,58 @@ class Database:
         from alembic import command
 
         with self.engine.begin() as conn:
-            command.downgrade(alembic_config(conn), revision)
+            self._migrate(command.downgrade, conn, revision)
+
+    def _migrate(self, step: Callable[..., None], conn: Connection, revision: str) -> None:
+        """Run Alembic's ``step`` to ``revision`` inside ``conn``'s transaction: a database at a
+        revision this manet does not know, or a target that names none, fails with one line."""
+        from alembic.util import CommandError
+
+        self.require_known_revision(self._current_in(conn))
+        try:
+            step(alembic_config(conn), revision)
+        except CommandError as exc:
+            raise DatabaseError(f"cannot migrate to {revision!r}: {one_line(exc)}; use 'head', 'base' or one of "
+                                f"{', '.join(sorted(self._known_revisions()))}") from exc
 
     def current_revision(self) -> str | None:
-        from alembic.runtime.migration import MigrationContext
-
         with self.engine.connect() as conn:
+            return self._current_in(conn)
+
+    @staticmethod
+    def _current_in(conn: Connection) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+        from alembic.util import CommandError
+
+        try:
             return MigrationContext.configure(conn).get_current_revision()
+        except CommandError as exc:  # e.g. two rows in alembic_version
+            raise DatabaseError(f"the database's alembic_version table is not one revision: {one_line(exc)}; "
+                                "repair it with psql, or use another database") from exc
 
     def head_revision(self) -> str | None:
         from alembic.script import ScriptDirectory
 
         return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
+    @staticmethod
+    def _known_revisions() -> set[str]:
+        from alembic.script import ScriptDirectory
+
+        return {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+
+    def require_known_revision(self, current: str | None) -> None:
+        """A revision with no migration here: a newer manet migrated the database (or the table was edited)."""
+        if current is not None and current not in self._known_revisions():
+            raise DatabaseError(f"the database's schema is at revision {current!r}, which this manet does not know "
+                                f"(its newest is {self.head_revision()}); a newer manet migrated it: upgrade manet, "
+                                "or use another database")
+
     def require_schema(self) -> None:
         """Raise a clear error when migrations have not been applied."""
         current, head = self.current_revision(), self.head_revision()
         if current != head:
+            self.require_known_revision(current)
             raise DatabaseError(
                 f"database schema is at {current or 'nothing'}, not {head}; run: manet db upgrade"
             )
