@@ -8,6 +8,12 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.splitlines()[0].split()) if text else type(exc).__name__
 
 
+def flattened(exc: BaseException, limit: int = 160) -> str:
+    """An exception's whole message on one line, at most ``limit`` characters (for messages
+    whose first line says little, such as ``load_state_dict``'s)."""
+    return " ".join(str(exc).split())[:limit]
+
+
 class ManetError(Exception):
     """Base class for errors reported to the user as a one-line message with a non-zero exit."""
 
@@ -32,6 +38,11 @@ class DatabaseError(ManetError):
 
 class NotFoundError(ManetError):
     """A named model, image or other object does not exist."""
+
+
+class DamagedModelError(DatabaseError):
+    """A stored model's settings cannot be read back (the row was edited, or written by another
+    manet); the model can still be deleted."""
 
 
 class WeightsError(ManetError):

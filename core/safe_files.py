@@ -20,9 +20,10 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from manet.config import DEFAULT_MAX_PIXELS, FILE_TIMEOUT_ENV, MAX_BYTES_ENV, MAX_PIXELS_ENV
-from manet.errors import ImageError, ManetError
+from manet.errors import ImageError, ManetError, WeightsError, one_line
 
 #: Bytes one image file may have (200 MiB: far above any photo, far below the machine's memory).
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
@@ -152,6 +153,21 @@ def open_regular(path: str | os.PathLike[str], *, what: str = "image",
     except BaseException:
         os.close(fd)
         raise
+
+
+def load_torch_file(path: str | os.PathLike[str], *, what: str, fix: str,
+                    error: type[ManetError] = WeightsError) -> Any:
+    """The tensors (``torch.load``, ``weights_only``) of the regular file ``path``, read through
+    :func:`open_regular`; a file torch cannot read (text, truncated, another pickle) raises
+    ``error`` with one line naming the path, what it should be and ``fix``."""
+    import torch
+
+    with open_regular(path, what=what, error=error) as file:
+        try:
+            return torch.load(io.BufferedReader(file), map_location="cpu", weights_only=True)
+        except Exception as exc:  # untrusted bytes: torch.load raises many kinds
+            reason = one_line(exc).split(". ")[0][:120]
+            raise error(f"cannot read {what} {path}: not a torch file, or a damaged one ({reason}); {fix}") from None
 
 
 def refuse_special_output(path: Path, what: str, fix: str) -> None:

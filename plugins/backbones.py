@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from manet.config import DEFAULT_BACKBONE
-from manet.errors import WeightsError
+from manet.errors import WeightsError, flattened
 from manet.hookspecs import hookimpl
 from manet.plugin_base import Backbone
+from manet.safe_files import load_torch_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -41,16 +42,11 @@ def load_checkpoint(model: "torch.nn.Module", path: Path, arch: str) -> "torch.n
     """Load the state dict in ``path`` (bare, or under "state_dict" / "model") into ``model``,
     strictly; a one-line :class:`WeightsError` when the file is missing, unreadable or another
     network's."""
-    import torch
-
-    if not path.is_file():
+    if not path.exists():
         raise WeightsError(
             f"weights file {path} does not exist; use --weights imagenet|none|PATH"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"cannot read weights file {path}: {exc}") from None
+    state = load_torch_file(path, what="weights file", fix="point --weights at a torch state dict")
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):
@@ -58,10 +54,7 @@ def load_checkpoint(model: "torch.nn.Module", path: Path, arch: str) -> "torch.n
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise WeightsError(
-            f"weights file {path} does not fit {arch}: {first}"
-        ) from None
+        raise WeightsError(f"weights file {path} does not fit {arch}: {flattened(exc)}") from None
     return model
 
 

@@ -106,3 +106,27 @@ def test_a_revision_this_manet_does_not_know_is_one_line(pg_home):
         conn.execute("INSERT INTO alembic_version VALUES ('0001')")
         result = manet(url, "models", "list")
         assert result.exit_code == 1 and "alembic_version table is not one revision" in result.output
+
+
+def test_a_model_with_damaged_settings_is_one_line_and_can_be_deleted(pg_home):
+    from manet.store import embedded
+    from manet.store.database import Database
+
+    url = embedded.start(pg_home, "t_damaged", recreate=True)
+    Database(url).upgrade()
+    assert manet(url, "models", "create", "x", "--backbone", "resnet18", "--weights", "none").exit_code == 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        good = conn.execute("SELECT config FROM models WHERE name = 'x'").fetchone()[0]
+        for damaged, says in (([], "pipeline settings must be a JSON object, not list"),
+                              ("text", "pipeline settings must be a JSON object, not str"),
+                              ({**good, "image_size": "big"}, "pipeline setting image_size is 'big', not int"),
+                              ({**good, "image_size": -5}, "image size -5 is out of range"),
+                              ({**good, "manet": [1]}, "pipeline setting manet is [1], not dict"),
+                              ({**good, "colour": "red"}, "unknown pipeline settings colour")):
+            conn.execute("UPDATE models SET config = %s WHERE name = 'x'", [psycopg.types.json.Jsonb(damaged)])
+            for args in (("models", "list"), ("extract", "--model", "x")):
+                result = manet(url, *args)
+                assert result.exit_code == 1 and "model 'x' has damaged settings in the database" in result.output
+                assert says in result.output and "manet models delete x" in result.output, result.output
+        deleted = manet(url, "models", "delete", "x", "--yes")
+        assert deleted.exit_code == 0 and "model 'x' deleted" in deleted.output

@@ -127,6 +127,36 @@ def test_a_resumed_run_repeats_the_uninterrupted_one_with_loader_workers(prepare
     assert other.exit_code == 1 and "trained a cosine head, not linear; resume with --head cosine" in other.output
 
 
+def test_a_damaged_or_unfitting_checkpoint_is_one_line(prepared, run, home):
+    """Resuming from a file that is no checkpoint, or from one whose classes no longer fit, and a
+    model whose checkpoint was replaced: one line, exit 1."""
+    import shutil
+
+    from manet.errors import WeightsError
+    from manet.nn.pipeline import build_pipeline
+
+    runs = home / "checkpoints"
+    for name in ("m1-junk", "m1-sku"):
+        shutil.copytree(runs / "m1", runs / name)
+    (runs / "m1-junk" / "last.pt").write_text("not a checkpoint")
+    junk = run("train", "--name", "m1-junk", "--epochs", "3", *TINY, "--resume")
+    assert junk.exit_code == 1 and "not a torch file, or a damaged one" in junk.output, junk.output
+    # m1 learned the categories; with --labels sku each of the 8 products is a class
+    other = run("train", "--name", "m1-sku", "--epochs", "3", *TINY, "--resume", "--labels", "sku")
+    assert other.exit_code == 1 and "does not fit this run's network" in other.output, other.output
+    assert "Traceback" not in junk.output + other.output
+
+    config = prepared.model("m1").config
+    for content, says in ((b"text", "not a torch file, or a damaged one"), (None, "holds no network weights")):
+        path = runs / "m1-junk" / "replaced.pt"
+        if content is None:
+            torch.save([1, 2], path)
+        else:
+            path.write_bytes(content)
+        with pytest.raises(WeightsError, match=says):
+            build_pipeline(dataclasses.replace(config, checkpoint=str(path)), prepared.registry)
+
+
 def test_learned_saliency_pipeline_matches_training_network(prepared, run):
     from manet.nn.pipeline import build_pipeline
 

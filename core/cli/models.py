@@ -15,6 +15,7 @@ from manet.cli.common import (
     pass_state,
 )
 from manet.cli.options import RERANK_PARAM
+from manet.errors import DamagedModelError
 
 
 @click.group()
@@ -172,7 +173,10 @@ def models_augment(state: State, base: str, name: str, rerank: str, rerank_param
 @pass_state
 def models_delete(state: State, name: str, yes: bool) -> None:
     """Delete model NAME with its descriptors, index and evaluation runs."""
-    state.retriever.model(name)  # a clear error for an unknown name
+    try:
+        state.retriever.model(name)  # a clear error for an unknown name
+    except DamagedModelError:
+        pass  # what its error message says to do
     confirm_destructive(yes, f"Delete model '{name}' and all its descriptors?")
     state.retriever.delete_model(name)
     click.echo(f"model '{name}' deleted")

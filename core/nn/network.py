@@ -8,7 +8,7 @@ tensor, so the model never trains it. Switching the saliency or text branch off 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -19,6 +19,7 @@ from manet.config import HEADS, SALIENCY_GATES, SALIENCY_INPUTS, TEXT_SCALES
 from manet.errors import PluginError
 from manet.nn.attention_math import dice_loss, resize_map, weight_features
 from manet.nn.heads import build_head
+from manet.nn.settings_json import settings_from_json
 from manet.plugin_manager import Registry
 
 #: Head pooling name -> (pooling plugin, its parameters). GeM's p is learnt with the head.
@@ -68,14 +69,9 @@ class MANetConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MANetConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PluginError(
-                f"unknown MANet settings {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**data)
+    def from_dict(cls, data: Any) -> "MANetConfig":
+        """The config of the JSON object ``data`` (a checkpoint's or a model row's), its types checked."""
+        return settings_from_json(cls, data, "MANet")
 
 
 class MANet(nn.Module):

@@ -6,13 +6,15 @@ search and evaluation need to rebuild exactly the same pipeline.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from manet.config import DEFAULT_BACKBONE, DEFAULT_SALIENCY_ESTIMATOR
-from manet.errors import ManetError, PluginError, WeightsError
+from manet.errors import ManetError, PluginError, WeightsError, flattened
+from manet.nn.settings_json import settings_from_json
 from manet.plugin_manager import Registry
+from manet.safe_files import load_torch_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -50,21 +52,25 @@ class PipelineConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PipelineConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PluginError(f"unknown pipeline settings {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**data)
+    def from_dict(cls, data: Any) -> "PipelineConfig":
+        """The config of the JSON object ``data`` (user settings or a stored row), its types and
+        the values checked that need no plugin."""
+        config = settings_from_json(cls, data, "pipeline")
+        config.check_values()
+        return config
 
-    def validate(self, registry: Registry) -> int:
-        """Check plugin names and parameters; return the descriptor dimension."""
+    def check_values(self) -> None:
+        """The checks that need no plugin: input size and post-processing."""
         if not 32 <= int(self.image_size) <= 4096:
             raise PluginError(f"image size {self.image_size} is out of range; use 32..4096 pixels")
         if self.postprocess not in POSTPROCESSING:
             raise PluginError(
                 f"unknown post-processing '{self.postprocess}'; known: {', '.join(POSTPROCESSING)}"
             )
+
+    def validate(self, registry: Registry) -> int:
+        """Check plugin names and parameters; return the descriptor dimension."""
+        self.check_values()
         backbone = registry.create("backbone", self.backbone)
         pooling = registry.create("pooling", self.pooling, **self.pooling_params)
         if pooling.uses_saliency:
@@ -98,21 +104,22 @@ def _network(config: PipelineConfig, registry: Registry, manet: Any = None) -> "
 
 def _load_manet(config: PipelineConfig, registry: Registry):
     """The trained MANet of ``config``, from its checkpoint."""
-    import torch
-
     from manet.nn.network import MANetConfig, build_manet
 
     checkpoint = Path(config.checkpoint or "")
-    if not checkpoint.is_file():
-        raise WeightsError(f"trained checkpoint {checkpoint} is missing; retrain with manet train, "
-                           f"or restore the file")
+    fix = "retrain with manet train, or restore the file"
+    if not config.checkpoint or not checkpoint.exists():
+        raise WeightsError(f"trained checkpoint {config.checkpoint or '(none recorded)'} is missing; {fix}")
+    state = load_torch_file(checkpoint, what="trained checkpoint", fix=fix)
+    # The backbone's own weights come from the checkpoint: do not download them again.
+    model = build_manet(MANetConfig.from_dict({**config.manet, "weights": "none"}), registry)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise WeightsError(f"trained checkpoint {checkpoint} holds no network weights (no 'model' state dict); {fix}")
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        # The backbone's own weights come from the checkpoint: do not download them again.
-        model = build_manet(MANetConfig.from_dict({**config.manet, "weights": "none"}), registry)
         model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, OSError) as exc:
-        raise WeightsError(f"cannot load trained checkpoint {checkpoint}: {str(exc).splitlines()[0]}") from None
+    except RuntimeError as exc:
+        raise WeightsError(f"trained checkpoint {checkpoint} does not fit the model's MANet settings "
+                           f"({flattened(exc)}); {fix}") from None
     return model
 
 

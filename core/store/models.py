@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from manet import config
-from manet.errors import ManetError, NotFoundError
+from manet.errors import DamagedModelError, ManetError, NotFoundError, PluginError
 from manet.nn.pipeline import PipelineConfig
 from manet.plugin_base import CatalogueAugmenter, Reranker
 from manet.plugin_manager import Registry
@@ -57,8 +57,12 @@ class ModelRecord:
 
 
 def _record(row: Any) -> ModelRecord:
-    return ModelRecord(row.id, row.name, PipelineConfig.from_dict(dict(row.config)), row.dim,
-                       dict(row.metrics or {}), dict(row.index_options or {}))
+    try:
+        config = PipelineConfig.from_dict(row.config)
+    except PluginError as exc:  # the row was edited, or written by another manet
+        raise DamagedModelError(f"model '{row.name}' has damaged settings in the database ({exc}); delete it "
+                                f"(manet models delete {row.name}) and create it again") from exc
+    return ModelRecord(row.id, row.name, config, row.dim, dict(row.metrics or {}), dict(row.index_options or {}))
 
 
 def _check_free_name(conn: sa.Connection, name: str) -> None:

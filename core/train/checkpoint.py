@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from manet import config as manet_config
-from manet.errors import ManetError
+from manet.errors import ManetError, flattened
+from manet.safe_files import load_torch_file
 from manet.train.config import TrainConfig
 from manet.train.optimizer import restore_schedule
 
@@ -20,20 +21,22 @@ def checkpoint_dir(cfg: TrainConfig) -> Path:
 
 def starting_point(cfg: TrainConfig, last: Path, resume: bool) -> tuple[int, dict[str, Any] | None]:
     """(finished epochs, checkpoint state) of the run to continue, or (0, None) for a new run."""
-    import torch
-
     if not resume:
         if last.exists():
             raise ManetError(f"a training run named '{cfg.name}' exists ({last}); add --resume or pick another --name")
         return 0, None
-    if not last.is_file():
+    if not last.exists():
         raise ManetError(f"no checkpoint to resume at {last}; start without --resume")
-    state = torch.load(last, map_location="cpu", weights_only=True)
-    saved = state["config"]
-    if saved["backbone"] != cfg.backbone or saved["saliency"] != cfg.saliency or saved["text"] != cfg.text:
+    fix = f"delete {last.parent} to train again, or train under another --name"
+    state = load_torch_file(last, what="training checkpoint", fix=fix, error=ManetError)
+    saved = state.get("config") if isinstance(state, dict) else None
+    if not (isinstance(saved, dict) and isinstance(state.get("epoch"), int) and isinstance(state.get("manet", {}), dict)
+            and all(isinstance(state.get(key), dict) for key in ("model", "optimizer"))):
+        raise ManetError(f"{last} is not a manet training checkpoint (config, epoch, model and optimizer); {fix}")
+    if (saved.get("backbone"), saved.get("saliency"), saved.get("text")) != (cfg.backbone, cfg.saliency, cfg.text):
         raise ManetError(
-            f"checkpoint {last} is a {saved['backbone']} (saliency={saved['saliency']}, "
-            f"text={saved['text']}), not a {cfg.backbone} (saliency={cfg.saliency}, text={cfg.text}); "
+            f"checkpoint {last} is a {saved.get('backbone')} (saliency={saved.get('saliency')}, "
+            f"text={saved.get('text')}), not a {cfg.backbone} (saliency={cfg.saliency}, text={cfg.text}); "
             f"resume with the same settings or train under another --name"
         )
     saved_head = state.get("manet", {}).get("head", "linear")  # checkpoints before --head trained linear
@@ -47,8 +50,12 @@ def restore(state: dict[str, Any], net: Any, optimizer: Any, scheduler: Any, ste
     """Load checkpoint ``state`` into the network and optimizer, continue the LR schedule at
     ``step`` with this run's learning rates; returns the saved epochs' history."""
     base_lrs = list(scheduler.base_lrs)  # this run's; loading the optimizer brings the saved run's
-    net.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # e.g. the training set's classes changed
+        raise ManetError(f"the checkpoint does not fit this run's network ({flattened(exc)}); "
+                         f"resume with the same training set and settings, or train under another --name") from None
     restore_schedule(optimizer, scheduler, base_lrs, step)
     return state.get("history", [])
 

@@ -172,3 +172,27 @@ def test_dataset_files_that_are_not_regular_are_refused(tmp_path: Path) -> None:
     os.mkfifo(flat / "meta.csv")
     with pytest.raises(DatasetError, match=r"sidecar .*meta\.csv is a named pipe"):
         _finishes(lambda: list(FolderDataset(sidecar="meta.csv").records(flat)))
+
+
+def test_load_torch_file_reads_tensors_and_refuses_what_is_not_one(tmp_path):
+    import torch
+
+    from manet.errors import WeightsError
+    from manet.safe_files import load_torch_file
+
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(2)}, good)
+    assert torch.equal(load_torch_file(good, what="weights file", fix="x")["w"], torch.ones(2))
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:200])
+    text = tmp_path / "text.pt"
+    text.write_text("hello")
+    for path in (truncated, text):
+        with pytest.raises(WeightsError, match=rf"^cannot read weights file {path}: not a torch file, or a damaged "
+                                               r"one \(.+\); point --weights at a state dict$") as caught:
+            load_torch_file(path, what="weights file", fix="point --weights at a state dict")
+        assert "\n" not in str(caught.value)
+    fifo = tmp_path / "fifo.pt"
+    os.mkfifo(fifo)
+    with pytest.raises(WeightsError, match="is a named pipe"):  # refused without blocking
+        load_torch_file(fifo, what="weights file", fix="x")
