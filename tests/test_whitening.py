@@ -161,6 +161,22 @@ def test_whiten_errors_are_one_line_and_create_nothing(populated, run):
     assert again.exit_code == 1 and "already whitened; whiten its base 'tiny'" in again.output
 
 
+def test_a_damaged_projection_is_one_line(populated, run):
+    assert run("models", "whiten", "tiny", "--dims", "4", "--name", "tiny-damaged").exit_code == 0
+    photo = _one_image(populated)
+    where = "WHERE model_id = (SELECT id FROM models WHERE name = 'tiny-damaged')"
+    for change in ("components = components[1:3][1:512]",  # 2 rows against 4 variances
+                   "explained_variance[2] = 0", "mean[1] = 'NaN'", "components = '{}'"):
+        with populated.db.begin() as conn:
+            conn.execute(sa.text(f"UPDATE projections SET {change} {where}"))
+        result = run("search", photo, "--model", "tiny-damaged")
+        assert result.exit_code == 1 and "model 'tiny-damaged''s stored projection is damaged" in result.output, \
+            (change, result.output)
+        assert "manet models whiten BASE --dims D --name tiny-damaged" in result.output
+        assert run("models", "delete", "tiny-damaged", "--yes").exit_code == 0
+        assert run("models", "whiten", "tiny", "--dims", "4", "--name", "tiny-damaged").exit_code == 0
+
+
 def test_whitened_model_survives_deleting_its_base(populated, run):
     assert run("models", "create", "base2", "--backbone", "resnet18", "--weights", "none", "--image-size", "64",
                "--pooling", "mac").exit_code == 0

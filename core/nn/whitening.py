@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import sqlalchemy as sa
 
-from manet.errors import ManetError, NotFoundError
+from manet.errors import DatabaseError, ManetError, NotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -133,10 +133,15 @@ def load_projection(db: "Database", model_id: int, model_name: str) -> Projectio
                     "WHERE model_id = :m"),
             {"m": int(model_id)},
         ).first()
+    fix = f"delete it and whiten its base again: manet models whiten BASE --dims D --name {model_name}"
     if row is None:
-        raise NotFoundError(
-            f"model '{model_name}' is whitened but its projection is missing; delete it and whiten its base "
-            f"again: manet models whiten BASE --dims D --name {model_name}"
-        )
-    return Projection(np.asarray(row.mean, dtype=np.float32), np.asarray(row.components, dtype=np.float32),
-                      np.asarray(row.explained_variance, dtype=np.float32), int(row.fitted_rows))
+        raise NotFoundError(f"model '{model_name}' is whitened but its projection is missing; {fix}")
+    mean, components, variance = (np.asarray(values, dtype=np.float32)
+                                  for values in (row.mean, row.components, row.explained_variance))
+    fits = (mean.ndim == 1 and components.ndim == 2 and variance.ndim == 1
+            and components.shape == (variance.shape[0], mean.shape[0]) and components.size > 0)
+    if not fits or not all(np.isfinite(a).all() for a in (mean, components, variance)) or not (variance > 0).all():
+        raise DatabaseError(f"model '{model_name}''s stored projection is damaged (mean {mean.shape}, components "
+                            f"{components.shape}, variance {variance.shape}, each finite with variances > 0 "
+                            f"expected); {fix}")
+    return Projection(mean, components, variance, int(row.fitted_rows))
