@@ -98,6 +98,28 @@ def _exact(vectors: np.ndarray, alive: np.ndarray, query: np.ndarray) -> list[in
     return ids[np.argsort(-(vectors[alive] @ query), kind="stable")[:7]].tolist()
 
 
+def test_damaged_index_options_are_one_line_and_a_build_replaces_them(vec, run):
+    """Index options edited in the database: search and rebuild refuse them in one line, and the
+    build that line names replaces them."""
+    retriever, _, _ = vec
+    for damaged, shown in (({"quantize": 5}, "quantize=5"), ({"quantize": "none", "rerank_factor": "abc"},
+                                                                 "rerank_factor='abc'"),
+                           ({"quantize": "binary", "rerank_factor": 10**9}, "rerank_factor=1000000000"),
+                           ({"quantize": "none", "m": "x"}, "m='x'"), ([], "invalid=[]"), ("s", "invalid='s'")):
+        with retriever.db.begin() as conn:
+            conn.execute(sa.text("UPDATE models SET index_options = CAST(:o AS jsonb) WHERE name = 'vec'"),
+                         {"o": json.dumps(damaged)})
+        for args in (("search", "--model", "vec", "--image-id", "1"), ("index", "rebuild", "vec"),
+                     ("index", "build", "--model", "vec")):
+            result = run(*args)
+            assert result.exit_code == 1, (damaged, args, result.output)
+            assert f"model 'vec' has damaged index options in the database ({shown})" in result.output
+            assert "manet index build --model vec --quantize none" in result.output and "Traceback" not in result.output
+        assert run("index", "build", "--model", "vec", "--quantize", "none").exit_code == 0
+        assert _status(run, "vec")["layout"] == {"quantize": "none", "rerank_factor": 1, "m": 16, "ef_construction": 64}
+        assert run("search", "--model", "vec", "--image-id", "1").exit_code == 0
+
+
 def test_rebuild_concurrently_while_searching_after_deleting_a_fifth(vec, run, database_url):
     retriever, vectors, queries = vec
     with retriever.db.begin() as conn:  # a fifth of the catalogue goes (descriptors cascade)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from manet.config import DEFAULT_BACKBONE, DEFAULT_SALIENCY_ESTIMATOR
 from manet.errors import ManetError, PluginError, WeightsError, flattened
-from manet.nn.settings_json import settings_from_json
+from manet.settings_json import settings_from_json
 from manet.plugin_manager import Registry
 from manet.safe_files import load_torch_file
 

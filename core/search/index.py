@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from manet import config
 from manet.errors import ManetError
 from manet.search.index_progress import index_build_progress
+from manet.settings_json import matches_type
 from manet.store import category_indexes, descriptors
 from manet.store.database import Database
 from manet.store.events import record_event
@@ -38,6 +39,8 @@ QUANTIZATIONS = ("none", "halfvec", "binary")
 MAX_INDEX_DIMS = {"none": 2000, "halfvec": 4000, "binary": 64000}
 #: Candidates per result taken from a quantised index before exact re-ranking.
 DEFAULT_RERANK_FACTOR = {"none": 1, "halfvec": 4, "binary": 10}
+#: What :func:`build_index` records in ``models.index_options``: each key's JSON type.
+RECORDED_OPTIONS = {"quantize": str, "rerank_factor": int, "m": int, "ef_construction": int, "built_at": str}
 #: Largest maintenance_work_mem chosen automatically for an index build.
 MAX_AUTO_BUILD_MEMORY_MB = 4096
 
@@ -107,12 +110,38 @@ class IndexLayout:
         return f"{self.stored(column)} <#> CAST({query} AS {kind}({self.dim}))"
 
 
+def default_quantize(dim: int) -> str:
+    """The layout of a first build: ``none`` up to 2,000 dimensions, ``halfvec`` above."""
+    return "halfvec" if dim > 2000 else "none"
+
+
+def recorded_options(model: ModelRecord) -> dict[str, Any]:
+    """``model.index_options`` if they are what :func:`build_index` writes; else a one-line error
+    saying how to build the index again (the row was edited, or written by another manet)."""
+    options = model.index_options
+    wrong = [f"{key}={value!r:.40}" for key, value in options.items()
+             if key not in RECORDED_OPTIONS or not matches_type(value, RECORDED_OPTIONS[key])
+             or (key == "quantize" and value not in QUANTIZATIONS)
+             or (key == "rerank_factor" and not 1 <= value <= 100)]
+    if wrong:
+        raise ManetError(f"model '{model.name}' has damaged index options in the database ({', '.join(wrong)}); "
+                         f"build its index again: manet index build --model {model.name} "
+                         f"--quantize {default_quantize(model.dim)}")
+    return options
+
+
 def index_layout(model: ModelRecord, quantize: str | None = None, rerank_factor: int | None = None
                  ) -> IndexLayout:
     """The layout of ``model``'s index: from its recorded index options, else the default for
-    its dimension; ``quantize``/``rerank_factor`` override them (for a new build). Checks the limits."""
-    options = model.index_options
-    quantize = quantize or options.get("quantize") or ("halfvec" if model.dim > 2000 else "none")
+    its dimension; ``quantize``/``rerank_factor`` override them (for a new build, which also
+    replaces damaged options). Checks the limits."""
+    try:
+        options = recorded_options(model)
+    except ManetError:
+        if quantize is None:
+            raise
+        options = {}
+    quantize = quantize or options.get("quantize") or default_quantize(model.dim)
     if quantize not in QUANTIZATIONS:
         raise ManetError(f"unknown quantization '{quantize}'; use one of: {', '.join(QUANTIZATIONS)}")
     if model.dim > MAX_INDEX_DIMS[quantize]:

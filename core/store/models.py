@@ -62,7 +62,9 @@ def _record(row: Any) -> ModelRecord:
     except PluginError as exc:  # the row was edited, or written by another manet
         raise DamagedModelError(f"model '{row.name}' has damaged settings in the database ({exc}); delete it "
                                 f"(manet models delete {row.name}) and create it again") from exc
-    return ModelRecord(row.id, row.name, config, row.dim, dict(row.metrics or {}), dict(row.index_options or {}))
+    # Index options that are not an object reach search as one it refuses (manet.search.index.recorded_options).
+    options = row.index_options if isinstance(row.index_options, dict) else {"invalid": row.index_options}
+    return ModelRecord(row.id, row.name, config, row.dim, row.metrics if isinstance(row.metrics, dict) else {}, options)
 
 
 def _check_free_name(conn: sa.Connection, name: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from manet.errors import PluginError
-from manet.nn.settings_json import matches_type, settings_from_json
+from manet.settings_json import matches_type, settings_from_json
 
 
 @dataclass(frozen=True)
