@@ -384,8 +384,8 @@ class Retriever(TrainingData, CatalogueChanges, ModelUpkeep):
         """Train MANet (:class:`manet.train.loop.TrainConfig`) and store it as a model.
 
         ``restart`` first deletes an earlier run of the same name (model row and checkpoints).
-        Loader workers start from a forkserver (:mod:`manet.loader_processes`), so a script that
-        calls this with workers needs the ``if __name__ == "__main__":`` guard.
+        Loader workers start from a forkserver (:mod:`manet.loader_processes`) when the calling
+        script keeps its work under ``if __name__ == "__main__":``, else as the platform starts them.
         """
         import shutil
 
