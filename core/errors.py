@@ -41,8 +41,8 @@ class NotFoundError(ManetError):
 
 
 class DamagedModelError(DatabaseError):
-    """A stored model's settings cannot be read back (the row was edited, or written by another
-    manet); the model can still be deleted."""
+    """A stored model's settings, index options or projection cannot be used (the row was edited,
+    or written by another manet); the model can still be deleted or its index built again."""
 
 
 class WeightsError(ManetError):

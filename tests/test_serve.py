@@ -253,6 +253,28 @@ def test_an_unreachable_database_is_503_and_the_process_stays_healthy(photos) ->
             assert "port 1" not in assert_error(reply, 503, "database is unavailable")
 
 
+def test_a_model_damaged_in_the_database_is_500_not_the_callers_fault(server, populated) -> None:
+    """Index options or settings edited in the database are the operator's to repair: 500 with the
+    fixed line (the one-line reason goes to the server's log), never 422 or 503."""
+    populated.create_model("broken", pooling="mac", **TINY_MODEL)
+    populated.extract("broken")
+    populated.build_index("broken")
+    try:
+        for column, damaged in (("index_options", '{"quantize": 5}'), ("config", "[]")):
+            with populated.db.begin() as conn:
+                good = conn.execute(sa.text(f"SELECT {column}::text FROM models WHERE name = 'broken'")).scalar()
+                conn.execute(sa.text(f"UPDATE models SET {column} = CAST(:v AS jsonb) WHERE name = 'broken'"),
+                             {"v": damaged})
+            assert_error(search_json(server.url, {"image_id": 1, "model": "broken"}), 500, "internal error")
+            assert search_json(server.url, {"image_id": 1}).status == 200  # the other models still answer
+            with populated.db.begin() as conn:
+                conn.execute(sa.text(f"UPDATE models SET {column} = CAST(:v AS jsonb) WHERE name = 'broken'"),
+                             {"v": good})
+        assert search_json(server.url, {"image_id": 1, "model": "broken"}).status == 200
+    finally:
+        populated.delete_model("broken")
+
+
 def test_a_read_only_role_serves_every_endpoint(populated, database_url, photos) -> None:
     populated.db.grant_reader("serve_reader")
     reader = Settings(database_url=database_url.replace("postgres:@", "serve_reader@", 1), device="cpu")

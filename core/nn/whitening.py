@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import sqlalchemy as sa
 
-from manet.errors import DatabaseError, ManetError, NotFoundError
+from manet.errors import DamagedModelError, ManetError, NotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -141,7 +141,7 @@ def load_projection(db: "Database", model_id: int, model_name: str) -> Projectio
     fits = (mean.ndim == 1 and components.ndim == 2 and variance.ndim == 1
             and components.shape == (variance.shape[0], mean.shape[0]) and components.size > 0)
     if not fits or not all(np.isfinite(a).all() for a in (mean, components, variance)) or not (variance > 0).all():
-        raise DatabaseError(f"model '{model_name}''s stored projection is damaged (mean {mean.shape}, components "
-                            f"{components.shape}, variance {variance.shape}, each finite with variances > 0 "
-                            f"expected); {fix}")
+        raise DamagedModelError(f"model '{model_name}''s stored projection is damaged (mean {mean.shape}, components "
+                                f"{components.shape}, variance {variance.shape}, each finite with variances > 0 "
+                                f"expected); {fix}")
     return Projection(mean, components, variance, int(row.fitted_rows))

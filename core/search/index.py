@@ -23,7 +23,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from manet import config
-from manet.errors import ManetError
+from manet.errors import DamagedModelError, ManetError
 from manet.search.index_progress import index_build_progress
 from manet.settings_json import matches_type
 from manet.store import category_indexes, descriptors
@@ -124,9 +124,9 @@ def recorded_options(model: ModelRecord) -> dict[str, Any]:
              or (key == "quantize" and value not in QUANTIZATIONS)
              or (key == "rerank_factor" and not 1 <= value <= 100)]
     if wrong:
-        raise ManetError(f"model '{model.name}' has damaged index options in the database ({', '.join(wrong)}); "
-                         f"build its index again: manet index build --model {model.name} "
-                         f"--quantize {default_quantize(model.dim)}")
+        raise DamagedModelError(f"model '{model.name}' has damaged index options in the database ({', '.join(wrong)}); "
+                                f"build its index again: manet index build --model {model.name} "
+                                f"--quantize {default_quantize(model.dim)}")
     return options
 
 
@@ -137,7 +137,7 @@ def index_layout(model: ModelRecord, quantize: str | None = None, rerank_factor:
     replaces damaged options). Checks the limits."""
     try:
         options = recorded_options(model)
-    except ManetError:
+    except DamagedModelError:
         if quantize is None:
             raise
         options = {}

@@ -10,6 +10,7 @@ an unknown model, SKU, image or route       404    not_found
 an upload over the cap                      413    too_large
 a parameter out of range or unknown         422    bad_parameter
 the database unreachable or not migrated    503    database_unavailable
+a model's stored state or weights damaged   500    internal
 anything else (a bug)                       500    internal
 =========================================  ======  =====================
 """
@@ -19,7 +20,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from manet.errors import DatabaseError, ImageError, ManetError, NotFoundError, one_line
+from manet.errors import (
+    DamagedModelError,
+    DatabaseError,
+    ImageError,
+    ManetError,
+    NotFoundError,
+    WeightsError,
+    one_line,
+)
 
 log = logging.getLogger("manet.serve")
 
@@ -52,6 +61,8 @@ def status_of(exc: BaseException) -> int:
         return 400
     if isinstance(exc, NotFoundError):
         return 404
+    if isinstance(exc, DamagedModelError | WeightsError):  # the operator's to repair; a retry will not help
+        return 500
     # Searches run on the driver's connection, so psycopg's own errors arrive unwrapped.
     if isinstance(exc, DatabaseError | sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError
                   | psycopg.OperationalError | psycopg.InterfaceError):
