@@ -120,6 +120,37 @@ def test_nan_and_inf_options_are_refused(populated, run, args, message):
     assert counts(populated) == before
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (("ingest", "folder", ".", "--batch-size", "0"), "'--batch-size': 0 is not in the range 1<=x<=100000"),
+    (("models", "create", "x", "--image-size", "0"), "'--image-size': 0 is not in the range 32<=x<=4096"),
+    (("extract", "--model", "tiny", "--workers", "1000000000000"), "'--workers': 1000000000000 is not in the range"),
+    (("extract", "--model", "tiny", "--decode-workers", "-1"), "'--decode-workers': -1 is not in the range 0<=x<=256"),
+    (("worker", "--model", "tiny", "--batch-size", "0"), "'--batch-size': 0 is not in the range 1<=x<=100000"),
+    (("worker", "--model", "tiny", "--max-attempts", "0"), "'--max-attempts': 0 is not in the range 1<=x<=1000"),
+    (("train", "--name", "x", "--seed", "-1"), "'--seed': -1 is not in the range 0<=x<=4294967295"),
+    (("train", "--name", "x", "--workers", "9999"), "'--workers': 9999 is not in the range 0<=x<=256"),
+])
+def test_counts_out_of_range_are_refused(populated, run, args, message):
+    # Before: a batch of 0 was a traceback (ingest) or a worker looping forever, -1 ingested nothing and said
+    # done, --image-size 0 made a 224 px model, and 10^12 --workers started processes until PostgreSQL refused.
+    before = counts(populated)
+    result = run(*args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+    assert counts(populated) == before
+
+
+def test_counts_out_of_range_through_the_api(populated):
+    from manet.catalog.ingest import ingest_records
+    from manet.errors import ManetError
+
+    with pytest.raises(ManetError, match="batch size 0 is out of range"):
+        ingest_records(populated.db, [], batch_size=0)
+    with pytest.raises(ManetError, match="batch size 0 and max attempts 3 must be at least 1"):
+        populated.work("tiny", batch_size=0, until_empty=True)
+    with pytest.raises(ManetError, match="-1 decode workers is out of range"):
+        populated.extract("tiny", num_workers=-1)
+
+
 def test_missing_dataset_path(populated, run, tmp_path):
     before = counts(populated)
     result = run("ingest", "folder", str(tmp_path / "missing"))

@@ -298,6 +298,8 @@ def ingest_records(
     caps the bytes and seconds each file may take; a file over them is recorded as failed.
     ``source`` (see :func:`~manet.catalog.sync.dataset_source`) is recorded on the images stored,
     and on those stored without one at the records' paths (None: rows stay without a source)."""
+    if batch_size < 1:  # range() refuses 0, and a negative size would store nothing and say done
+        raise ManetError(f"batch size {batch_size} is out of range; use at least 1 image per transaction")
     from tqdm import tqdm
 
     report = IngestReport(records=len(records))

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from manet.cli.common import BATCH_SIZE, JSON_OPTION, State, _echo_json, pass_state
-from manet.cli.options import FiniteFloat
+from manet.cli.options import SEED, FiniteFloat
 from manet.config import DEFAULT_BACKBONE, DEFAULT_CATEGORY_INDEX_MIN_ROWS
 
 
@@ -147,7 +147,7 @@ def bench_extract(state: State, model: str | None, backbone: str, pooling: str, 
 @bench.command("search")
 @click.option("--n", "n", type=click.IntRange(min=1),
               help="Descriptors to load  [default: 100000; with --vectors: all its gallery rows]")
-@click.option("--dim", type=int, help="Dimensions  [default: 512; with --vectors: the file's]")
+@click.option("--dim", type=click.IntRange(2, 64000), help="Dimensions  [default: 512; with --vectors: the file's]")
 @click.option("--queries", default=1000, show_default=True, type=click.IntRange(min=1))
 @click.option("--filter-selectivity", default="0.05", show_default=True,
               help="Fractions of the gallery in filter categories, one category each, e.g. "
@@ -161,8 +161,8 @@ def bench_extract(state: State, model: str | None, backbone: str, pooling: str, 
               help="A .npy float array (rows x dims), e.g. a model's real descriptors, instead of generated ones.")
 @click.option("--queries-file", type=click.Path(path_type=Path, dir_okay=False),
               help="A .npy of query vectors for --vectors (default: hold --queries rows out of the file).")
-@click.option("--intrinsic-dim", default=64, show_default=True, help="Generator: dimension of the data's subspace.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--intrinsic-dim", default=64, show_default=True, type=click.IntRange(min=1), help="Generator: dimension of the data's subspace.")
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--m", "m", default=16, show_default=True, help="HNSW graph degree.")
 @click.option("--ef-construction", default=64, show_default=True)
 @click.option("--quantize", type=click.Choice(["auto", "none", "halfvec", "binary"]), default="auto",
@@ -196,9 +196,9 @@ def bench_search(state: State, n: int | None, dim: int | None, queries: int, fil
 @click.option("--dim", default=512, show_default=True, type=click.IntRange(2, 2000))
 @click.option("--queries", default=500, show_default=True, type=click.IntRange(min=1))
 @click.option("--delete-fraction", type=FiniteFloat(), default=0.2, show_default=True, help="Fraction of the images deleted.")
-@click.option("--ef-search", default=40, show_default=True, help="hnsw.ef_search of every search.")
-@click.option("--intrinsic-dim", default=64, show_default=True, help="Generator: dimension of the data's subspace.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--ef-search", default=40, show_default=True, type=click.IntRange(1, 1000), help="hnsw.ef_search of every search.")
+@click.option("--intrinsic-dim", default=64, show_default=True, type=click.IntRange(min=1), help="Generator: dimension of the data's subspace.")
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--m", "m", default=16, show_default=True, help="HNSW graph degree.")
 @click.option("--ef-construction", default=64, show_default=True)
 @JSON_OPTION
@@ -218,7 +218,7 @@ def bench_index_upkeep(state: State, n: int, dim: int, queries: int, delete_frac
 
 @bench.command("ingest")
 @click.option("--rows", default=20_000, show_default=True, type=click.IntRange(min=1))
-@click.option("--dim", default=512, show_default=True)
+@click.option("--dim", default=512, show_default=True, type=click.IntRange(2, 16000))
 @click.option("--insert-rows", type=click.IntRange(min=1),
               help="Rows for the (slow) INSERT side  [default: --rows]")
 @JSON_OPTION

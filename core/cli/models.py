@@ -14,7 +14,7 @@ from manet.cli.common import (
     confirm_destructive,
     pass_state,
 )
-from manet.cli.options import RERANK_PARAM
+from manet.cli.options import IMAGE_SIZE, RERANK_PARAM
 from manet.errors import DamagedModelError
 
 
@@ -28,7 +28,7 @@ def models() -> None:
 @click.option("--from", "source", help="Derive from this trained MANet (no retraining).")
 @click.option("--backbone", default=config.DEFAULT_BACKBONE, show_default=True)
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH to a checkpoint.")
-@click.option("--image-size", default=None, type=int,
+@click.option("--image-size", default=None, type=IMAGE_SIZE,
               help="Input size in pixels [default: 224; with --from: the trained model's].")
 @click.option("--pooling", default=None, help="Pooling plugin [default: srmac; with --from: the trained model's].")
 @click.option("-p", "--pooling-param", "pooling_params", multiple=True, metavar="KEY=VALUE")
@@ -127,9 +127,9 @@ def models_aliases(state: State, as_json: bool) -> None:
 
 @models.command("whiten")
 @click.argument("base")
-@click.option("--dims", required=True, type=int, help="Output dimensions (fewer than the catalogue's images).")
+@click.option("--dims", required=True, type=click.IntRange(min=1), help="Output dimensions (fewer than the catalogue's images).")
 @click.option("--name", required=True, help="Name of the new, whitened model.")
-@click.option("--max-rows", default=config.DEFAULT_WHITEN_ROWS, show_default=True,
+@click.option("--max-rows", default=config.DEFAULT_WHITEN_ROWS, show_default=True, type=click.IntRange(min=2),
               help="Catalogue descriptors to fit on (a uniform sample above this).")
 @JSON_OPTION
 @pass_state

@@ -28,6 +28,16 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+#: A seed numpy and torch both take.
+SEED = click.IntRange(0, 2**32 - 1)
+#: An input size in pixels (what a pipeline accepts).
+IMAGE_SIZE = click.IntRange(32, 4096)
+#: Processes (or DataLoader workers) one command starts on this machine: more would only queue
+#: for its cores, hold a network each and use up the database's connections.
+LOCAL_PROCESSES = click.IntRange(0, 256)
+#: Rows or images handled in one transaction or one claim.
+BATCH_ROWS = click.IntRange(1, 100_000)
+
 #: The -r option of the commands taking --rerank, named in errors about its values.
 RERANK_PARAM = "-r/--rerank-param"
 

@@ -11,7 +11,7 @@ from manet.cli.common import (
     _echo_json,
     pass_state,
 )
-from manet.cli.options import FiniteFloat
+from manet.cli.options import IMAGE_SIZE, LOCAL_PROCESSES, SEED, FiniteFloat
 from manet.train.distributed import LR_SCALING_RULES
 
 
@@ -19,10 +19,10 @@ from manet.train.distributed import LR_SCALING_RULES
 @click.option("--name", required=True, help="Name of the trained model (a pipeline usable by extract/search/eval).")
 @click.option("--backbone", default=config.DEFAULT_BACKBONE, show_default=True)
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH.")
-@click.option("--epochs", default=10, show_default=True)
-@click.option("--batch-size", default=32, show_default=True,
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
               help="Images per step and process (under torchrun the global batch is processes x this).")
-@click.option("--image-size", default=224, show_default=True)
+@click.option("--image-size", default=224, show_default=True, type=IMAGE_SIZE)
 @click.option("--no-saliency", is_flag=True, help="No saliency branch (with --no-text: the plain classifier).")
 @click.option("--no-text", is_flag=True, help="No text branch.")
 @click.option("--saliency-gate", type=click.Choice(config.SALIENCY_GATES), default=config.DEFAULT_SALIENCY_GATE,
@@ -63,8 +63,8 @@ from manet.train.distributed import LR_SCALING_RULES
               help="Classes to learn: category (the mined categories, the paper's) | sku (each image's product).")
 @click.option("--text-detector", default="",
               help="Text detector plugin [default: ppocr when installed; east if MANET_EAST_MODEL is set; else mser].")
-@click.option("--workers", "num_workers", type=int, default=None)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--workers", "num_workers", type=LOCAL_PROCESSES, default=None)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--resume", is_flag=True, help="Continue after the last finished epoch.")
 @click.option("--device", help="Torch device for this run (overrides MANET_DEVICE / --device of manet).")
 @JSON_OPTION

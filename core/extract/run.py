@@ -160,6 +160,8 @@ def extract(
     given, replaces its pixel cap); a file over them is a failure. ``precision``: auto (None) |
     fp32 | bf16 (:func:`manet.nn.device.use_bf16`).
     """
+    if num_workers is not None and num_workers < 0:
+        raise ManetError(f"{num_workers} decode workers is out of range; use 0 (decode in this process) or more")
     report = ExtractReport(model=model.name, device=device,
                            device_decode=device_decode_enabled(device_decode, device),
                            precision="bf16" if use_bf16(device, precision or "auto") else "fp32")

@@ -24,6 +24,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from manet import config
+from manet.errors import ManetError
 from manet.safe_files import ReadLimits
 from manet.store import descriptors
 from manet.store.database import Database, with_reconnect
@@ -241,6 +242,8 @@ def run_worker(
     from manet.extract.forward import Forward, prepare_pipeline, resolve_batch_size
     from manet.extract.run import device_decode_enabled
 
+    if batch_size < 1 or max_attempts < 1:  # a claim of 0 images would loop forever
+        raise ManetError(f"batch size {batch_size} and max attempts {max_attempts} must be at least 1")
     report = WorkerReport(worker_name())
     size = model.config.image_size
     batch_decode = device_decode_enabled(device_decode, device)
