@@ -153,7 +153,11 @@ def test_bad_requests_say_what_to_do(cat, database_url, monkeypatch):
     assert usage.exit_code == 2 and "--categories-only needs --by-category" in usage.output
     refused = CliRunner().invoke(cli, ["--quiet", "index", "build", "--model", "cat", "--categories-only",
                                        "--category", category_name(SMALL), "--category-m", "1"])
-    assert refused.exit_code == 1 and "invalid HNSW options m=1" in refused.output, refused.output
+    assert refused.exit_code == 2 and "'--category-m': 1 is not in the range 2<=x<=100" in refused.output
+    refused = CliRunner().invoke(cli, ["--quiet", "index", "build", "--model", "cat", "--categories-only",
+                                       "--category", category_name(SMALL), "--category-m", "8",
+                                       "--category-ef-construction", "10"])
+    assert refused.exit_code == 1 and "invalid HNSW options m=8, ef_construction=10" in refused.output, refused.output
     built = CliRunner().invoke(cli, ["--quiet", "index", "build", "--model", "cat", "--categories-only",
                                      "--category", category_name(SMALL), "--category-m", "8",
                                      "--category-ef-construction", "32", "--json"])

@@ -129,6 +129,7 @@ def test_nan_and_inf_options_are_refused(populated, run, args, message):
     (("worker", "--model", "tiny", "--max-attempts", "0"), "'--max-attempts': 0 is not in the range 1<=x<=1000"),
     (("train", "--name", "x", "--seed", "-1"), "'--seed': -1 is not in the range 0<=x<=4294967295"),
     (("train", "--name", "x", "--workers", "9999"), "'--workers': 9999 is not in the range 0<=x<=256"),
+    (("index", "build", "--model", "tiny", "--category-m", "0"), "'--category-m': 0 is not in the range 2<=x<=100"),
 ])
 def test_counts_out_of_range_are_refused(populated, run, args, message):
     # Before: a batch of 0 was a traceback (ingest) or a worker looping forever, -1 ingested nothing and said

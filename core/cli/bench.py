@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from manet.cli.common import BATCH_SIZE, JSON_OPTION, State, _echo_json, pass_state
-from manet.cli.options import SEED, FiniteFloat
+from manet.cli.options import HNSW_EF_CONSTRUCTION, HNSW_M, SEED, FiniteFloat
 from manet.config import DEFAULT_BACKBONE, DEFAULT_CATEGORY_INDEX_MIN_ROWS
 
 
@@ -163,8 +163,8 @@ def bench_extract(state: State, model: str | None, backbone: str, pooling: str, 
               help="A .npy of query vectors for --vectors (default: hold --queries rows out of the file).")
 @click.option("--intrinsic-dim", default=64, show_default=True, type=click.IntRange(min=1), help="Generator: dimension of the data's subspace.")
 @click.option("--seed", default=0, show_default=True, type=SEED)
-@click.option("--m", "m", default=16, show_default=True, help="HNSW graph degree.")
-@click.option("--ef-construction", default=64, show_default=True)
+@click.option("--m", "m", default=16, show_default=True, type=HNSW_M, help="HNSW graph degree.")
+@click.option("--ef-construction", default=64, show_default=True, type=HNSW_EF_CONSTRUCTION)
 @click.option("--quantize", type=click.Choice(["auto", "none", "halfvec", "binary"]), default="auto",
               show_default=True, help="Index layout (auto: vector up to 2,000 dims, halfvec above).")
 @click.option("--faiss/--no-faiss", "use_faiss", default=None,
@@ -199,8 +199,8 @@ def bench_search(state: State, n: int | None, dim: int | None, queries: int, fil
 @click.option("--ef-search", default=40, show_default=True, type=click.IntRange(1, 1000), help="hnsw.ef_search of every search.")
 @click.option("--intrinsic-dim", default=64, show_default=True, type=click.IntRange(min=1), help="Generator: dimension of the data's subspace.")
 @click.option("--seed", default=0, show_default=True, type=SEED)
-@click.option("--m", "m", default=16, show_default=True, help="HNSW graph degree.")
-@click.option("--ef-construction", default=64, show_default=True)
+@click.option("--m", "m", default=16, show_default=True, type=HNSW_M, help="HNSW graph degree.")
+@click.option("--ef-construction", default=64, show_default=True, type=HNSW_EF_CONSTRUCTION)
 @JSON_OPTION
 @pass_state
 def bench_index_upkeep(state: State, n: int, dim: int, queries: int, delete_fraction: float, ef_search: int,

@@ -35,6 +35,9 @@ IMAGE_SIZE = click.IntRange(32, 4096)
 #: Processes (or DataLoader workers) one command starts on this machine: more would only queue
 #: for its cores, hold a network each and use up the database's connections.
 LOCAL_PROCESSES = click.IntRange(0, 256)
+#: HNSW graph options pgvector accepts (ef_construction must also be at least 2 x m).
+HNSW_M = click.IntRange(2, 100)
+HNSW_EF_CONSTRUCTION = click.IntRange(4, 1000)
 #: Rows or images handled in one transaction or one claim.
 BATCH_ROWS = click.IntRange(1, 100_000)
 

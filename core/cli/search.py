@@ -13,7 +13,7 @@ from manet.cli.common import (
     _echo_json,
     pass_state,
 )
-from manet.cli.options import _rerank_params, rerank_options
+from manet.cli.options import HNSW_EF_CONSTRUCTION, HNSW_M, _rerank_params, rerank_options
 
 
 @click.group()
@@ -23,8 +23,8 @@ def index() -> None:
 
 @index.command("build")
 @click.option("--model", "model", required=True)
-@click.option("--m", "m", default=config.DEFAULT_HNSW_M, show_default=True, help="HNSW graph degree.")
-@click.option("--ef-construction", default=config.DEFAULT_EF_CONSTRUCTION, show_default=True)
+@click.option("--m", "m", default=config.DEFAULT_HNSW_M, show_default=True, type=HNSW_M, help="HNSW graph degree.")
+@click.option("--ef-construction", default=config.DEFAULT_EF_CONSTRUCTION, show_default=True, type=HNSW_EF_CONSTRUCTION)
 @click.option("--quantize", type=click.Choice(["none", "halfvec", "binary"]),
               help="Index vector (<= 2,000 dims), halfvec (<= 4,000) or binary (Hamming + exact re-rank); "
                    "default: as last built, else by dimension.")
@@ -38,9 +38,10 @@ def index() -> None:
               help="Also give this category its own HNSW index (repeatable).")
 @click.option("--categories-only", is_flag=True,
               help="Build only the category indexes (--by-category / --category), keeping the model's index.")
-@click.option("--category-m", default=config.DEFAULT_CATEGORY_HNSW_M, show_default=True,
+@click.option("--category-m", default=config.DEFAULT_CATEGORY_HNSW_M, show_default=True, type=HNSW_M,
               help="HNSW graph degree of the category indexes (denser than the model's: recall 0.99 at less ef_search).")
-@click.option("--category-ef-construction", default=config.DEFAULT_CATEGORY_EF_CONSTRUCTION, show_default=True)
+@click.option("--category-ef-construction", default=config.DEFAULT_CATEGORY_EF_CONSTRUCTION, show_default=True,
+              type=HNSW_EF_CONSTRUCTION)
 @JSON_OPTION
 @pass_state
 def index_build(state: State, model: str, m: int, ef_construction: int, quantize: str | None, rerank_factor: int | None,
