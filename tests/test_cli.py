@@ -124,12 +124,13 @@ def test_nan_and_inf_options_are_refused(populated, run, args, message):
     (("ingest", "folder", ".", "--batch-size", "0"), "'--batch-size': 0 is not in the range 1<=x<=100000"),
     (("models", "create", "x", "--image-size", "0"), "'--image-size': 0 is not in the range 32<=x<=4096"),
     (("extract", "--model", "tiny", "--workers", "1000000000000"), "'--workers': 1000000000000 is not in the range"),
-    (("extract", "--model", "tiny", "--decode-workers", "-1"), "'--decode-workers': -1 is not in the range 0<=x<=256"),
+    (("extract", "--model", "tiny", "--decode-workers", "-1"), "'--decode-workers': -1 is not in the range 0<=x<=64"),
     (("worker", "--model", "tiny", "--batch-size", "0"), "'--batch-size': 0 is not in the range 1<=x<=100000"),
     (("worker", "--model", "tiny", "--max-attempts", "0"), "'--max-attempts': 0 is not in the range 1<=x<=1000"),
     (("train", "--name", "x", "--seed", "-1"), "'--seed': -1 is not in the range 0<=x<=4294967295"),
-    (("train", "--name", "x", "--workers", "9999"), "'--workers': 9999 is not in the range 0<=x<=256"),
+    (("train", "--name", "x", "--workers", "9999"), "'--workers': 9999 is not in the range 0<=x<=64"),
     (("index", "build", "--model", "tiny", "--category-m", "0"), "'--category-m': 0 is not in the range 2<=x<=100"),
+    (("serve", "--model", "tiny", "--workers", "100000"), "100000 is not in the range 1<=x<=64"),  # a network each
 ])
 def test_counts_out_of_range_are_refused(populated, run, args, message):
     # Before: a batch of 0 was a traceback (ingest) or a worker looping forever, -1 ingested nothing and said

@@ -33,8 +33,9 @@ SEED = click.IntRange(0, 2**32 - 1)
 #: An input size in pixels (what a pipeline accepts).
 IMAGE_SIZE = click.IntRange(32, 4096)
 #: Processes (or DataLoader workers) one command starts on this machine: more would only queue
-#: for its cores, hold a network each and use up the database's connections.
-LOCAL_PROCESSES = click.IntRange(0, 256)
+#: for its cores, hold a network each (memory) and use up the database's connections.
+MAX_LOCAL_PROCESSES = 64
+LOCAL_PROCESSES = click.IntRange(0, MAX_LOCAL_PROCESSES)
 #: HNSW graph options pgvector accepts (ef_construction must also be at least 2 x m).
 HNSW_M = click.IntRange(2, 100)
 HNSW_EF_CONSTRUCTION = click.IntRange(4, 1000)

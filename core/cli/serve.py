@@ -6,7 +6,7 @@ import click
 
 from manet import config
 from manet.cli.common import State, pass_state
-from manet.cli.options import FiniteFloat
+from manet.cli.options import MAX_LOCAL_PROCESSES, FiniteFloat
 
 
 @click.command()
@@ -16,7 +16,7 @@ from manet.cli.options import FiniteFloat
               envvar=config.SERVE_PORT_ENV, show_envvar=True)
 @click.option("--model", "model", envvar=config.SERVE_MODEL_ENV, show_envvar=True,
               help="Model of the requests that name none, loaded at start (default: the only model, if one).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--workers", type=click.IntRange(1, MAX_LOCAL_PROCESSES), default=1, show_default=True,
               envvar=config.SERVE_WORKERS_ENV, show_envvar=True,
               help="Server processes, each with its own copy of the network.")
 @click.option("--api-key", envvar=config.API_KEY_ENV, show_envvar=True, metavar="KEY",
