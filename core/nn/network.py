@@ -19,8 +19,8 @@ from manet.config import HEADS, SALIENCY_GATES, SALIENCY_INPUTS, TEXT_SCALES
 from manet.errors import PluginError
 from manet.nn.attention_math import dice_loss, resize_map, weight_features
 from manet.nn.heads import build_head
-from manet.settings_json import settings_from_json
 from manet.plugin_manager import Registry
+from manet.settings_json import settings_from_json
 
 #: Head pooling name -> (pooling plugin, its parameters). GeM's p is learnt with the head.
 HEAD_POOLINGS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from manet.config import DEFAULT_BACKBONE, DEFAULT_SALIENCY_ESTIMATOR
 from manet.errors import ManetError, PluginError, WeightsError, flattened
-from manet.settings_json import settings_from_json
 from manet.plugin_manager import Registry
 from manet.safe_files import load_torch_file
+from manet.settings_json import settings_from_json
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -111,10 +111,10 @@ def _load_manet(config: PipelineConfig, registry: Registry):
     if not config.checkpoint or not checkpoint.exists():
         raise WeightsError(f"trained checkpoint {config.checkpoint or '(none recorded)'} is missing; {fix}")
     state = load_torch_file(checkpoint, what="trained checkpoint", fix=fix)
-    # The backbone's own weights come from the checkpoint: do not download them again.
-    model = build_manet(MANetConfig.from_dict({**config.manet, "weights": "none"}), registry)
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise WeightsError(f"trained checkpoint {checkpoint} holds no network weights (no 'model' state dict); {fix}")
+    # The backbone's own weights come from the checkpoint: do not download them again.
+    model = build_manet(MANetConfig.from_dict({**config.manet, "weights": "none"}), registry)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:

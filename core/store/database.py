@@ -212,16 +212,18 @@ class Database:
             raise DatabaseError(f"the database's alembic_version table is not one revision: {one_line(exc)}; "
                                 "repair it with psql, or use another database") from exc
 
-    def head_revision(self) -> str | None:
-        from alembic.script import ScriptDirectory
-
-        return ScriptDirectory.from_config(alembic_config()).get_current_head()
-
     @staticmethod
-    def _known_revisions() -> set[str]:
+    def _migrations() -> Any:
+        """Alembic's view of the migrations shipped with manet."""
         from alembic.script import ScriptDirectory
 
-        return {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+        return ScriptDirectory.from_config(alembic_config())
+
+    def head_revision(self) -> str | None:
+        return self._migrations().get_current_head()
+
+    def _known_revisions(self) -> set[str]:
+        return {script.revision for script in self._migrations().walk_revisions()}
 
     def require_known_revision(self, current: str | None) -> None:
         """A revision with no migration here: a newer manet migrated the database (or the table was edited)."""
